@@ -1,0 +1,20 @@
+"""``nasofl-site``: what a hospital's IT / imaging team runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from shared.cli import run_cli
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("client.validate_cmd", "check a site folder (DICOM + labels.csv) before joining a federation"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("nasofl-site", "nasofl for a hospital: validate data, run a node.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""``nasofl-coord``: what a coordinator runs besides ``flwr run``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from shared.cli import run_cli
+
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("nasofl-coord", "nasofl for a coordinator: reports of finished runs.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hospital data: DICOM ingestion, the synthetic cohort, cache, splits and training datasets."""

@@ -1,0 +1,32 @@
+"""One exception family for nasofl.
+
+Every message says what failed, what was found, what was expected and what to do.
+Messages that can leave a hospital (anything raised inside a ClientApp) must never contain a
+patient identifier: use :func:`shared.pseudonym.pseudonym` instead.
+"""
+
+from __future__ import annotations
+
+
+class NasoflError(Exception):
+    """Base class of every error nasofl raises on purpose."""
+
+
+class ConfigError(NasoflError):
+    """A run-config or node-config key has a bad value. The message names the key."""
+
+
+class DicomError(NasoflError):
+    """A DICOM file or series cannot be used. The message names the file (path relative to the site)."""
+
+
+class SiteDataError(NasoflError):
+    """A site's data folder breaks the data contract (labels.csv, mapping file, missing sequences)."""
+
+
+class PrivacyBudgetError(NasoflError):
+    """The configured differential-privacy budget would be exceeded."""
+
+
+class ModelMismatchError(NasoflError):
+    """Received or loaded weights do not match the model (keys, shapes, non-finite values)."""

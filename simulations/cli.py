@@ -1,0 +1,20 @@
+"""``nasofl-sim``: everything one machine can do without hospitals."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from shared.cli import run_cli
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("simulations.synth_cmd", "write synthetic DICOM hospitals (one folder per hospital)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("nasofl-sim", "nasofl on one machine: synthetic hospitals, simulations, baselines.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
