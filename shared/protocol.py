@@ -1,0 +1,89 @@
+"""The federation's wire protocol: message types, config keys and metric keys.
+
+Server (server/) and hospitals (client/) both import these names, so a typo is an ImportError,
+not a silently missing metric. Every reply of one message type carries EXACTLY the same metric
+keys from every site (Flower 1.42 ends the run on inconsistent replies), and only aggregate
+values: counts, sums, losses, fixed-bin histograms. Never per-patient values, ids or images.
+
+Flow of one study (``server/app.py``):
+
+1. ``query.info``      server -> every site: empty content. Reply: ConfigRecord ``info`` with
+   ``site`` (site name, never a patient id) and ``role`` ("train" or "eval-only"), MetricRecord
+   ``metrics`` with the counts below (``INFO_METRICS``).
+2. ``train.seg`` / ``evaluate.seg``   stage 1 rounds on patients with masks.
+3. ``query.roi``       server -> every site: the final global segmenter in ArrayRecord ``arrays``,
+   ConfigRecord ``config`` with ``segmenter-hash``. The site predicts masks for all its patients,
+   builds the ROI datasets, caches them on disk keyed by that hash. Reply: ``ROI_METRICS`` per dataset.
+4. ``train.cls`` / ``evaluate.cls``   stage 2 rounds, one run of rounds per dataset (config ``dataset``).
+5. ``evaluate.seg`` / ``evaluate.cls`` with config ``split = "test"``: the final federated test.
+"""
+
+from __future__ import annotations
+
+# --- message types (Flower: "<category>.<action>") -------------------------------------------
+QUERY_INFO = "query.info"
+QUERY_ROI = "query.roi"
+TRAIN_SEG = "train.seg"
+EVALUATE_SEG = "evaluate.seg"
+TRAIN_CLS = "train.cls"
+EVALUATE_CLS = "evaluate.cls"
+
+# --- record names inside a RecordDict --------------------------------------------------------
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+INFO = "info"
+
+# --- ConfigRecord keys sent by the server ----------------------------------------------------
+CFG_ROUND = "server-round"  # injected by Flower's strategies
+CFG_STAGE = "stage"  # "seg" | "cls"
+CFG_DATASET = "dataset"  # "t1" | "t2" | "t1ce" | "t1+t2" ... (stage 2 only)
+CFG_SPLIT = "split"  # evaluation split: "val" | "test"
+CFG_LOCAL_EPOCHS = "local-epochs"
+CFG_LR = "lr"
+CFG_PROX_MU = "proximal-mu"  # FedProx (Flower's FedProx sends this key)
+CFG_SEGMENTER_HASH = "segmenter-hash"
+CFG_KEEP_LOCAL_NORM = "keep-local-norm"  # FedBN: the site keeps its own normalisation statistics
+
+# --- metric keys -----------------------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # Flower's weighting key: number of training/eval images (slices)
+NUM_PATIENTS = "num-patients"
+TRAIN_LOSS = "train-loss"  # mean loss over the local epochs
+TRAIN_LOSS_FIRST = "train-loss-first"  # mean loss of the first local epoch
+TRAIN_SECONDS = "train-seconds"  # wall time of local training only
+
+TRAIN_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, TRAIN_LOSS, TRAIN_LOSS_FIRST, TRAIN_SECONDS)
+
+DICE_INTERSECTION = "dice-intersection"
+DICE_PRED_SUM = "dice-pred-sum"
+DICE_TRUE_SUM = "dice-true-sum"
+EVAL_LOSS = "eval-loss"
+EVAL_SECONDS = "eval-seconds"
+
+EVAL_SEG_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, DICE_INTERSECTION, DICE_PRED_SUM, DICE_TRUE_SUM, EVAL_LOSS, EVAL_SECONDS)
+
+HIST_POS = "hist-pos"  # list[int]: patient-level scores of NPL patients, fixed bins on [0, 1]
+HIST_NEG = "hist-neg"  # list[int]: patient-level scores of NPC patients
+
+EVAL_CLS_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, HIST_POS, HIST_NEG, EVAL_LOSS, EVAL_SECONDS)
+
+# query.info: counts only
+INFO_METRICS = (
+    "patients",  # ingested patients
+    "patients-npc",
+    "patients-npl",
+    "patients-unlabelled",
+    "patients-with-mask",
+    "patients-train",
+    "patients-val",
+    "patients-test",
+    "blocking-problems",
+    "warnings",
+)
+
+# query.roi: per dataset, flattened as "<dataset>/<key>" (e.g. "t1+t2/patients-train")
+ROI_KEYS = ("patients-train", "patients-val", "patients-test", "missing-sequence", "empty-prediction")
+
+
+def roi_metric_key(dataset: str, key: str) -> str:
+    return f"{dataset}/{key}"
