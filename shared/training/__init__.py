@@ -1,0 +1,1 @@
+"""Local training loops used by the ClientApp and the centralized baseline alike."""

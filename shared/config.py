@@ -1,0 +1,234 @@
+"""Typed, validated pipeline settings (segmenter, classifiers, run).
+
+Built once at the edge (Flower ``run_config``, a preset, the CLI) with :meth:`PipelineConfig.from_mapping`,
+which reads flat dashed keys such as ``"seg-encoder"`` or ``"datasets" = "t1,t2,t1ce,t1+t2"``.
+Nothing below the edge reads raw mappings. Every check names the key, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from shared.data.patient import SEQUENCES
+from shared.errors import ConfigError
+
+SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0")
+SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
+CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
+CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+ConfigValue = bool | int | float | str
+
+
+def _check_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        raise ConfigError(f"{key}={value!r} is out of range: expected a value in {left}{lo}, {hi}]")
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"{key}={value!r} is not allowed: expected one of {', '.join(allowed)}{extra}")
+
+
+def parse_dataset_name(name: str) -> tuple[str, ...]:
+    """``"t1+t2"`` -> ``("t1", "t2")`` (channel order = order in the name); raises ConfigError on bad names."""
+    parts = tuple(p.strip() for p in name.split("+"))
+    for p in parts:
+        _check_choice(f"datasets entry {name!r}: sequence", p, SEQUENCES)
+    if len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"datasets entry {name!r} repeats a sequence: expected each of {SEQUENCES} at most once"
+        )
+    return parts
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """U-Net tumour segmenter (segmentation-models-pytorch)."""
+
+    encoder: str = "resnet34"
+    in_sequences: tuple[str, ...] = ("t2", "t1ce")
+    image_size: int = 96
+    lr: float = 1e-3
+    batch_size: int = 8
+    loss: str = "dice"
+    slices_per_patient: int = 8
+
+    def __post_init__(self) -> None:
+        _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
+        if not self.in_sequences:
+            raise ConfigError("seg-in-sequences is empty: expected one or more of t1, t2, t1ce")
+        for s in self.in_sequences:
+            _check_choice("seg-in-sequences", s, SEQUENCES)
+        if self.image_size % 32 != 0 or not 32 <= self.image_size <= 512:
+            raise ConfigError(
+                f"seg-image-size={self.image_size!r} is not allowed: expected a multiple of 32 in [32, 512] "
+                "(the U-Net downsamples 5 times)"
+            )
+        _check_range("seg-lr", self.lr, 0.0, 1.0, lo_open=True)
+        _check_range("seg-batch-size", self.batch_size, 1, 4096)
+        _check_choice("seg-loss", self.loss, SEG_LOSSES)
+        _check_range("seg-slices-per-patient", self.slices_per_patient, 1, 1024)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.in_sequences)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """ResNet classifier on tumour ROI crops (one per dataset).
+
+    ``weights``: ``"random"`` (zero-init residuals), ``"imagenet"`` (torchvision enum, needs the weights in the
+    torch hub cache: offline it fails with a clear message) or ``"file:<path>"`` (a local state dict).
+    """
+
+    arch: str = "resnet101"
+    weights: str = "random"
+    image_size: int = 64
+    slices_per_patient: int = 4
+    lr: float = 1e-3
+    batch_size: int = 16
+    warmup: float = 0.1
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4
+    aggregation: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check_choice("cls-arch", self.arch, CLS_ARCHS)
+        if not (self.weights in ("random", "imagenet") or self.weights.startswith("file:")):
+            raise ConfigError(
+                f"cls-weights={self.weights!r} is not allowed: expected 'random', 'imagenet' or 'file:<path to a "
+                "state dict>'"
+            )
+        if self.weights.startswith("file:") and len(self.weights) <= 5:
+            raise ConfigError("cls-weights='file:' has no path: expected 'file:/path/to/resnet.pth'")
+        _check_range("cls-image-size", self.image_size, 16, 512)
+        _check_range("cls-slices-per-patient", self.slices_per_patient, 1, 64)
+        _check_range("cls-lr", self.lr, 0.0, 1.0, lo_open=True)
+        _check_range("cls-batch-size", self.batch_size, 1, 4096)
+        _check_range("cls-warmup", self.warmup, 0.0, 0.9)
+        _check_range("cls-label-smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("cls-weight-decay", self.weight_decay, 0.0, 1.0)
+        _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole two-stage pipeline. ``datasets``: classifier inputs, e.g. ``("t1", "t2", "t1ce", "t1+t2")``."""
+
+    seg: SegmenterConfig = field(default_factory=SegmenterConfig)
+    cls: ClassifierConfig = field(default_factory=ClassifierConfig)
+    datasets: tuple[str, ...] = ("t1", "t2", "t1ce", "t1+t2")
+    seg_epochs: int = 4
+    cls_epochs: int = 3
+    roi_margin: int = 4
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    hist_bins: int = 1000
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigError("datasets is empty: expected e.g. 't1,t2,t1ce,t1+t2'")
+        for name in self.datasets:
+            parse_dataset_name(name)
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ConfigError(f"datasets={','.join(self.datasets)!r} lists a dataset twice")
+        _check_range("seg-epochs", self.seg_epochs, 0, 10_000)
+        _check_range("cls-epochs", self.cls_epochs, 0, 10_000)
+        _check_range("roi-margin", self.roi_margin, 0, 256)
+        _check_choice("device", self.device, DEVICES)
+        _check_range("seed", self.seed, 0, 2**31 - 1)
+        _check_range("hist-bins", self.hist_bins, 2, 1_000_000)
+
+    def dataset_sequences(self, name: str) -> tuple[str, ...]:
+        return parse_dataset_name(name)
+
+    # ---- flat mapping (Flower run_config) <-> dataclasses -------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, ConfigValue], base: PipelineConfig | None = None) -> PipelineConfig:
+        """Build from flat dashed keys (``"seg-encoder"``, ``"cls-arch"``, ``"datasets"``, ...).
+
+        Keys absent from ``d`` keep the value of ``base`` (defaults when None). Unknown keys raise
+        ConfigError with a "did you mean" hint; values are coerced to the field's type.
+        """
+        base = base or cls()
+        known = _known_keys()
+        seg_kw: dict[str, Any] = {}
+        cls_kw: dict[str, Any] = {}
+        top_kw: dict[str, Any] = {}
+        for key, raw in d.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(
+                    f"unknown pipeline setting {key!r}{extra} (known: {', '.join(sorted(known))})"
+                )
+            section, name, typ = known[key]
+            value = _coerce(key, raw, typ)
+            {"seg": seg_kw, "cls": cls_kw, "": top_kw}[section][name] = value
+        seg = replace(base.seg, **seg_kw) if seg_kw else base.seg
+        clf = replace(base.cls, **cls_kw) if cls_kw else base.cls
+        return replace(base, seg=seg, cls=clf, **top_kw)
+
+    def to_mapping(self) -> dict[str, ConfigValue]:
+        """Flat dashed keys -> bool/int/float/str (tuples joined by commas); inverse of :meth:`from_mapping`."""
+        out: dict[str, ConfigValue] = {}
+        for key, (section, name, _typ) in _known_keys().items():
+            obj = {"seg": self.seg, "cls": self.cls, "": self}[section]
+            value = getattr(obj, name)
+            out[key] = ",".join(value) if isinstance(value, tuple) else value
+        return out
+
+
+_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
+
+
+def _known_keys() -> dict[str, tuple[str, str, type]]:
+    """dashed key -> (section, field name, python type)."""
+    out: dict[str, tuple[str, str, type]] = {}
+    for section, klass in (("seg", SegmenterConfig), ("cls", ClassifierConfig), ("", PipelineConfig)):
+        for f in fields(klass):
+            if f.name in ("seg", "cls"):
+                continue
+            typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
+            key = (f"{section}-" if section else "") + f.name.replace("_", "-")
+            out[key] = (section, f.name, typ)
+    return out
+
+
+def _coerce(key: str, raw: ConfigValue, typ: type) -> Any:
+    try:
+        if typ is tuple:
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            return tuple(raw)  # type: ignore[arg-type]
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return raw.lower() in ("true", "1", "yes")
+            if isinstance(raw, int) and raw in (0, 1):
+                return bool(raw)
+            raise ValueError(raw)
+        if typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={raw!r} has the wrong type: expected {typ.__name__}") from None

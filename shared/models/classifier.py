@@ -1,0 +1,61 @@
+"""Stage 2 model: a torchvision ResNet on tumour ROI crops, one logit (NPL vs NPC)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from shared.config import ClassifierConfig
+from shared.errors import ModelMismatchError
+from shared.models.weights import load_pretrained_state
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {"resnet18": tvm.resnet18, "resnet50": tvm.resnet50, "resnet101": tvm.resnet101}
+
+
+def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB conv weight ``(O, 3, k, k)`` -> ``(O, in_channels, k, k)``: the channel mean repeated, scaled 3/C.
+
+    Keeps the response to a uniform input the same as the pretrained stem's.
+    """
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (3.0 / in_channels)
+
+
+def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
+    """ResNet (``cfg.arch``) with a ``in_channels`` stem and a single-logit head.
+
+    Input ``(B, in_channels, S, S)`` float32 z-scored crops; output ``(B, 1)`` float32 logits of NPL.
+    Weights (``cfg.weights``): random with zero-init of the last BN of each residual block (trains from scratch
+    far more reliably here), ImageNet (torchvision enum) or a local state-dict file; for pretrained weights the
+    RGB stem is averaged into ``in_channels`` and the 1000-class head replaced.
+    """
+    if in_channels < 1:
+        raise ModelMismatchError(f"in_channels={in_channels}: expected at least 1")
+    state = load_pretrained_state(cfg)
+    model = _BUILDERS[cfg.arch](weights=None, zero_init_residual=state is None)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelMismatchError(
+                f"cls-weights={cfg.weights!r} does not fit {cfg.arch}: {len(missing)} missing keys "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+                "expected a torchvision ImageNet state dict of the same architecture"
+            )
+    old = model.conv1
+    model.conv1 = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
+    )
+    if state is not None:
+        with torch.no_grad():
+            model.conv1.weight.copy_(adapt_stem(old.weight, in_channels))
+    model.fc = nn.Linear(model.fc.in_features, 1)
+    if dp:
+        from shared.models.dp_compat import make_dp_compatible
+
+        model = make_dp_compatible(model)
+    return model

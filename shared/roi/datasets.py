@@ -1,0 +1,178 @@
+"""Classifier datasets of tumour ROI crops, one per input combination (``"t1"``, ``"t2"``, ``"t1ce"``,
+``"t1+t2"``: channel fusion of co-registered slices, channels in the order of the name).
+
+Patients are never silently dropped: :class:`RoiReport` counts those left out for a missing sequence, an
+empty predicted mask, no prediction, or no label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from shared.config import PipelineConfig, parse_dataset_name
+from shared.data.patient import PatientVolumes
+from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
+from shared.training.seg_dataset import body_zscore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoiReport:
+    """Counts (no identifiers) of what became of each patient."""
+
+    n_patients: int = 0
+    included: dict[str, int] = field(default_factory=dict)
+    missing_sequence: dict[str, int] = field(default_factory=dict)
+    empty_mask: int = 0
+    no_prediction: int = 0
+    unlabelled: int = 0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{self.n_patients} patients; {self.empty_mask} with an empty predicted mask (no ROI), "
+            f"{self.no_prediction} without a predicted mask (segmenter sequences missing), {self.unlabelled} unlabelled"
+        ]
+        for name, n in self.included.items():
+            out.append(
+                f"dataset {name}: {n} patients, {self.missing_sequence.get(name, 0)} left out (missing sequence)"
+            )
+        return out
+
+    def as_dict(self) -> dict:
+        return {
+            "n_patients": self.n_patients,
+            "included": dict(self.included),
+            "missing_sequence": dict(self.missing_sequence),
+            "empty_mask": self.empty_mask,
+            "no_prediction": self.no_prediction,
+            "unlabelled": self.unlabelled,
+        }
+
+
+class RoiDataset(Dataset):
+    """Slices of ROI crops: items ``(image (C, S, S) float32 body-z-scored, label float32 0/1, patient index int)``.
+
+    ``patients``: pseudonyms (index -> pseudonym), ``labels``: per-patient 0 (NPC) / 1 (NPL), ``split``: per-patient
+    "train"/"val"/"test" (aligned with ``patients``). :meth:`subset` keeps patients of chosen splits.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sequences: tuple[str, ...],
+        images: np.ndarray,
+        slice_patient: np.ndarray,
+        patients: Sequence[str],
+        labels: Sequence[int],
+        split: Sequence[str],
+    ) -> None:
+        self.name = name
+        self.sequences = sequences
+        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        self.slice_patient = np.asarray(slice_patient, dtype=np.int64)
+        self.patients = list(patients)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.split = tuple(split)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1]) if len(self.images) else 0
+
+    def __len__(self) -> int:
+        return len(self.slice_patient)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        i = int(self.slice_patient[k])
+        return self.images[k], torch.tensor(float(self.labels[i])), i
+
+    def subset(self, *splits: str) -> RoiDataset:
+        """The patients whose split is in ``splits`` (with their slices), re-indexed from 0."""
+        keep = [i for i, s in enumerate(self.split) if s in splits]
+        remap = {old: new for new, old in enumerate(keep)}
+        rows = np.array([k for k, i in enumerate(self.slice_patient) if int(i) in remap], dtype=np.int64)
+        return RoiDataset(
+            self.name,
+            self.sequences,
+            self.images.numpy()[rows] if len(rows) else np.zeros((0, *self.images.shape[1:]), np.float32),
+            np.array([remap[int(self.slice_patient[k])] for k in rows], dtype=np.int64),
+            [self.patients[i] for i in keep],
+            [int(self.labels[i]) for i in keep],
+            [self.split[i] for i in keep],
+        )
+
+    def class_counts(self) -> tuple[int, int]:
+        """``(n_npc, n_npl)`` patients."""
+        return int((self.labels == 0).sum()), int((self.labels == 1).sum())
+
+
+def build_roi_datasets(
+    masks_by_patient: Mapping[str, np.ndarray],
+    patients: Sequence[PatientVolumes],
+    datasets: tuple[str, ...],
+    cfg: PipelineConfig,
+) -> tuple[dict[str, RoiDataset], RoiReport]:
+    """One :class:`RoiDataset` per dataset name from predicted masks (pseudonym -> uint8 ``(Z, H, W)``).
+
+    Per patient: keep the largest tumour component(s), take the ``cfg.cls.slices_per_patient`` slices with the
+    largest area, crop a square box (mask bounding box + ``cfg.roi_margin``) per slice from each sequence of the
+    dataset (body-z-scored volume), resize to ``cfg.cls.image_size``.
+    """
+    report = RoiReport(n_patients=len(patients))
+    parsed = {name: parse_dataset_name(name) for name in datasets}
+    size = cfg.cls.image_size
+    acc: dict[str, dict[str, list]] = {
+        n: {"images": [], "slice_patient": [], "patients": [], "labels": [], "split": []} for n in datasets
+    }
+    for n in datasets:
+        report.missing_sequence[n] = 0
+    for p in patients:
+        if p.label is None:
+            report.unlabelled += 1
+            continue
+        mask = masks_by_patient.get(p.pseudonym)
+        if mask is None:
+            report.no_prediction += 1
+            continue
+        kept = largest_components(mask)
+        zs = select_slices(kept, cfg.cls.slices_per_patient)
+        if not zs:
+            report.empty_mask += 1
+            log.info("patient %s: empty predicted mask, no ROI", p.pseudonym)
+            continue
+        boxes = {z: roi_box(kept[z], cfg.roi_margin) for z in zs}
+        normed: dict[str, np.ndarray] = {}
+        for name, seqs in parsed.items():
+            if not p.has(*seqs):
+                report.missing_sequence[name] += 1
+                continue
+            for s in seqs:
+                if s not in normed:
+                    normed[s] = body_zscore(p.images[s])
+            a = acc[name]
+            idx = len(a["patients"])
+            for z in zs:
+                a["images"].append(roi_crop([normed[s][z] for s in seqs], boxes[z], size))
+                a["slice_patient"].append(idx)
+            a["patients"].append(p.pseudonym)
+            a["labels"].append(int(p.label))
+            a["split"].append(p.split)
+    out: dict[str, RoiDataset] = {}
+    for name, seqs in parsed.items():
+        a = acc[name]
+        images = np.stack(a["images"]) if a["images"] else np.zeros((0, len(seqs), size, size), np.float32)
+        out[name] = RoiDataset(
+            name, seqs, images, np.array(a["slice_patient"]), a["patients"], a["labels"], a["split"]
+        )
+        report.included[name] = len(a["patients"])
+    return out, report

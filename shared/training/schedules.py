@@ -1,0 +1,38 @@
+"""Learning-rate schedule and the FedProx proximal term shared by both training loops."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
+    """Multiplier of the base lr at ``step``: linear warm-up over ``warmup_fraction`` of the steps, then cosine
+    decay to 0 at ``total_steps``. Returns a float in [0, 1]."""
+    total = max(1, total_steps)
+    warm = int(round(warmup_fraction * total))
+    if warm > 0 and step < warm:
+        return (step + 1) / (warm + 1)
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def snapshot_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the trainable parameters (the "global" model for FedProx)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def prox_term(model: nn.Module, global_params: dict[str, torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx proximal term ``mu/2 · Σ ||w − w_global||²`` over parameters present in ``global_params``."""
+    total = None
+    for name, p in model.named_parameters():
+        ref = global_params.get(name)
+        if ref is None or not p.requires_grad:
+            continue
+        d = (p - ref.to(p.device, p.dtype)).pow(2).sum()
+        total = d if total is None else total + d
+    if total is None:
+        return torch.zeros(())
+    return 0.5 * mu * total
