@@ -59,6 +59,7 @@ class RoiReport:
 class RoiDataset(Dataset):
     """Slices of ROI crops: items ``(image (C, S, S) float32 body-z-scored, label float32 0/1, patient index int)``.
 
+    ``roi_masks``: uint8 ``(N_slices, S, S)`` predicted tumour mask on each crop (Grad-CAM core/periphery).
     ``patients``: pseudonyms (index -> pseudonym), ``labels``: per-patient 0 (NPC) / 1 (NPL), ``split``: per-patient
     "train"/"val"/"test" (aligned with ``patients``). :meth:`subset` keeps patients of chosen splits.
     """
@@ -72,6 +73,7 @@ class RoiDataset(Dataset):
         patients: Sequence[str],
         labels: Sequence[int],
         split: Sequence[str],
+        roi_masks: np.ndarray | None = None,
     ) -> None:
         self.name = name
         self.sequences = sequences
@@ -80,6 +82,12 @@ class RoiDataset(Dataset):
         self.patients = list(patients)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.split = tuple(split)
+        n, size = len(self.slice_patient), self.images.shape[-1]
+        self.roi_masks = (
+            np.asarray(roi_masks, dtype=np.uint8)
+            if roi_masks is not None
+            else np.zeros((n, size, size), np.uint8)
+        )
 
     @property
     def in_channels(self) -> int:
@@ -109,6 +117,7 @@ class RoiDataset(Dataset):
             [self.patients[i] for i in keep],
             [int(self.labels[i]) for i in keep],
             [self.split[i] for i in keep],
+            self.roi_masks[rows] if len(rows) else None,
         )
 
     def class_counts(self) -> tuple[int, int]:
@@ -132,7 +141,8 @@ def build_roi_datasets(
     parsed = {name: parse_dataset_name(name) for name in datasets}
     size = cfg.cls.image_size
     acc: dict[str, dict[str, list]] = {
-        n: {"images": [], "slice_patient": [], "patients": [], "labels": [], "split": []} for n in datasets
+        n: {"images": [], "masks": [], "slice_patient": [], "patients": [], "labels": [], "split": []}
+        for n in datasets
     }
     for n in datasets:
         report.missing_sequence[n] = 0
@@ -163,6 +173,7 @@ def build_roi_datasets(
             idx = len(a["patients"])
             for z in zs:
                 a["images"].append(roi_crop([normed[s][z] for s in seqs], boxes[z], size))
+                a["masks"].append(roi_crop([kept[z]], boxes[z], size)[0] >= 0.5)
                 a["slice_patient"].append(idx)
             a["patients"].append(p.pseudonym)
             a["labels"].append(int(p.label))

@@ -1,0 +1,1 @@
+"""Explanations of classifier decisions (Grad-CAM) and their summary inside the tumour."""
