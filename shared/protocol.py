@@ -44,6 +44,9 @@ CFG_LR = "lr"
 CFG_PROX_MU = "proximal-mu"  # FedProx (Flower's FedProx sends this key)
 CFG_SEGMENTER_HASH = "segmenter-hash"
 CFG_KEEP_LOCAL_NORM = "keep-local-norm"  # FedBN: the site keeps its own normalisation statistics
+CFG_TOTAL_ROUNDS = "total-rounds"  # rounds of this stage (the classifier's lr schedule spans all of them)
+CFG_STUDY = "study-id"  # short fingerprint of the study settings (keys the site's FedBN state on disk)
+CFG_TRANSPORT_DTYPE = "transport-dtype"  # dtype of floating arrays in replies ("float32" | "float16")
 
 # --- metric keys -----------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # Flower's weighting key: number of training/eval images (slices)
@@ -60,7 +63,15 @@ DICE_TRUE_SUM = "dice-true-sum"
 EVAL_LOSS = "eval-loss"
 EVAL_SECONDS = "eval-seconds"
 
-EVAL_SEG_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, DICE_INTERSECTION, DICE_PRED_SUM, DICE_TRUE_SUM, EVAL_LOSS, EVAL_SECONDS)
+EVAL_SEG_METRICS = (
+    NUM_EXAMPLES,
+    NUM_PATIENTS,
+    DICE_INTERSECTION,
+    DICE_PRED_SUM,
+    DICE_TRUE_SUM,
+    EVAL_LOSS,
+    EVAL_SECONDS,
+)
 
 HIST_POS = "hist-pos"  # list[int]: patient-level scores of NPL patients, fixed bins on [0, 1]
 HIST_NEG = "hist-neg"  # list[int]: patient-level scores of NPC patients

@@ -1,0 +1,180 @@
+"""The hospital's ClientApp: one handler per message type of ``shared.protocol``.
+
+Every message may run in a fresh process: site data come from the on-disk cache (``client.node_data``), state
+from ``context.state`` and disk. An exception raised here travels to the server as text, so every handler is
+guarded: the full traceback is logged locally, and the server gets the stage, site and exception type with a
+message scrubbed of patient identifiers (the site's own Scrubber), never raw ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client import handlers_cls, handlers_seg
+from client.node_data import SiteData, load_site_data, resolve_site
+from shared import protocol as P
+from shared.config import PipelineConfig
+from shared.errors import NasoflError
+from shared.records import numpy_to_record
+from shared.training.device import select_device
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+
+class SiteFailure(RuntimeError):
+    """What the server may learn about a failure at a site (no patient identifiers)."""
+
+
+def pipeline_config(run_config) -> PipelineConfig:
+    known = set(PipelineConfig().to_mapping())
+    return PipelineConfig.from_mapping({k: v for k, v in run_config.items() if k in known})
+
+
+def _fault_injected(context: Context, site: str, stage: str) -> None:
+    """Run config ``debug-fail-sites="site-a:train.seg,..."``: raise at that site and stage (fault drills)."""
+    spec = str(context.run_config.get("debug-fail-sites", ""))
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, where = item.partition(":")
+        if name == site and (not where or where == stage):
+            raise RuntimeError(f"injected failure (debug-fail-sites) at {stage}")
+
+
+_PATH = re.compile(r"(/[^\s'\"]+)+")
+
+
+def _scrub(text: str, data: SiteData | None) -> str:
+    if data is not None and data.report is not None:
+        try:
+            from shared.data.report import Scrubber
+
+            scrubber = Scrubber()
+            for p in getattr(data.report, "patients", []):
+                scrubber.add(getattr(p, "raw_id", None), p.pseudonym)
+                scrubber.add_name(getattr(p, "raw_name", None), p.pseudonym)
+            text = scrubber.scrub(text)
+        except Exception:  # noqa: BLE001 - scrubbing must never raise
+            text = ""
+    return _PATH.sub("<path>", text)[:400]
+
+
+def guarded(stage: str) -> Callable:
+    """Wrap a handler: log locally in full, re-raise a SiteFailure whose text has no patient identifier."""
+
+    def wrap(
+        fn: Callable[[Message, Context, SiteData | None], Message],
+    ) -> Callable[[Message, Context], Message]:
+        @functools.wraps(fn)
+        def handler(msg: Message, context: Context) -> Message:
+            data: SiteData | None = None
+            site_name = "unknown-site"
+            try:
+                site = resolve_site(context.node_config, context.run_config)
+                site_name = site.name
+                if "partition-id" in context.node_config:
+                    torch.set_num_threads(1)  # simulated sites share the machine's cores
+                _fault_injected(context, site.name, stage)
+                data = load_site_data(site)
+                return fn(msg, context, data)
+            except Exception as ex:  # noqa: BLE001 - every failure is reported, scrubbed
+                log.exception("site %s: %s failed", site_name, stage)
+                detail = (
+                    _scrub(str(ex), data) if isinstance(ex, NasoflError | ValueError | RuntimeError) else ""
+                )
+                raise SiteFailure(
+                    f"{stage} failed at site {site_name}: {type(ex).__name__}"
+                    + (f": {detail}" if detail else " (details in the site's log)")
+                ) from None
+
+        return handler
+
+    return wrap
+
+
+def _conf(msg: Message) -> dict:
+    rec = msg.content.config_records.get(P.CONFIG)
+    return dict(rec) if rec is not None else {}
+
+
+def _reply(msg: Message, metrics: dict, arrays: dict | None = None, transport: str = "float32") -> Message:
+    content = RecordDict({P.METRICS: MetricRecord(metrics)})
+    if arrays is not None:
+        content[P.ARRAYS] = numpy_to_record(arrays, transport)
+    return Message(content, reply_to=msg)
+
+
+def _device(cfg: PipelineConfig) -> torch.device:
+    return select_device(cfg.device)
+
+
+@app.query("info")
+@guarded(P.QUERY_INFO)
+def query_info(msg: Message, context: Context, data: SiteData) -> Message:
+    patients = data.patients
+    report = data.report
+    blocking = len(getattr(report, "blocking", []) or [])
+    warnings = sum(1 for p in getattr(report, "problems", []) if getattr(p, "severity", "") == "warning")
+    counts = {
+        "patients": len(patients),
+        "patients-npc": sum(1 for p in patients if p.label == 0),
+        "patients-npl": sum(1 for p in patients if p.label == 1),
+        "patients-unlabelled": sum(1 for p in patients if p.label is None),
+        "patients-with-mask": sum(1 for p in patients if p.mask is not None),
+        "patients-train": sum(1 for p in patients if p.split == "train"),
+        "patients-val": sum(1 for p in patients if p.split == "val"),
+        "patients-test": sum(1 for p in patients if p.split == "test"),
+        "blocking-problems": blocking,
+        "warnings": warnings,
+    }
+    info = ConfigRecord({"site": data.site.name, "role": "eval-only" if data.site.eval_only else "train"})
+    return Message(RecordDict({P.INFO: info, P.METRICS: MetricRecord(counts)}), reply_to=msg)
+
+
+@app.query("roi")
+@guarded(P.QUERY_ROI)
+def query_roi(msg: Message, context: Context, data: SiteData) -> Message:
+    cfg = pipeline_config(context.run_config)
+    metrics = handlers_cls.query_roi(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg))
+    return _reply(msg, metrics)
+
+
+@app.train("seg")
+@guarded(P.TRAIN_SEG)
+def train_seg(msg: Message, context: Context, data: SiteData) -> Message:
+    cfg = pipeline_config(context.run_config)
+    conf = _conf(msg)
+    arrays, metrics = handlers_seg.train_seg(msg.content[P.ARRAYS], conf, data, cfg, _device(cfg))
+    return _reply(msg, metrics, arrays, str(conf.get(P.CFG_TRANSPORT_DTYPE, "float32")))
+
+
+@app.evaluate("seg")
+@guarded(P.EVALUATE_SEG)
+def evaluate_seg(msg: Message, context: Context, data: SiteData) -> Message:
+    cfg = pipeline_config(context.run_config)
+    return _reply(msg, handlers_seg.evaluate_seg(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg)))
+
+
+@app.train("cls")
+@guarded(P.TRAIN_CLS)
+def train_cls(msg: Message, context: Context, data: SiteData) -> Message:
+    cfg = pipeline_config(context.run_config)
+    conf = _conf(msg)
+    arrays, metrics = handlers_cls.train_cls(msg.content[P.ARRAYS], conf, data, cfg, _device(cfg))
+    return _reply(msg, metrics, arrays, str(conf.get(P.CFG_TRANSPORT_DTYPE, "float32")))
+
+
+@app.evaluate("cls")
+@guarded(P.EVALUATE_CLS)
+def evaluate_cls(msg: Message, context: Context, data: SiteData) -> Message:
+    cfg = pipeline_config(context.run_config)
+    return _reply(msg, handlers_cls.evaluate_cls(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg)))
+
+
+__all__ = ["app", "ArrayRecord"]

@@ -1,0 +1,162 @@
+"""Stage 2 at a site: ROI datasets from the final global segmenter, classifier training and evaluation.
+
+Replies hold counts, losses, seconds and fixed-bin per-class histograms of patient scores
+(``shared.metrics.score_histograms``), never a patient's score, label or pseudonym.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
+from client.node_data import SiteData
+from client.roi_cache import has_roi, load_roi, roi_key, save_roi
+from shared import protocol as P
+from shared.config import PipelineConfig, parse_dataset_name
+from shared.metrics import score_histograms
+from shared.models import build_classifier, build_segmenter
+from shared.records import state_to_numpy
+from shared.roi.datasets import build_roi_datasets
+from shared.training.classification import patient_scores, train_classifier
+from shared.training.segmentation import predict_masks
+
+log = logging.getLogger(__name__)
+
+
+def query_roi(
+    record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
+) -> dict[str, int | float]:
+    """Predict masks with the final segmenter, build and cache the ROI datasets -> per-dataset counts."""
+    key = roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg)
+    if not has_roi(data.site.cache_dir, key, cfg.datasets):
+        model = build_segmenter(cfg.seg)
+        load_global(model, record)
+        masks = predict_masks(model, data.patients, cfg, device)
+        datasets, report = build_roi_datasets(masks, data.patients, cfg.datasets, cfg)
+        save_roi(data.site.cache_dir, key, datasets)
+        for line in report.lines():
+            log.info("site %s ROI: %s", data.site.name, line)
+        missing = dict(report.missing_sequence)
+        empty = int(report.empty_mask)
+    else:
+        missing, empty = {}, 0
+    out: dict[str, int | float] = {}
+    for name in cfg.datasets:
+        ds = load_roi(data.site.cache_dir, key, name)
+        counts = {s: sum(1 for x in ds.split if x == s) for s in ("train", "val", "test")}
+        out[P.roi_metric_key(name, "patients-train")] = counts["train"]
+        out[P.roi_metric_key(name, "patients-val")] = counts["val"]
+        out[P.roi_metric_key(name, "patients-test")] = (
+            len(ds.patients) if data.site.eval_only else counts["test"]
+        )
+        out[P.roi_metric_key(name, "missing-sequence")] = int(missing.get(name, 0))
+        out[P.roi_metric_key(name, "empty-prediction")] = empty
+        if data.site.eval_only:
+            out[P.roi_metric_key(name, "patients-train")] = 0
+    return out
+
+
+def _dataset(conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig):
+    name = str(conf[P.CFG_DATASET])
+    return name, load_roi(data.site.cache_dir, roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg), name)
+
+
+def train_cls(
+    record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
+) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
+    """One round of local classifier training on the ROI crops of ``conf["dataset"]``."""
+    rnd = int(conf[P.CFG_ROUND])
+    name, full = _dataset(conf, data, cfg)
+    cfg_r = seeded_config(cfg, "cls", name, rnd, data.site.name)
+    model = build_classifier(cfg.cls, len(parse_dataset_name(name)))
+    load_global(model, record)
+    fedbn = bool(conf.get(P.CFG_KEEP_LOCAL_NORM, False))
+    study = str(conf.get(P.CFG_STUDY, "study"))
+    if fedbn:
+        overlay_local_norm(model, data.site.cache_dir, study, f"cls:{name}", rnd)
+    ds = full.subset("train")
+    metrics: dict[str, int | float] = {
+        P.NUM_EXAMPLES: 0,
+        P.NUM_PATIENTS: 0,
+        P.TRAIN_LOSS: 0.0,
+        P.TRAIN_LOSS_FIRST: 0.0,
+        P.TRAIN_SECONDS: 0.0,
+    }
+    if len(ds) == 0 or data.site.eval_only:
+        log.warning(
+            "site %s: no training ROI for dataset %s (missing sequence or empty masks): skipping",
+            data.site.name,
+            name,
+        )
+        return state_to_numpy(model.state_dict()), metrics
+    epochs = cfg.cls_epochs
+    total = int(conf.get(P.CFG_TOTAL_ROUNDS, rnd)) * epochs
+    stats = train_classifier(
+        model,
+        ds,
+        cfg_r,
+        device,
+        epochs=epochs,
+        prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
+        start_epoch=(rnd - 1) * epochs,
+        total_epochs=max(total, rnd * epochs),
+    )
+    if fedbn:
+        save_local_norm(model, data.site.cache_dir, study, f"cls:{name}", rnd)
+    metrics.update(
+        {
+            P.NUM_EXAMPLES: int(stats.n_examples),
+            P.NUM_PATIENTS: len(ds.patients),
+            P.TRAIN_LOSS: float(stats.mean_loss) if np.isfinite(stats.mean_loss) else 0.0,
+            P.TRAIN_LOSS_FIRST: float(stats.loss_first) if np.isfinite(stats.loss_first) else 0.0,
+            P.TRAIN_SECONDS: float(stats.seconds),
+        }
+    )
+    return state_to_numpy(model.state_dict()), metrics
+
+
+def evaluate_cls(
+    record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
+) -> dict[str, int | float | list[int]]:
+    """Per-class histograms of patient scores on ``conf["split"]`` -> ``EVAL_CLS_METRICS``."""
+    t0 = time.perf_counter()
+    name, full = _dataset(conf, data, cfg)
+    split = str(conf.get(P.CFG_SPLIT, "val"))
+    ds = full if (data.site.eval_only and split == "test") else full.subset(split)
+    model = build_classifier(cfg.cls, len(parse_dataset_name(name)))
+    load_global(model, record)
+    rnd = int(conf.get(P.CFG_ROUND, 0))
+    if conf.get(P.CFG_KEEP_LOCAL_NORM, False) and not data.site.eval_only:
+        overlay_local_norm(
+            model, data.site.cache_dir, str(conf.get(P.CFG_STUDY, "study")), f"cls:{name}", rnd + 1
+        )
+    empty = [0] * cfg.hist_bins
+    if len(ds) == 0:
+        return {
+            P.NUM_EXAMPLES: 0,
+            P.NUM_PATIENTS: 0,
+            P.HIST_POS: list(empty),
+            P.HIST_NEG: list(empty),
+            P.EVAL_LOSS: 0.0,
+            P.EVAL_SECONDS: float(time.perf_counter() - t0),
+        }
+    scores, labels = patient_scores(model, ds, cfg, device)
+    keep = np.isfinite(scores)
+    scores, labels = scores[keep], labels[keep]
+    hist_pos, hist_neg = score_histograms(scores, labels, cfg.hist_bins)
+    s = np.clip(scores, 1e-6, 1 - 1e-6)
+    loss = float(-np.mean(labels * np.log(s) + (1 - labels) * np.log(1 - s))) if len(s) else 0.0
+    return {
+        P.NUM_EXAMPLES: int(len(scores)),
+        P.NUM_PATIENTS: int(len(scores)),
+        P.HIST_POS: hist_pos,
+        P.HIST_NEG: hist_neg,
+        P.EVAL_LOSS: loss,
+        P.EVAL_SECONDS: float(time.perf_counter() - t0),
+    }

@@ -1,0 +1,117 @@
+"""Where a node's data lives, and loading it (ingested once, then read from the on-disk cache).
+
+Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default ``<data-path>/../.nasofl-cache/
+<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt``.
+Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
+partition id picks the i-th site folder in sorted order (folders starting with ``_`` or ``.`` are not sites);
+the cache goes to run config ``sim-cache-root`` (default ``<sim-data-root>/_cache``).
+Every message may start a fresh process: nothing here relies on module globals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.data.patient import PatientVolumes
+from shared.errors import ConfigError, SiteDataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeSite:
+    name: str
+    data_dir: Path
+    cache_dir: Path
+    eval_only: bool
+    salt: str | None = None
+    simulated: bool = False
+
+
+def site_folders(root: Path) -> list[Path]:
+    """Sorted site folders under a simulation data root (``_truth``, ``_cache``, hidden folders excluded)."""
+    if not root.is_dir():
+        raise ConfigError(f"sim-data-root={str(root)!r} is not a folder: run `nasofl-sim synth DIR` first")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(f"node config {key}={value!r}: expected true or false")
+
+
+def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> NodeSite:
+    """The node's site folder, cache folder and role (train / eval-only)."""
+    eval_only_names = {s.strip() for s in str(run_config.get("eval-only-sites", "")).split(",") if s.strip()}
+    if "data-path" in node_config:
+        data_dir = Path(str(node_config["data-path"]))
+        if not data_dir.is_dir():
+            raise ConfigError(f"node config data-path={str(data_dir)!r} is not a folder")
+        name = str(node_config.get("site-name", data_dir.name))
+        cache = Path(str(node_config.get("cache-path", data_dir.parent / ".nasofl-cache" / name)))
+        eval_only = _as_bool("eval-only", node_config.get("eval-only", False)) or name in eval_only_names
+        salt = node_config.get("pseudonym-salt")
+        return NodeSite(name, data_dir, cache, eval_only, str(salt) if salt else None)
+    if "partition-id" in node_config:
+        root = str(run_config.get("sim-data-root", ""))
+        if not root:
+            raise ConfigError(
+                "run config sim-data-root is empty: a simulated node needs the synthetic hospitals' folder"
+            )
+        folders = site_folders(Path(root))
+        pid = int(node_config["partition-id"])
+        if pid >= len(folders):
+            raise ConfigError(
+                f"partition-id {pid} has no site: sim-data-root={root!r} holds {len(folders)} site folders; "
+                "set num-supernodes to at most that number"
+            )
+        data_dir = folders[pid]
+        cache_root = str(run_config.get("sim-cache-root", "")) or str(Path(root) / "_cache")
+        return NodeSite(
+            data_dir.name,
+            data_dir,
+            Path(cache_root) / data_dir.name,
+            data_dir.name in eval_only_names,
+            simulated=True,
+        )
+    raise ConfigError(
+        "node config has neither data-path nor partition-id: start the SuperNode with "
+        "--node-config 'data-path=\"/path/to/site\"'"
+    )
+
+
+@dataclass
+class SiteData:
+    site: NodeSite
+    patients: list[PatientVolumes]
+    report: Any  # shared.data.report.ValidationReport (stays on site)
+
+
+def load_site_data(site: NodeSite) -> SiteData:
+    """Ingest (first call) or read from the cache (later calls) the site's patients."""
+    from shared.data.site import load_site
+
+    site.cache_dir.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"cache_dir": site.cache_dir / "ingest"}
+    if site.salt:
+        kwargs["salt"] = site.salt
+    cohort = load_site(site.data_dir, **kwargs)
+    if not cohort.patients:
+        raise SiteDataError(
+            f"site {site.name}: no usable patient after ingestion; run `nasofl-site validate` here"
+        )
+    return SiteData(site, list(cohort.patients), cohort.report)
+
+
+def split_patients(patients: list[PatientVolumes], split: str, eval_only: bool) -> list[PatientVolumes]:
+    """Patients of ``split``; an evaluation-only site evaluates all its patients on the "test" split."""
+    if eval_only and split == "test":
+        return list(patients)
+    return [p for p in patients if p.split == split]

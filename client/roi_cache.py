@@ -1,0 +1,75 @@
+"""ROI datasets built at a site with the final global segmenter, cached on disk between messages.
+
+Key: SHA-256 of (segmenter hash, ROI settings, dataset names). ``query.roi`` builds and writes; ``train.cls`` /
+``evaluate.cls`` (possibly in fresh processes) read. Files stay at the site (they hold image crops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import PipelineConfig
+from shared.errors import SiteDataError
+from shared.roi.datasets import RoiDataset
+
+
+def roi_key(segmenter_hash: str, cfg: PipelineConfig) -> str:
+    settings = {
+        "seg": segmenter_hash,
+        "size": cfg.cls.image_size,
+        "slices": cfg.cls.slices_per_patient,
+        "margin": cfg.roi_margin,
+        "datasets": list(cfg.datasets),
+        "seg-size": cfg.seg.image_size,
+        "seg-in": list(cfg.seg.in_sequences),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _path(cache_dir: Path, key: str, dataset: str) -> Path:
+    return cache_dir / "roi" / key / f"{dataset.replace('+', 'plus')}.npz"
+
+
+def save_roi(cache_dir: Path, key: str, datasets: dict[str, RoiDataset]) -> None:
+    for name, ds in datasets.items():
+        path = _path(cache_dir, key, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            images=ds.images.numpy(),
+            slice_patient=ds.slice_patient,
+            patients=np.array(ds.patients, dtype=str),
+            labels=ds.labels,
+            split=np.array(ds.split, dtype=str),
+            sequences=np.array(ds.sequences, dtype=str),
+        )
+        os.replace(tmp, path)
+
+
+def has_roi(cache_dir: Path, key: str, datasets: tuple[str, ...]) -> bool:
+    return all(_path(cache_dir, key, d).exists() for d in datasets)
+
+
+def load_roi(cache_dir: Path, key: str, dataset: str) -> RoiDataset:
+    path = _path(cache_dir, key, dataset)
+    if not path.exists():
+        raise SiteDataError(
+            f"no ROI cache for dataset {dataset!r} and this segmenter: query.roi must run at this site before "
+            "stage 2 (the server sends it after stage 1)"
+        )
+    with np.load(path, allow_pickle=False) as d:
+        return RoiDataset(
+            dataset,
+            tuple(str(s) for s in d["sequences"]),
+            d["images"],
+            d["slice_patient"],
+            [str(p) for p in d["patients"]],
+            [int(x) for x in d["labels"]],
+            [str(s) for s in d["split"]],
+        )

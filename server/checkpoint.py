@@ -1,0 +1,166 @@
+"""Per-round checkpoints of the federated study, for an exact resume after a crash.
+
+Layout of the checkpoint directory (absolute path from run config ``checkpoint-dir``)::
+
+    state.json              stage, dataset, round, settings fingerprint, seed, completed stages, time
+    current.npz             global arrays of the stage in progress, after ``round``
+    strategy.npz            strategy state (FedAdam moments m_t / v_t), may be empty
+    final-seg.npz           the final global segmenter, once stage 1 is complete
+    final-cls-<ds>.npz      the final classifier of dataset <ds> ("+" written as "plus")
+
+Every file is written to a temporary name then renamed, ``state.json`` last, so a crash mid-write leaves the
+previous checkpoint intact. Pure numpy + json: no Flower, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import ConfigError
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class Checkpoint:
+    stage: str  # "seg" | "cls"
+    dataset: str  # "" for seg
+    round: int  # rounds completed in this stage (and dataset)
+    fingerprint: str
+    seed: int
+    completed: list[str] = field(default_factory=list)  # stage keys: "seg", "cls:t1", ...
+    arrays: Arrays = field(default_factory=dict)
+    strategy_state: dict[str, Arrays] = field(default_factory=dict)
+
+
+def stage_key(stage: str, dataset: str = "") -> str:
+    return stage if not dataset else f"{stage}:{dataset}"
+
+
+def _file_tag(key: str) -> str:
+    return key.replace(":", "-").replace("+", "plus")
+
+
+def save_arrays(path: Path, arrays: Arrays) -> None:
+    """Atomic ``.npz`` with the array names kept in order (names may contain dots)."""
+    tmp = path.with_name(path.name + ".tmp")
+    names = list(arrays)
+    with open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            __names__=np.array(json.dumps(names)),
+            **{f"a{i}": np.asarray(arrays[n]) for i, n in enumerate(names)},
+        )
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_arrays(path: Path) -> Arrays:
+    with np.load(path, allow_pickle=False) as data:
+        names = json.loads(str(data["__names__"]))
+        return {n: data[f"a{i}"] for i, n in enumerate(names)}
+
+
+class CheckpointStore:
+    """Reads and writes the checkpoint directory of one study."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    def save_round(
+        self,
+        *,
+        stage: str,
+        dataset: str,
+        round: int,
+        arrays: Arrays,
+        strategy_state: dict[str, Arrays],
+        fingerprint: str,
+        seed: int,
+        completed: list[str],
+    ) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_arrays(self.dir / "current.npz", arrays)
+        flat = {f"{name}/{k}": v for name, d in strategy_state.items() for k, v in d.items()}
+        save_arrays(self.dir / "strategy.npz", flat)
+        self._write_state(
+            {
+                "stage": stage,
+                "dataset": dataset,
+                "round": round,
+                "fingerprint": fingerprint,
+                "seed": seed,
+                "completed": completed,
+                "saved-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+
+    def save_final(self, key: str, arrays: Arrays) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.final_path(key)
+        save_arrays(path, arrays)
+        return path
+
+    def final_path(self, key: str) -> Path:
+        return self.dir / f"final-{_file_tag(key)}.npz"
+
+    def load_final(self, key: str) -> Arrays | None:
+        path = self.final_path(key)
+        return load_arrays(path) if path.exists() else None
+
+    def load(self) -> Checkpoint | None:
+        """The last checkpoint, or None when the directory has none."""
+        if not self.state_path.exists():
+            return None
+        state = json.loads(self.state_path.read_text())
+        arrays = load_arrays(self.dir / "current.npz") if (self.dir / "current.npz").exists() else {}
+        strategy_state: dict[str, Arrays] = {}
+        if (self.dir / "strategy.npz").exists():
+            for flat, value in load_arrays(self.dir / "strategy.npz").items():
+                name, _, key = flat.partition("/")
+                strategy_state.setdefault(name, {})[key] = value
+        return Checkpoint(
+            stage=state["stage"],
+            dataset=state["dataset"],
+            round=int(state["round"]),
+            fingerprint=state["fingerprint"],
+            seed=int(state["seed"]),
+            completed=list(state.get("completed", [])),
+            arrays=arrays,
+            strategy_state=strategy_state,
+        )
+
+    def load_for_resume(self, fingerprint: str) -> Checkpoint | None:
+        """Like :meth:`load`, but refuses a checkpoint written with other settings (names the key)."""
+        ckpt = self.load()
+        if ckpt is not None and ckpt.fingerprint != fingerprint:
+            raise ConfigError(
+                f"resume=true but the checkpoint in {self.dir} was written with other study settings "
+                f"(fingerprint {ckpt.fingerprint[:12]} != {fingerprint[:12]}): use the same run config, or set "
+                "checkpoint-dir to a new folder, or resume=false"
+            )
+        return ckpt
+
+    def clear(self) -> None:
+        """Start afresh: remove this study's checkpoint files (only the files this module writes)."""
+        if not self.dir.exists():
+            return
+        for path in self.dir.iterdir():
+            if path.name in ("state.json", "current.npz", "strategy.npz") or path.name.startswith("final-"):
+                path.unlink()
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.state_path.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.state_path)

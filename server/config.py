@@ -1,0 +1,167 @@
+"""Federation settings: typed, validated once from Flower's ``run_config`` (defaults live in pyproject.toml).
+
+``run_config`` holds two families of flat dashed keys: the pipeline's (``shared.config.PipelineConfig``:
+``seg-*``, ``cls-*``, ``datasets``, ``seed`` ...) and the federation's (this module). :func:`split_run_config`
+separates them; an unknown key, a missing key or a bad value raises ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from shared.config import PipelineConfig
+from shared.errors import ConfigError
+from shared.records import TRANSPORT_DTYPES
+
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+
+#: keys read by the ClientApp only (they reach every site with the run config)
+CLIENT_KEYS: tuple[str, ...] = ("sim-data-root", "sim-cache-root", "debug-fail-sites")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How the study is federated. Field ``x_y`` <-> run-config key ``x-y``."""
+
+    strategy: str
+    seg_rounds: int
+    cls_rounds: int
+    min_sites: int
+    wait_for_sites_s: float
+    round_timeout_s: float
+    prox_mu: float
+    fedadam_eta: float
+    fedadam_beta1: float
+    fedadam_beta2: float
+    fedadam_tau: float
+    trimmed_beta: float
+    fedbn: bool
+    transport_dtype: str
+    out_dir: str
+    checkpoint_dir: str
+    resume: bool
+    eval_only_sites: str
+    debug_stop_after_round: int
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            hint = difflib.get_close_matches(self.strategy, STRATEGIES, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"strategy={self.strategy!r} is not allowed: expected one of {', '.join(STRATEGIES)}{extra}"
+            )
+        _range("seg-rounds", self.seg_rounds, 0, 10_000)
+        _range("cls-rounds", self.cls_rounds, 0, 10_000)
+        _range("min-sites", self.min_sites, 1, 10_000)
+        _range("wait-for-sites-s", self.wait_for_sites_s, 0, 86_400)
+        _range("round-timeout-s", self.round_timeout_s, 1, 7 * 86_400)
+        _range("prox-mu", self.prox_mu, 0.0, 100.0)
+        _range("fedadam-eta", self.fedadam_eta, 1e-12, 10.0)
+        _range("fedadam-beta1", self.fedadam_beta1, 0.0, 0.999999)
+        _range("fedadam-beta2", self.fedadam_beta2, 0.0, 0.999999)
+        _range("fedadam-tau", self.fedadam_tau, 1e-12, 1.0)
+        _range("trimmed-beta", self.trimmed_beta, 0.0, 0.49)
+        if self.transport_dtype not in TRANSPORT_DTYPES:
+            raise ConfigError(
+                f"transport-dtype={self.transport_dtype!r} is not allowed: expected one of {', '.join(TRANSPORT_DTYPES)}"
+            )
+        for key, value in (("out-dir", self.out_dir), ("checkpoint-dir", self.checkpoint_dir)):
+            if value and not os.path.isabs(value):
+                raise ConfigError(
+                    f"{key}={value!r} is not an absolute path: the ServerApp's working directory is wherever the "
+                    "SuperLink started, so give an absolute path"
+                )
+        _range("debug-stop-after-round", self.debug_stop_after_round, 0, 1_000_000)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path.home() / "nasofl-out"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.out_path / "checkpoints"
+
+    @property
+    def eval_only_names(self) -> frozenset[str]:
+        return frozenset(s.strip() for s in self.eval_only_sites.split(",") if s.strip())
+
+    def to_mapping(self) -> dict[str, bool | int | float | str]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}={value!r} is out of range: expected a value in [{lo}, {hi}]")
+
+
+def federation_keys() -> dict[str, type]:
+    hints = {"str": str, "int": int, "float": float, "bool": bool}
+    return {
+        f.name.replace("_", "-"): hints[f.type] if isinstance(f.type, str) else f.type
+        for f in fields(FederationConfig)
+    }
+
+
+def _coerce(key: str, raw: Any, typ: type) -> Any:
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+    elif typ is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+    elif typ is float:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+    elif typ is str and isinstance(raw, str):
+        return raw
+    raise ConfigError(f"{key}={raw!r} has the wrong type: expected {typ.__name__}")
+
+
+def split_run_config(run_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """-> (pipeline keys, federation keys, client-only keys); an unknown key raises ConfigError naming it."""
+    pipeline_known = set(PipelineConfig().to_mapping())
+    fed_known = federation_keys()
+    pipe: dict[str, Any] = {}
+    fed: dict[str, Any] = {}
+    client: dict[str, Any] = {}
+    for key, value in run_config.items():
+        if key in pipeline_known:
+            pipe[key] = value
+        elif key in fed_known:
+            fed[key] = value
+        elif key in CLIENT_KEYS:
+            client[key] = value
+        else:
+            known = sorted(pipeline_known | set(fed_known) | set(CLIENT_KEYS))
+            hint = difflib.get_close_matches(key, known, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown run-config key {key!r}{extra}")
+    return pipe, fed, client
+
+
+def federation_from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
+    """Validated FederationConfig; every federation key must be present (defaults: pyproject.toml)."""
+    _, fed, _ = split_run_config(run_config)
+    kwargs: dict[str, Any] = {}
+    for key, typ in federation_keys().items():
+        if key not in fed:
+            raise ConfigError(
+                f"run config lacks key {key!r}: add it to [tool.flwr.app.config] in pyproject.toml or pass "
+                f"--run-config '{key}=...'"
+            )
+        kwargs[key.replace("-", "_")] = _coerce(key, fed[key], typ)
+    return FederationConfig(**kwargs)
+
+
+def pipeline_from_run_config(run_config: Mapping[str, Any]) -> PipelineConfig:
+    pipe, _, _ = split_run_config(run_config)
+    return PipelineConfig.from_mapping(pipe)

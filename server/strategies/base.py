@@ -1,0 +1,288 @@
+"""What every nasofl strategy adds to Flower's: stage routing, eval-only sites, update checks, round records.
+
+:class:`StageMixin` goes in front of a Flower strategy class (``class CheckedFedAvg(StageMixin, FedAvg)``):
+
+- ``configure_train`` sends only to this stage's training sites (never to evaluation-only sites, nor to sites
+  without data for the stage) and re-types the messages to ``train.<action>`` (``train.seg`` / ``train.cls``);
+- ``aggregate_train`` checks every reply (:mod:`server.update_check`) BEFORE Flower's strategy sees it: error
+  replies and bad updates are dropped and counted, never averaged in; fewer usable replies than the configured
+  minimum raises :class:`TooFewSitesError` (the run ends FAILED, loudly);
+- ``aggregate_evaluate`` pools the sites' sufficient statistics itself (:mod:`server.pooled_eval`) and keeps
+  per-site figures, keyed by site name;
+- round numbers are shifted by ``round_offset`` so a resumed stage continues its numbering (clients seed their
+  local training with the true round, and FedAdam's bias correction sees it too).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from server.update_check import update_problem
+from shared import protocol as P
+from shared.records import record_to_numpy
+
+log = logging.getLogger(__name__)
+
+
+class TooFewSitesError(RuntimeError):
+    """Fewer sites took part in a round than the configured minimum: the run must end as FAILED."""
+
+
+@dataclass
+class TrainRound:
+    """What happened in one training round (site names only, never node ids of patients)."""
+
+    round: int
+    started: float = field(default_factory=time.time)
+    sent_to: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    contributed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # site -> short reason (no patient data)
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why the update was dropped
+    site_train_seconds: dict[str, float] = field(default_factory=dict)
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    aggregated_at: float = 0.0
+
+
+@dataclass
+class EvalRound:
+    round: int
+    pooled: dict[str, float]
+    per_site: dict[str, dict[str, float]]
+    sums: dict[str, dict[str, object]]  # site -> raw sufficient statistics (counts / histograms)
+    failed: dict[str, str]
+    bytes_sent: int = 0
+
+
+EvalPooler = Callable[[dict[str, dict[str, object]]], tuple[dict[str, float], dict[str, dict[str, float]]]]
+
+
+class StageMixin:
+    """Mixin for a Flower Message-API strategy; call :meth:`setup_stage` before ``start``."""
+
+    action: str = "default"
+    site_of_node: dict[int, str]
+    train_nodes: frozenset[int]
+    eval_nodes: frozenset[int]
+    eval_only_nodes: frozenset[int]
+    round_offset: int = 0
+    min_sites: int = 1
+    train_metric_keys: tuple[str, ...] = ()
+    eval_metric_keys: tuple[str, ...] = ()
+    eval_pooler: EvalPooler | None = None
+    last_train: TrainRound | None = None
+    last_eval: EvalRound | None = None
+    _global_numpy: dict[str, np.ndarray] | None = None
+
+    def setup_stage(
+        self,
+        *,
+        action: str,
+        site_of_node: dict[int, str],
+        train_nodes: Iterable[int],
+        eval_nodes: Iterable[int],
+        eval_only_nodes: Iterable[int] = (),
+        min_sites: int,
+        round_offset: int = 0,
+        train_metric_keys: tuple[str, ...] = P.TRAIN_METRICS,
+        eval_metric_keys: tuple[str, ...] = (),
+        eval_pooler: EvalPooler | None = None,
+    ) -> None:
+        self.action = action
+        self.site_of_node = dict(site_of_node)
+        self.train_nodes = frozenset(train_nodes)
+        self.eval_nodes = frozenset(eval_nodes)
+        self.eval_only_nodes = frozenset(eval_only_nodes)
+        self.min_sites = min_sites
+        self.round_offset = round_offset
+        self.train_metric_keys = train_metric_keys
+        self.eval_metric_keys = eval_metric_keys
+        self.eval_pooler = eval_pooler
+        self.last_train = None
+        self.last_eval = None
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    def _site(self, node_id: int) -> str:
+        return self.site_of_node.get(node_id, f"node-{node_id}")
+
+    def _retype(self, messages: Iterable[Message], category: str, keep: frozenset[int]) -> list[Message]:
+        out = []
+        for m in messages:
+            if m.metadata.dst_node_id not in keep:
+                continue
+            out.append(
+                Message(
+                    m.content, dst_node_id=m.metadata.dst_node_id, message_type=f"{category}.{self.action}"
+                )
+            )
+        return out
+
+    # ---- training ----------------------------------------------------------------------------------
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        true_round = server_round + self.round_offset
+        msgs = super().configure_train(true_round, arrays, config, grid)  # type: ignore[misc]
+        msgs = self._retype(msgs, "train", self.train_nodes)
+        self._sent_train = msgs  # the grid stamps message ids on these objects when it pushes them
+        self._global_numpy = record_to_numpy(arrays)
+        rec = TrainRound(round=true_round)
+        rec.sent_to = sorted(self._site(m.metadata.dst_node_id) for m in msgs)
+        rec.bytes_sent = int(arrays.count_bytes()) * len(msgs)
+        self.last_train = rec
+        log.info("round %s %s: training at %s", true_round, self.action, ", ".join(rec.sent_to) or "no site")
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        true_round = server_round + self.round_offset
+        rec = self.last_train or TrainRound(round=true_round)
+        replies = list(replies)
+        good: list[tuple[str, Message]] = []
+        answered: set[str] = set()
+        for msg in replies:
+            if msg.has_error():
+                continue
+            site = self._site(msg.metadata.src_node_id)
+            answered.add(site)
+            arrays_recs = list(msg.content.array_records.values())
+            metric_recs = list(msg.content.metric_records.values())
+            rec.bytes_received += sum(int(a.count_bytes()) for a in arrays_recs)
+            if len(arrays_recs) != 1 or len(metric_recs) != 1:
+                rec.rejected[site] = (
+                    f"{len(arrays_recs)} array records and {len(metric_recs)} metric records, expected 1 and 1"
+                )
+                continue
+            problem = update_problem(
+                self._global_numpy or {},
+                record_to_numpy(arrays_recs[0]),
+                dict(metric_recs[0]),
+                required_metrics=self.train_metric_keys,
+            )
+            if problem is None and set(metric_recs[0].keys()) != set(self.train_metric_keys):
+                problem = f"metric keys {sorted(metric_recs[0].keys())} differ from {sorted(self.train_metric_keys)}"
+            if problem is not None:
+                rec.rejected[site] = problem
+                log.warning(
+                    "round %s %s: update from %s REJECTED: %s", true_round, self.action, site, problem
+                )
+                continue
+            if int(metric_recs[0][P.NUM_EXAMPLES]) == 0:
+                rec.rejected[site] = "no training examples for this stage (skipped)"
+                log.info("round %s %s: %s had no training examples, skipped", true_round, self.action, site)
+                continue
+            rec.site_train_seconds[site] = float(metric_recs[0][P.TRAIN_SECONDS])
+            good.append((site, msg))
+        errors = error_reasons(replies, getattr(self, "_sent_train", []), self._site)
+        for site in rec.sent_to:
+            if site not in answered:
+                reason = errors.get(site, "no reply (timeout or disconnect)")
+                rec.failed[site] = reason
+                log.warning("round %s %s: site %s FAILED: %s", true_round, self.action, site, reason)
+        good.sort(key=lambda t: t[0])  # fixed order -> identical float sums on resume
+        rec.contributed = [s for s, _ in good]
+        rec.aggregated_at = time.time()
+        if len(good) < self.min_sites:
+            raise TooFewSitesError(
+                f"round {true_round} of stage {self.action!r}: {len(good)} site(s) contributed "
+                f"({', '.join(rec.contributed) or 'none'}), the configured minimum is {self.min_sites} "
+                f"(min-sites); failed: {rec.failed or 'none'}; rejected: {rec.rejected or 'none'}"
+            )
+        arrays, metrics = super().aggregate_train(true_round, [m for _, m in good])  # type: ignore[misc]
+        if metrics is not None:
+            rec.train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+        return arrays, metrics
+
+    # ---- evaluation --------------------------------------------------------------------------------
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        true_round = server_round + self.round_offset
+        msgs = super().configure_evaluate(true_round, arrays, config, grid)  # type: ignore[misc]
+        msgs = self._retype(msgs, "evaluate", self.eval_nodes)
+        self._sent_eval = msgs
+        self._eval_sent = sorted(self._site(m.metadata.dst_node_id) for m in msgs)
+        self._eval_bytes = int(arrays.count_bytes()) * len(msgs)
+        return msgs
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        true_round = server_round + self.round_offset
+        replies = list(replies)
+        sums, failed = collect_eval_sums(
+            replies, self._site, getattr(self, "_eval_sent", []), self.eval_metric_keys
+        )
+        for site, reason in error_reasons(replies, getattr(self, "_sent_eval", []), self._site).items():
+            if site in failed:
+                failed[site] = reason
+        pooled, per_site = self.eval_pooler(sums) if self.eval_pooler else ({}, {})
+        self.last_eval = EvalRound(
+            true_round, pooled, per_site, sums, failed, getattr(self, "_eval_bytes", 0)
+        )
+        return MetricRecord({k: float(v) for k, v in pooled.items() if v == v}) if pooled else None
+
+    # ---- strategy state (FedAdam moments) for checkpoints -----------------------------------------
+
+    def strategy_state(self) -> dict[str, dict[str, np.ndarray]]:
+        state = {}
+        for name in ("m_t", "v_t"):
+            value = getattr(self, name, None)
+            if value:
+                state[name] = {k: np.asarray(v) for k, v in value.items()}
+        return state
+
+    def load_strategy_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        for name, value in state.items():
+            setattr(self, name, {k: np.asarray(v) for k, v in value.items()})
+
+
+def error_reasons(
+    replies: Iterable[Message], sent: list[Message], site_of: Callable[[int], str]
+) -> dict[str, str]:
+    """{site: error reason} for error replies, mapped back through the id of the message we sent.
+
+    Error replies injected by the SuperLink (node unavailable) come from the SuperLink's node id, so the
+    sender is found via ``reply_to_message_id`` -> the instruction's ``dst_node_id``.
+    """
+    by_id = {m.metadata.message_id: site_of(m.metadata.dst_node_id) for m in sent if m.metadata.message_id}
+    out: dict[str, str] = {}
+    for msg in replies:
+        if not msg.has_error():
+            continue
+        site = by_id.get(msg.metadata.reply_to_message_id) or site_of(msg.metadata.src_node_id)
+        out[site] = f"error reply (code {msg.error.code}): {_short(msg.error.reason)}"
+    return out
+
+
+def collect_eval_sums(
+    replies: Iterable[Message],
+    site_of: Callable[[int], str],
+    sent_to: list[str],
+    metric_keys: tuple[str, ...],
+) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+    """Evaluation replies -> ({site: metrics}, {site: failure reason}); inconsistent replies count as failed."""
+    sums: dict[str, dict[str, object]] = {}
+    failed: dict[str, str] = {}
+    for msg in replies:
+        if msg.has_error():
+            continue
+        site = site_of(msg.metadata.src_node_id)
+        recs = list(msg.content.metric_records.values())
+        if len(recs) != 1 or (metric_keys and set(recs[0].keys()) != set(metric_keys)):
+            failed[site] = "reply without the expected metric keys"
+            continue
+        sums[site] = dict(recs[0])
+    for site in sent_to:
+        if site not in sums and site not in failed:
+            failed[site] = "no reply (error, timeout or disconnect)"
+    return sums, failed
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

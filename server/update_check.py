@@ -1,0 +1,56 @@
+"""Check every received model update before it can reach aggregation.
+
+A reply is usable only when its arrays have exactly the global model's keys and shapes, only finite values,
+and a non-negative integer example count. Anything else is dropped (and counted in the run log) so that one
+broken or malicious site cannot poison the global model, nor end the run through Flower's consistency check.
+Pure numpy: no Flower here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def update_problem(
+    global_arrays: Mapping[str, np.ndarray],
+    update: Mapping[str, np.ndarray],
+    metrics: Mapping[str, object] | None = None,
+    required_metrics: tuple[str, ...] = (),
+    weight_key: str = "num-examples",
+) -> str | None:
+    """Why ``update`` cannot be aggregated into ``global_arrays``, or None if it can.
+
+    ``global_arrays`` / ``update``: name -> ndarray (any shape, numeric). ``metrics``: the reply's MetricRecord
+    as a mapping; ``required_metrics`` must all be present and ``weight_key`` must be a non-negative int.
+    """
+    missing = [k for k in global_arrays if k not in update]
+    if missing:
+        return f"missing {len(missing)} array(s), first {missing[0]!r}"
+    extra = [k for k in update if k not in global_arrays]
+    if extra:
+        return f"{len(extra)} unexpected array(s), first {extra[0]!r}"
+    for name, ref in global_arrays.items():
+        arr = np.asarray(update[name])
+        if tuple(arr.shape) != tuple(np.shape(ref)):
+            return f"array {name!r} has shape {tuple(arr.shape)}, expected {tuple(np.shape(ref))}"
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            return f"array {name!r} has non-numeric dtype {arr.dtype}"
+        if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
+            return f"array {name!r} contains NaN or infinite values"
+    if metrics is not None:
+        absent = [k for k in required_metrics if k not in metrics]
+        if absent:
+            return f"metrics lack {absent[0]!r}"
+        weight = metrics.get(weight_key)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            return f"metric {weight_key!r} is {weight!r}, expected a number"
+        if not math.isfinite(float(weight)) or weight < 0:
+            return f"metric {weight_key!r} is {weight!r}, expected a finite number >= 0"
+        for key, value in metrics.items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                return f"metric {key!r} is not finite"
+    return None
