@@ -1,0 +1,1 @@
+"""DICOM ingestion with pydicom: header index, series grouping, classification, geometry, pixels, masks."""

@@ -1,0 +1,106 @@
+"""Tumour mask of one patient from its RTSTRUCT or SEG objects, on the patient's reference grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from shared.data.dicom.geometry import VolumeGeometry
+from shared.data.dicom.header import RTSTRUCT_STORAGE, SEG_STORAGE, InstanceHeader
+from shared.data.dicom.resample import resample_mask
+from shared.data.dicom.rtstruct import parse_rtstruct, rasterise, select_roi
+from shared.data.dicom.seg import parse_seg, segment_mask, select_segment
+from shared.data.dicom.volumes import LoadedSeries
+from shared.data.report import Problem
+from shared.errors import DicomError
+
+
+def is_rtstruct(h: InstanceHeader) -> bool:
+    return h.sop_class == RTSTRUCT_STORAGE or h.modality == "RTSTRUCT"
+
+
+def is_seg(h: InstanceHeader) -> bool:
+    return h.sop_class == SEG_STORAGE or h.modality == "SEG"
+
+
+def _contour_host(contours, loaded: list[LoadedSeries]) -> LoadedSeries:
+    """Series the contours were drawn on: most referenced SOPs, else most planes matched by position."""
+    refs = {r for c in contours for r in c.referenced_sops}
+    by_refs = max(loaded, key=lambda s: len(refs & set(s.sop_to_slice)))
+    if refs and refs & set(by_refs.sop_to_slice):
+        return by_refs
+
+    def plane_hits(s: LoadedSeries) -> int:
+        g = s.geometry
+        pos, half = np.asarray(g.positions), 0.5 * g.slice_spacing
+        hits = 0
+        for c in contours:
+            d = c.points @ g.normal
+            if np.ptp(d) <= max(half, 0.5) and np.min(np.abs(pos - d.mean())) <= half:
+                hits += 1
+        return hits
+
+    return max(loaded, key=plane_hits)  # first max = reference series on ties
+
+
+def mask_from_objects(
+    site_dir: Path,
+    objects: list[InstanceHeader],
+    loaded: list[LoadedSeries],
+    reference: VolumeGeometry,
+    patterns: tuple[str, ...],
+    patient: str,
+) -> tuple[np.ndarray | None, str, list[Problem]]:
+    """First usable tumour mask among RTSTRUCT / SEG ``objects``.
+
+    ``loaded``: the patient's loaded series, reference series first. Returns (uint8 (Z, H, W) on
+    ``reference`` or None, source description, problems).
+    """
+    problems: list[Problem] = []
+    for h in sorted(objects, key=lambda o: (not is_rtstruct(o), o.path)):
+        try:
+            ds = pydicom.dcmread(site_dir / h.path, force=True)
+        except Exception as err:
+            problems.append(
+                Problem("warning", "unreadable", h.path, f"cannot read ({type(err).__name__})", patient)
+            )
+            continue
+        if is_rtstruct(h):
+            ss = parse_rtstruct(ds)
+            roi, note = select_roi(ss.rois, patterns)
+            if roi is None:
+                problems.append(Problem("warning", "no_tumour_roi", h.path, note, patient))
+                continue
+            if note:
+                problems.append(Problem("warning", "several_tumour_rois", h.path, note, patient))
+            host = _contour_host(roi.closed_planar, loaded)
+            mask, unmatched = rasterise(roi.closed_planar, host.geometry, host.sop_to_slice)
+            for msg in unmatched:
+                problems.append(
+                    Problem("warning", "contour_no_slice", h.path, f"ROI {roi.name!r}: {msg}", patient)
+                )
+            if not mask.any():
+                problems.append(
+                    Problem("warning", "empty_mask", h.path, f"ROI {roi.name!r} gives an empty mask", patient)
+                )
+                continue
+            return resample_mask(mask, host.geometry, reference), f"rtstruct:{roi.name}", problems
+        try:
+            seg = parse_seg(ds, h.path)
+        except DicomError as err:
+            problems.append(Problem("warning", "bad_seg", h.path, str(err).split(": ", 1)[-1], patient))
+            continue
+        number, note = select_segment(seg, patterns)
+        if number is None:
+            problems.append(Problem("warning", "no_tumour_roi", h.path, note, patient))
+            continue
+        mask = segment_mask(seg, number, reference)
+        if not mask.any():
+            problems.append(
+                Problem("warning", "empty_mask", h.path, "tumour segment is empty on the grid", patient)
+            )
+            continue
+        return mask, f"seg:{seg.segment_labels[number]}", problems
+    return None, "-", problems

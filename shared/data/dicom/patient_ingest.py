@@ -1,0 +1,162 @@
+"""One patient's headers -> co-registered t1 / t2 / t1ce volumes and tumour mask on one grid."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from shared.data.cache import IngestedPatient
+from shared.data.dicom.classify import Classification, apply_time_order, choose, classify_series
+from shared.data.dicom.header import InstanceHeader
+from shared.data.dicom.masks import is_rtstruct, is_seg, mask_from_objects
+from shared.data.dicom.resample import resample
+from shared.data.dicom.series import SeriesGroup, group_series, non_volume_reason
+from shared.data.dicom.volumes import LoadedSeries, load_series
+from shared.data.mapping import SiteMapping
+from shared.data.patient import SEQUENCES
+from shared.data.report import PatientSummary, Problem
+from shared.data.settings import IngestSettings
+from shared.errors import DicomError
+
+log = logging.getLogger(__name__)
+
+
+def classify_patient(
+    groups: list[SeriesGroup], settings: IngestSettings, mapping: SiteMapping, patient: str
+) -> tuple[dict[str, dict[str, list[tuple[SeriesGroup, Classification]]]], list[Problem]]:
+    """study key -> sequence -> ranked candidates; plus problems for excluded / split series."""
+    problems: list[Problem] = []
+    by_series: dict[str, list[SeriesGroup]] = defaultdict(list)
+    for g in groups:
+        by_series[g.series_uid].append(g)
+    per_study: dict[str, list[tuple[SeriesGroup, Classification]]] = defaultdict(list)
+    for g in groups:
+        if g.split_reason and g.part == 0:
+            problems.append(
+                Problem("warning", "series_split", g.first.path, f"{g.label()}: {g.split_reason}", patient)
+            )
+        c = classify_series(g, settings, mapping)
+        nv = non_volume_reason(g, by_series[g.series_uid], settings.min_slices)
+        if nv and not c.excluded:
+            c = Classification(c.sequence, nv, c.reason, c.post_contrast, c.derived, c.mapped)
+        if c.excluded or c.sequence is None:
+            problems.append(
+                Problem(
+                    "warning",
+                    "series_excluded",
+                    g.first.path,
+                    f"{g.label()}: {c.excluded or c.reason}",
+                    patient,
+                )
+            )
+        per_study[g.study_key].append((g, c))
+    out: dict[str, dict[str, list[tuple[SeriesGroup, Classification]]]] = {}
+    for study, items in per_study.items():
+        items = apply_time_order(items)
+        classes: dict[str, list[tuple[SeriesGroup, Classification]]] = defaultdict(list)
+        for g, c in items:
+            if c.usable:
+                classes[c.sequence].append((g, c))
+        out[study] = dict(classes)
+    return out, problems
+
+
+def ingest_patient(
+    site_dir: Path,
+    headers: list[InstanceHeader],
+    settings: IngestSettings,
+    mapping: SiteMapping,
+    roi_patterns: tuple[str, ...],
+    pseudonym: str,
+) -> IngestedPatient:
+    """Never raises for bad data: everything wrong ends up in ``problems`` (warnings)."""
+    problems: list[Problem] = []
+    summary = PatientSummary(pseudonym, "", "-", "-", False)
+    groups = group_series([h for h in headers if h.is_mr_image])
+    objects = [h for h in headers if is_rtstruct(h) or is_seg(h)]
+    studies, probs = classify_patient(groups, settings, mapping, pseudonym)
+    problems += probs
+    if not studies or not any(studies.values()):
+        problems.append(
+            Problem("warning", "no_usable_series", "", "no usable T1 / T2 / T1CE series", pseudonym)
+        )
+        return IngestedPatient({}, None, (1.0, 1.0, 1.0), summary, problems)
+    ranked = sorted(
+        studies.items(),
+        key=lambda kv: (-len(kv[1]), -sum(g.n_slices for c in kv[1].values() for g, _ in c), kv[0]),
+    )
+    study_key, classes = ranked[0]
+    if len([s for s in studies.values() if s]) > 1:
+        problems.append(
+            Problem(
+                "warning",
+                "several_studies",
+                "",
+                f"{len(studies)} studies with MR series; used the one with most "
+                f"sequences ({sorted(classes)})",
+                pseudonym,
+            )  # fmt: skip
+        )
+    loaded: dict[str, LoadedSeries] = {}
+    for seq in settings.reference_order():
+        cands = list(classes.get(seq, []))
+        first = True
+        while cands:
+            chosen, note = choose(cands)
+            if note and first:
+                problems.append(
+                    Problem("warning", "several_candidates", chosen.first.path, f"{seq}: {note}", pseudonym)
+                )
+            first = False
+            try:
+                series, probs = load_series(
+                    site_dir, chosen.instances, pseudonym, settings.gap_factor, settings.min_slices
+                )
+            except DicomError as err:
+                msg = str(err)
+                code = "unsupported_transfer_syntax" if "transfer syntax" in msg else "series_rejected"
+                file, _, text = msg.partition(": ")
+                problems.append(Problem("warning", code, file, f"{seq} {chosen.label()}: {text}", pseudonym))
+                cands = [gc for gc in cands if gc[0] is not chosen]
+                continue
+            problems += probs
+            loaded[seq] = series
+            cls = next(c for g, c in classes[seq] if g is chosen)
+            summary.sequences[seq] = f"{chosen.label()}: {cls.reason}"
+            break
+    for seq in SEQUENCES:
+        if seq not in loaded:
+            problems.append(Problem("warning", "missing_sequence", "", f"no usable {seq} series", pseudonym))
+    if not loaded:
+        return IngestedPatient({}, None, (1.0, 1.0, 1.0), summary, problems)
+    ref_seq = next(s for s in settings.reference_order() if s in loaded)
+    ref = loaded[ref_seq]
+    grid = ref.geometry.uniform()
+    images: dict[str, np.ndarray] = {}
+    ref_for = ref.instances[0].frame_of_ref
+    for seq, s in loaded.items():
+        if s.instances[0].frame_of_ref and ref_for and s.instances[0].frame_of_ref != ref_for:
+            problems.append(Problem("warning", "frame_of_reference", s.instances[0].path,
+                                    f"{seq} has another FrameOfReferenceUID than {ref_seq}; resampled assuming "
+                                    "the same patient coordinates", pseudonym))  # fmt: skip
+        images[seq] = resample(s.volume, s.geometry, grid, order=1)
+        summary.geometry[seq] = s.geometry.describe()
+    summary.geometry["grid"] = f"{ref_seq} {grid.describe()}"
+    order = [ref] + [s for k, s in loaded.items() if k != ref_seq]
+    mask, source, probs = mask_from_objects(site_dir, objects, order, grid, roi_patterns, pseudonym)
+    problems += probs
+    if not objects:
+        problems.append(
+            Problem("warning", "no_mask", "", "no RTSTRUCT or SEG object for this patient", pseudonym)
+        )
+    summary.mask = source
+    summary.usable = True
+    seen, unique = set(), []
+    for p in problems:
+        if (p.code, p.file, p.message) not in seen:
+            seen.add((p.code, p.file, p.message))
+            unique.append(p)
+    return IngestedPatient(images, mask, grid.spacing_zyx, summary, unique, [f"reference grid {ref_seq}"])

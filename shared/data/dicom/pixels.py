@@ -1,0 +1,87 @@
+"""Pixel data of a sorted series, rescaled to scanner units with ``pydicom.pixels.apply_rescale``.
+
+Decoders: pydicom's own (uncompressed, Deflate, RLE), pylibjpeg-openjpeg (JPEG 2000), pyjpegls
+(JPEG-LS). Anything else (e.g. MPEG, JPEG baseline without a plugin) is rejected with a message naming
+the file and the transfer syntax.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_rescale, get_decoder
+from pydicom.uid import UID
+
+from shared.data.dicom.header import InstanceHeader
+from shared.errors import DicomError
+
+
+def check_transfer_syntax(h: InstanceHeader) -> None:
+    """Raise DicomError when no installed decoder can read ``h``'s transfer syntax."""
+    if not h.transfer_syntax:
+        return  # no file meta: pydicom guesses (implicit / explicit little endian)
+    uid = UID(h.transfer_syntax)
+    name = uid.name if uid.is_valid else h.transfer_syntax
+    try:
+        decoder = get_decoder(uid)
+        available = decoder.is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        raise DicomError(
+            f"{h.path}: unsupported transfer syntax {name} ({h.transfer_syntax}); no installed pixel decoder. "
+            "Expected uncompressed, RLE, JPEG 2000 or JPEG-LS. Re-export the series uncompressed."
+        )
+
+
+def read_slice(site_dir: Path, h: InstanceHeader, cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """One slice (H, W) float32 in rescaled units (slope/intercept applied).
+
+    ``cache`` holds decoded multi-frame arrays by path so each file is decoded once.
+
+    Raises:
+        DicomError: unreadable, truncated or undecodable pixel data (message names the file).
+    """
+    check_transfer_syntax(h)
+    if not h.has_pixels:
+        raise DicomError(f"{h.path}: no pixel data (no BitsAllocated / PixelData); the slice is skipped")
+    try:
+        if h.frame >= 0 and cache is not None and h.path in cache:
+            frames = cache[h.path]
+        else:
+            ds = pydicom.dcmread(site_dir / h.path, force=True)
+            if "PixelData" not in ds:
+                raise DicomError(f"{h.path}: no PixelData element; the slice is skipped")
+            arr = ds.pixel_array
+            if h.frame < 0:
+                out = apply_rescale(arr, ds) if "RescaleSlope" in ds or "RescaleIntercept" in ds else arr
+                out = np.asarray(out, dtype=np.float32)
+                if out.shape != (h.rows, h.columns):
+                    raise DicomError(
+                        f"{h.path}: pixel array has shape {out.shape}; expected ({h.rows}, {h.columns}) "
+                        "(single-frame grey-scale)"
+                    )
+                return out
+            frames = arr if arr.ndim == 3 else arr[None]
+            if cache is not None:
+                cache[h.path] = frames
+    except DicomError:
+        raise
+    except Exception as err:
+        msg = str(err)
+        kind = (
+            "truncated pixel data"
+            if "less than expected" in msg or "truncat" in msg.lower()
+            else "unreadable pixel data"
+        )
+        raise DicomError(
+            f"{h.path}: {kind} ({type(err).__name__}: {msg[:200]}); the slice is skipped"
+        ) from None
+    if h.frame >= frames.shape[0]:
+        raise DicomError(f"{h.path}: frame {h.frame + 1} missing (file has {frames.shape[0]} frames)")
+    out = frames[h.frame].astype(np.float32)
+    slope = 1.0 if h.rescale_slope is None else h.rescale_slope
+    intercept = 0.0 if h.rescale_intercept is None else h.rescale_intercept
+    return out * np.float32(slope) + np.float32(intercept)

@@ -1,0 +1,135 @@
+"""DICOM SEG (BINARY and FRACTIONAL) read with pydicom alone, placed on a target grid.
+
+Each frame carries SegmentIdentificationSequence.ReferencedSegmentNumber and a PlanePositionSequence
+(per-frame functional groups); orientation and pixel spacing usually come from the shared groups.
+Empty frames may be omitted, so one segment's frames are laid on a regular grid before resampling.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from shared.data.dicom.geometry import VolumeGeometry
+from shared.data.dicom.resample import resample_mask
+from shared.data.dicom.values import floats, number, text
+from shared.errors import DicomError
+
+
+@dataclass
+class SegFrame:
+    segment: int
+    ipp: tuple[float, ...]
+    iop: tuple[float, ...]
+    spacing: tuple[float, ...]  # (dr, dc)
+    mask: np.ndarray  # (H, W) bool
+
+
+@dataclass
+class Segmentation:
+    segment_labels: dict[int, str]
+    frames: list[SegFrame]
+    spacing_between: float | None
+
+
+def _fg(shared: Dataset | None, frame: Dataset | None, seq: str) -> Dataset | None:
+    for g in (frame, shared):
+        if g is not None and seq in g and g[seq].value:
+            return g[seq].value[0]
+    return None
+
+
+def parse_seg(ds: Dataset, rel: str) -> Segmentation:
+    """Decode every frame of a SEG dataset (read with pixels).
+
+    Raises:
+        DicomError: not a BINARY/FRACTIONAL SEG, or frames without position / orientation.
+    """
+    seg_type = text(ds, "SegmentationType").upper()
+    if seg_type not in ("BINARY", "FRACTIONAL"):
+        raise DicomError(f"{rel}: SegmentationType {seg_type or 'absent'!r}; expected BINARY or FRACTIONAL")
+    labels = {int(s.SegmentNumber): text(s, "SegmentLabel") for s in ds.get("SegmentSequence", []) or []}
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as err:
+        raise DicomError(
+            f"{rel}: cannot decode SEG pixel data ({type(err).__name__}: {str(err)[:160]})"
+        ) from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if seg_type == "FRACTIONAL":
+        maxv = number(ds, "MaximumFractionalValue") or 255.0
+        binary = arr.astype(np.float32) / maxv >= 0.5
+    else:
+        binary = arr > 0
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    frames: list[SegFrame] = []
+    spacing_between = None
+    for k in range(binary.shape[0]):
+        fg = per_frame[k] if k < len(per_frame) else None
+        pos, ori, meas = (
+            _fg(shared, fg, s)
+            for s in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
+        )
+        sid = _fg(shared, fg, "SegmentIdentificationSequence")
+        ipp = floats(pos, "ImagePositionPatient", 3) if pos is not None else None
+        iop = floats(ori, "ImageOrientationPatient", 6) if ori is not None else None
+        sp = floats(meas, "PixelSpacing", 2) if meas is not None else None
+        if ipp is None or iop is None or sp is None:
+            raise DicomError(
+                f"{rel}: SEG frame {k + 1} lacks PlanePosition / PlaneOrientation / PixelMeasures"
+            )
+        if meas is not None and spacing_between is None:
+            spacing_between = number(meas, "SpacingBetweenSlices")
+        seg_no = int(number(sid, "ReferencedSegmentNumber") or 1) if sid is not None else 1
+        frames.append(SegFrame(seg_no, ipp, iop, sp, binary[k]))
+    return Segmentation(labels, frames, spacing_between)
+
+
+def select_segment(seg: Segmentation, patterns: tuple[str, ...]) -> tuple[int | None, str]:
+    rx = [re.compile(p, re.IGNORECASE) for p in patterns]
+    hits = [n for n, lab in sorted(seg.segment_labels.items()) if any(x.search(lab.strip()) for x in rx)]
+    if not hits:
+        return (
+            None,
+            f"no segment label matches the tumour patterns; labels found: {sorted(seg.segment_labels.values())}",
+        )
+    note = f"several tumour segments; used {seg.segment_labels[hits[0]]!r}" if len(hits) > 1 else ""
+    return hits[0], note
+
+
+def segment_mask(seg: Segmentation, segment: int, target: VolumeGeometry) -> np.ndarray:
+    """Mask of one segment on ``target``'s grid, uint8 (Z, H, W)."""
+    frames = [f for f in seg.frames if f.segment == segment]
+    z, h, w = target.shape
+    if not frames:
+        return np.zeros((z, h, w), dtype=np.uint8)
+    iop = frames[0].iop
+    n = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    n /= np.linalg.norm(n)
+    d = np.array([float(n @ np.asarray(f.ipp)) for f in frames])
+    order = np.argsort(d)
+    d = d[order]
+    frames = [frames[i] for i in order]
+    steps = np.diff(d)
+    step = seg.spacing_between or (float(np.min(steps[steps > 1e-3])) if np.any(steps > 1e-3) else 1.0)
+    n_slices = int(round((d[-1] - d[0]) / step)) + 1
+    hh, ww = frames[0].mask.shape
+    vol = np.zeros((n_slices, hh, ww), dtype=np.uint8)
+    for f, df in zip(frames, d, strict=True):
+        vol[int(round((df - d[0]) / step))] |= f.mask.astype(np.uint8)
+    geom = VolumeGeometry(
+        origin=tuple(float(v) for v in frames[0].ipp),
+        row_dir=tuple(float(v) for v in iop[:3]),
+        col_dir=tuple(float(v) for v in iop[3:]),
+        pixel_spacing=(float(frames[0].spacing[0]), float(frames[0].spacing[1])),
+        positions=tuple(float(d[0] + k * step) for k in range(n_slices)),
+        rows=hh,
+        columns=ww,
+    )
+    return resample_mask(vol, geom, target)

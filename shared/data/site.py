@@ -1,0 +1,190 @@
+"""Entry point of ingestion: a site folder -> SiteCohort (PatientVolumes with splits + ValidationReport).
+
+Site folder contract: ``labels.csv`` (patient_id,diagnosis), any tree of DICOM files (MR series,
+RTSTRUCT / SEG masks; any names), optional ``site_mapping.json``. Patients are identified by the
+DICOM PatientID. The site folder is only read; the cache (``cache_dir``) is written only when given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shared.data.cache import PatientCache, patient_key
+from shared.data.dicom.header import InstanceHeader
+from shared.data.dicom.index import index_tree
+from shared.data.dicom.patient_ingest import ingest_patient
+from shared.data.labels import LABELS_FILE, load_labels
+from shared.data.mapping import SiteMapping, load_mapping
+from shared.data.patient import LABELS, PatientVolumes
+from shared.data.report import Scrubber, ValidationReport
+from shared.data.settings import IngestSettings
+from shared.data.split import patient_split
+from shared.errors import SiteDataError
+from shared.pseudonym import DEFAULT_SALT, pseudonym
+
+__all__ = ["IngestSettings", "SiteCohort", "load_site"]
+
+log = logging.getLogger(__name__)
+CLASS_NAMES = {v: k for k, v in LABELS.items()}
+
+
+@dataclass
+class SiteCohort:
+    site_name: str
+    patients: list[PatientVolumes]  # ingested (>= 1 sequence), labelled or not, each with .split set
+    report: ValidationReport
+
+    @property
+    def labelled(self) -> list[PatientVolumes]:
+        return [p for p in self.patients if p.label is not None]
+
+    def split(self, name: str) -> list[PatientVolumes]:
+        return [p for p in self.labelled if p.split == name]
+
+
+def _patient_of(h: InstanceHeader) -> str:
+    if h.patient_id:
+        return h.patient_id
+    return "no-id:" + h.path.split("/", 1)[0]  # fallback: top-level folder
+
+
+def load_site(
+    site_dir: Path,
+    cache_dir: Path | None = None,
+    settings: IngestSettings = IngestSettings(),  # noqa: B008 (frozen dataclass)
+    salt: str = DEFAULT_SALT,
+    progress: bool = False,
+) -> SiteCohort:
+    """Ingest a whole site folder. One bad file never stops the rest: it becomes a report problem.
+
+    Raises:
+        SiteDataError: ``site_dir`` is not a folder.
+    """
+    site_dir = Path(site_dir).resolve()
+    if not site_dir.is_dir():
+        raise SiteDataError(f"site folder {site_dir.name!r} not found or not a folder; expected a folder with "
+                            f"{LABELS_FILE} and DICOM files")  # fmt: skip
+    report = ValidationReport(site_name=site_dir.name)
+    try:
+        mapping = load_mapping(site_dir)
+    except SiteDataError as err:
+        report.add("blocking", "bad_site_mapping", "site_mapping.json", str(err))
+        mapping = SiteMapping()
+    patterns = mapping.roi_names or settings.roi_patterns
+    try:
+        labels = load_labels(site_dir / LABELS_FILE)
+    except SiteDataError as err:
+        report.add("blocking", "bad_labels", LABELS_FILE, str(err))
+        labels = {}
+    cache = PatientCache(cache_dir, site_dir) if cache_dir is not None else None
+    entries = index_tree(
+        site_dir, cache.load_index() if cache else None, progress, exclude=cache.root if cache else None
+    )
+    if cache:
+        cache.save_index(entries)
+    report.files_indexed = len(entries)
+    report.files_dicom = sum(1 for e in entries.values() if e.headers)
+    scrubber = Scrubber()
+    by_patient: dict[str, list[InstanceHeader]] = defaultdict(list)
+    for entry in entries.values():
+        report.extend(entry.problems)
+        for h in entry.headers:
+            pid = _patient_of(h)
+            by_patient[pid].append(h)
+            pseudo = pseudonym(pid, salt)
+            scrubber.add(h.patient_id, pseudo)
+            scrubber.add_name(h.patient_name, pseudo)
+    for pid in labels:
+        scrubber.add(pid, pseudonym(pid, salt))
+    ingest_parts = (settings.cache_key(), mapping.source_hash, "|".join(patterns), salt)
+    volumes: list[PatientVolumes] = []
+    pids = sorted(by_patient, key=lambda p: pseudonym(p, salt))
+    for pid in tqdm(pids, desc="patients", unit="patient", disable=not progress):
+        pseudo = pseudonym(pid, salt)
+        headers = by_patient[pid]
+        key = patient_key(headers, *ingest_parts)
+        result = cache.load(pseudo, key) if cache else None
+        if result is None:
+            result = ingest_patient(site_dir, headers, settings, mapping, patterns, pseudo)
+            result.problems = [p.scrubbed(scrubber) for p in result.problems]
+            result.summary.sequences = {k: scrubber.scrub(v) for k, v in result.summary.sequences.items()}
+            if cache:
+                cache.save(pseudo, key, result)
+        else:
+            log.debug("patient %s: from cache", pseudo)
+        summary = result.summary
+        summary.raw_id = pid
+        label = labels.get(pid)
+        summary.label = CLASS_NAMES[label] if label is not None else "-"
+        report.extend(result.problems)
+        report.patients.append(summary)
+        if label is None:
+            report.add(
+                "warning", "unlabelled_patient", "", "patient has DICOM data but no row in labels.csv", pseudo
+            )
+        if result.images:
+            volumes.append(
+                PatientVolumes(
+                    pseudo, label, result.images, result.mask, result.spacing_mm, notes=list(result.notes)
+                )
+            )
+    unknown = sorted(pseudonym(pid, salt) for pid in labels if pid not in by_patient)
+    for pseudo in unknown:
+        report.add(
+            "warning",
+            "label_without_data",
+            LABELS_FILE,
+            "labels.csv row with no DICOM data for this id",
+            pseudo,
+        )
+    splits = patient_split(
+        {v.pseudonym: v.label for v in volumes}, settings.split_fractions, settings.split_seed
+    )
+    for v in volumes:
+        v.split = splits[v.pseudonym]
+    by_pseudo = {v.pseudonym: v for v in volumes}
+    for row in report.patients:
+        if row.pseudonym in by_pseudo:
+            row.split = by_pseudo[row.pseudonym].split
+    _site_level_checks(report, volumes, labels)
+    report.scrub(scrubber)
+    log.info(
+        "site %s: %d patients ingested (%d labelled), %d blocking problem(s), %d warning(s)",
+        report.site_name, len(volumes), sum(v.label is not None for v in volumes),
+        len(report.blocking), len(report.problems) - len(report.blocking),
+    )  # fmt: skip
+    return SiteCohort(site_dir.name, volumes, report)
+
+
+def _site_level_checks(
+    report: ValidationReport, volumes: list[PatientVolumes], labels: dict[str, int]
+) -> None:
+    if not volumes:
+        report.add("blocking", "no_usable_patient", "", "no patient has a usable T1 / T2 / T1CE series")
+        return
+    labelled = [v for v in volumes if v.label is not None]
+    if labels and not labelled:
+        report.add(
+            "blocking", "no_labelled_patient", LABELS_FILE, "no ingested patient has a row in labels.csv"
+        )
+        return
+    for name, value in LABELS.items():
+        if labels and not any(v.label == value for v in labelled):
+            report.add(
+                "blocking",
+                "missing_class",
+                LABELS_FILE,
+                f"no usable patient of class {name}; both NPC and NPL are needed",
+            )
+    if labelled and not any(v.mask is not None for v in labelled):
+        report.add(
+            "warning",
+            "no_masks",
+            "",
+            "no labelled patient has a tumour mask; the segmenter cannot train here",
+        )
