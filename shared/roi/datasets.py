@@ -182,8 +182,9 @@ def build_roi_datasets(
     for name, seqs in parsed.items():
         a = acc[name]
         images = np.stack(a["images"]) if a["images"] else np.zeros((0, len(seqs), size, size), np.float32)
+        masks = np.stack(a["masks"]) if a["masks"] else None
         out[name] = RoiDataset(
-            name, seqs, images, np.array(a["slice_patient"]), a["patients"], a["labels"], a["split"]
+            name, seqs, images, np.array(a["slice_patient"]), a["patients"], a["labels"], a["split"], masks
         )
         report.included[name] = len(a["patients"])
     return out, report

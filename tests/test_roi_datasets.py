@@ -1,0 +1,84 @@
+"""ROI cropping on hand-made masks, channel fusion order, and the report of left-out patients."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shared.config import ClassifierConfig, PipelineConfig
+from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
+from shared.roi.datasets import build_roi_datasets
+from simulations.toy_patients import make_toy_patient
+
+CFG = PipelineConfig(cls=ClassifierConfig(arch="resnet18", image_size=16, slices_per_patient=2), roi_margin=2)
+
+
+def test_largest_component_and_slices() -> None:
+    m = np.zeros((4, 20, 20), np.uint8)
+    m[1:3, 2:10, 2:10] = 1  # big: 2 x 64
+    m[0, 15:17, 15:17] = 1  # small: 4 voxels -> dropped
+    m[3, 12:18, 12:18] = 1  # 36 voxels >= 20 % of 128 -> kept (a separate lobe)
+    kept = largest_components(m)
+    assert kept[0].sum() == 0 and kept[1:3].sum() == 128 and kept[3].sum() == 36
+    assert select_slices(kept, 2) == [1, 2]
+    assert select_slices(kept, 5) == [1, 2, 3]
+    assert largest_components(np.zeros((2, 3, 3))).sum() == 0
+
+
+def test_roi_box_square_with_margin_and_clipped() -> None:
+    m = np.zeros((40, 40), np.uint8)
+    m[10:14, 20:30] = 1  # 4 x 10
+    y0, y1, x0, x1 = roi_box(m, margin=2)
+    assert (x0, x1) == (18, 32) and y1 - y0 == 14  # square side = 10 + 2*2
+    assert y0 <= 10 and y1 >= 14
+    m2 = np.zeros((40, 40), np.uint8)
+    m2[0:3, 37:40] = 1  # corner: box must stay inside
+    y0, y1, x0, x1 = roi_box(m2, margin=5)
+    assert y0 == 0 and x1 == 40 and y1 - y0 == x1 - x0
+
+
+def test_roi_crop_resizes_and_keeps_values() -> None:
+    a = np.arange(100, dtype=np.float32).reshape(10, 10)
+    out = roi_crop([a, -a], (2, 6, 3, 7), size=4)  # 4x4 box, no resize needed
+    np.testing.assert_array_equal(out[0], a[2:6, 3:7])
+    np.testing.assert_array_equal(out[1], -a[2:6, 3:7])
+    assert roi_crop([a], (0, 10, 0, 10), size=5).shape == (1, 5, 5)
+
+
+def test_fusion_channel_order_and_report() -> None:
+    full = make_toy_patient(0, 1, size=32, depth=6)
+    # mark each sequence by its scale, then check the fused dataset's channel order follows the name
+    no_t1 = make_toy_patient(1, 0, size=32, depth=6, sequences=("t2", "t1ce"))
+    empty = make_toy_patient(2, 0, size=32, depth=6)
+    unlabelled = make_toy_patient(3, 0, size=32, depth=6)
+    unlabelled.label = None
+    patients = [full, no_t1, empty, unlabelled]
+    masks = {p.pseudonym: p.mask for p in patients}
+    masks[empty.pseudonym] = np.zeros_like(empty.mask)
+    datasets, report = build_roi_datasets(masks, patients, ("t1", "t2+t1", "t1+t2", "t1ce"), CFG)
+    assert report.empty_mask == 1 and report.unlabelled == 1
+    assert report.missing_sequence == {"t1": 1, "t2+t1": 1, "t1+t2": 1, "t1ce": 0}
+    assert report.included == {"t1": 1, "t2+t1": 1, "t1+t2": 1, "t1ce": 2}
+    assert any("empty predicted mask" in line for line in report.lines())
+    fused, swapped, t1 = datasets["t1+t2"], datasets["t2+t1"], datasets["t1"]
+    assert fused.images.shape == (2, 2, 16, 16)  # 2 slices of 1 patient
+    torch.testing.assert_close(fused.images[:, 0], t1.images[:, 0])
+    torch.testing.assert_close(fused.images[:, 0], swapped.images[:, 1])
+    torch.testing.assert_close(fused.images[:, 1], swapped.images[:, 0])
+    assert not torch.allclose(fused.images[:, 0], fused.images[:, 1])
+    x, y, i = fused[1]
+    assert x.dtype == torch.float32 and float(y) == 1.0 and i == 0
+    assert fused.patients == [full.pseudonym] and fused.roi_masks.shape == (2, 16, 16)
+    assert fused.roi_masks.sum() > 0
+
+
+def test_subset_by_split() -> None:
+    patients = [
+        make_toy_patient(i, i % 2, size=32, depth=4, split=s) for i, s in enumerate(["train", "val", "test"])
+    ]
+    datasets, _ = build_roi_datasets({p.pseudonym: p.mask for p in patients}, patients, ("t2",), CFG)
+    ds = datasets["t2"]
+    val = ds.subset("val")
+    assert val.patients == [patients[1].pseudonym] and val.split == ("val",)
+    assert len(val) == 2 and set(val.slice_patient.tolist()) == {0}
+    assert len(ds.subset("train", "test").patients) == 2

@@ -1,0 +1,135 @@
+"""Config parsing, lr schedule, FedProx term, the segmenter and classifier loops on toy patients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.config import ClassifierConfig, PipelineConfig, SegmenterConfig
+from shared.errors import ConfigError
+from shared.models import build_classifier, build_segmenter
+from shared.roi.datasets import RoiDataset
+from shared.training.classification import aggregate_patient_scores, patient_scores, train_classifier
+from shared.training.device import select_device
+from shared.training.schedules import prox_term, snapshot_params, warmup_cosine
+from shared.training.seg_dataset import body_zscore
+from shared.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
+from simulations.toy_patients import make_toy_cohort, make_toy_patient
+
+torch.set_num_threads(1)
+
+TINY = PipelineConfig(
+    seg=SegmenterConfig(encoder="resnet18", image_size=32, batch_size=8, slices_per_patient=4, lr=3e-3),
+    cls=ClassifierConfig(arch="resnet18", image_size=32, slices_per_patient=2, batch_size=8),
+    device="cpu",
+)
+
+
+def test_config_round_trip_and_messages() -> None:
+    cfg = PipelineConfig.from_mapping({"seg-encoder": "resnet18", "datasets": "t1ce,t1+t2", "amp": "false"})
+    assert cfg.seg.encoder == "resnet18" and cfg.datasets == ("t1ce", "t1+t2") and cfg.amp is False
+    assert PipelineConfig.from_mapping(cfg.to_mapping()) == cfg
+    with pytest.raises(ConfigError, match="did you mean 'cls-arch'"):
+        PipelineConfig.from_mapping({"cls-arc": "resnet18"})
+    with pytest.raises(ConfigError, match=r"cls-lr=-1.0 .*\(0.0, 1.0\]"):
+        PipelineConfig.from_mapping({"cls-lr": -1.0})
+    with pytest.raises(ConfigError, match="did you mean 'resnet101'"):
+        ClassifierConfig(arch="resnet10")
+    with pytest.raises(ConfigError, match="t3"):
+        PipelineConfig(datasets=("t1+t3",))
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        SegmenterConfig(image_size=50)
+    with pytest.raises(ConfigError, match="wrong type"):
+        PipelineConfig.from_mapping({"seg-epochs": "many"})
+
+
+def test_select_device_cpu() -> None:
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in ("cpu", "cuda")
+
+
+def test_warmup_cosine_shape() -> None:
+    f = [warmup_cosine(s, 100, 0.1) for s in range(100)]
+    assert f[0] < f[5] < f[9] <= 1.0  # warm-up rises
+    assert f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))  # then decays
+    assert f[-1] < 0.01
+
+
+def test_prox_term_zero_at_global_and_positive_away() -> None:
+    model = torch.nn.Linear(3, 1)
+    ref = snapshot_params(model)
+    assert float(prox_term(model, ref, 0.5).detach()) == 0.0
+    with torch.no_grad():
+        model.weight += 1.0
+    assert float(prox_term(model, ref, 0.5).detach()) == pytest.approx(0.25 * 3)
+
+
+def test_body_zscore_is_scale_invariant() -> None:
+    p = make_toy_patient(0, 1, size=32, depth=4)
+    a = body_zscore(p.images["t2"])
+    b = body_zscore(p.images["t2"] * 7.5)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_segmenter_loss_falls_and_dice_sums() -> None:
+    torch.manual_seed(0)
+    patients = make_toy_cohort(8, size=32, depth=6)
+    model = build_segmenter(TINY.seg)
+    dev = torch.device("cpu")
+    stats = train_segmenter(model, patients, TINY, dev, epochs=6)
+    assert stats.n_examples > 0 and stats.loss_last < stats.loss_first
+    sums = evaluate_segmenter(model, patients, TINY, dev)
+    assert sums.n_patients == 8 and len(sums.per_patient) == 8
+    assert sums.true_sum == sum(int(p.mask.sum()) for p in patients)
+    assert 0.0 <= sums.dice <= 1.0
+    assert "per_patient" not in str(sums.as_metrics())
+    masks = predict_masks(model, patients, TINY, dev)
+    assert set(masks) == {p.pseudonym for p in patients}
+    assert masks[patients[0].pseudonym].shape == patients[0].mask.shape
+    assert masks[patients[0].pseudonym].dtype == np.uint8
+
+
+def test_prox_keeps_weights_closer() -> None:
+    patients = make_toy_cohort(4, size=32, depth=4)
+    dev = torch.device("cpu")
+    dists = []
+    for mu in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = build_segmenter(TINY.seg)
+        ref = snapshot_params(model)
+        train_segmenter(model, patients, TINY, dev, epochs=2, prox_mu=mu, global_params=ref)
+        dists.append(float(prox_term(model, ref, 2.0)))
+    assert dists[1] < dists[0]
+
+
+def _toy_roi_dataset(n: int = 16) -> RoiDataset:
+    rng = np.random.default_rng(0)
+    labels = [i % 2 for i in range(n)]
+    images = rng.normal(0, 1, (n * 2, 2, 32, 32)).astype(np.float32)
+    for k in range(n * 2):
+        images[k, :, 10:20, 10:20] += 1.5 * labels[k // 2]  # NPL crops are brighter in the centre
+    return RoiDataset("t1+t2", ("t1", "t2"), images, np.repeat(np.arange(n), 2), [f"p{i}" for i in range(n)],
+                      labels, ["train"] * n)  # fmt: skip
+
+
+def test_classifier_loss_falls_and_patient_scores() -> None:
+    torch.manual_seed(0)
+    ds = _toy_roi_dataset()
+    model = build_classifier(TINY.cls, ds.in_channels)
+    seen: list[int] = []
+    stats = train_classifier(
+        model, ds, TINY, torch.device("cpu"), epochs=4, on_epoch_end=lambda e, _: seen.append(e)
+    )
+    assert seen == [0, 1, 2, 3]
+    assert stats.loss_last < stats.loss_first
+    scores, labels = patient_scores(model, ds, TINY, torch.device("cpu"))
+    assert scores.shape == (16,) and labels.tolist() == [i % 2 for i in range(16)]
+    assert np.all((scores >= 0) & (scores <= 1))
+
+
+def test_patient_aggregation_is_mean_of_slices() -> None:
+    out = aggregate_patient_scores(np.array([0.2, 0.4, 0.9, 0.5]), np.array([0, 0, 1, 2]), 4)
+    np.testing.assert_allclose(out[:3], [0.3, 0.9, 0.5])
+    assert np.isnan(out[3])
