@@ -33,26 +33,31 @@ def classify_patient(
     for g in groups:
         by_series[g.series_uid].append(g)
     per_study: dict[str, list[tuple[SeriesGroup, Classification]]] = defaultdict(list)
-    for g in groups:
-        if g.split_reason and g.part == 0:
-            problems.append(
-                Problem("warning", "series_split", g.first.path, f"{g.label()}: {g.split_reason}", patient)
+    for parts in by_series.values():
+        results = []
+        for g in parts:
+            c = classify_series(g, settings, mapping)
+            nv = non_volume_reason(g, parts, settings.min_slices)
+            if nv and not c.excluded:
+                c = Classification(c.sequence, nv, c.reason, c.post_contrast, c.derived, c.mapped)
+            results.append((g, c))
+            per_study[g.study_key].append((g, c))
+        excluded = [(g, c) for g, c in results if not c.usable]
+        reasons = sorted({c.excluded or c.reason for _, c in excluded})
+        head = parts[0]
+        if excluded and len(reasons) == 1 and len(excluded) == len(parts):
+            what = (
+                head.label() if len(parts) == 1 else f"{head.label().split(' part ')[0]} ({len(parts)} parts)"
             )
-        c = classify_series(g, settings, mapping)
-        nv = non_volume_reason(g, by_series[g.series_uid], settings.min_slices)
-        if nv and not c.excluded:
-            c = Classification(c.sequence, nv, c.reason, c.post_contrast, c.derived, c.mapped)
-        if c.excluded or c.sequence is None:
             problems.append(
-                Problem(
-                    "warning",
-                    "series_excluded",
-                    g.first.path,
-                    f"{g.label()}: {c.excluded or c.reason}",
-                    patient,
-                )
+                Problem("warning", "series_excluded", head.first.path, f"{what}: {reasons[0]}", patient)
             )
-        per_study[g.study_key].append((g, c))
+            continue
+        if head.split_reason:
+            problems.append(Problem("warning", "series_split", head.first.path, head.split_reason, patient))
+        for g, c in excluded:
+            msg = f"{g.label()}: {c.excluded or c.reason}"
+            problems.append(Problem("warning", "series_excluded", g.first.path, msg, patient))
     out: dict[str, dict[str, list[tuple[SeriesGroup, Classification]]]] = {}
     for study, items in per_study.items():
         items = apply_time_order(items)
@@ -159,4 +164,7 @@ def ingest_patient(
         if (p.code, p.file, p.message) not in seen:
             seen.add((p.code, p.file, p.message))
             unique.append(p)
-    return IngestedPatient(images, mask, grid.spacing_zyx, summary, unique, [f"reference grid {ref_seq}"])
+    notes = [f"reference grid {ref_seq}"] + [
+        f"{k}: series {s.instances[0].series_uid}" for k, s in loaded.items()
+    ]
+    return IngestedPatient(images, mask, grid.spacing_zyx, summary, unique, notes)

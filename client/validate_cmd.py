@@ -1,0 +1,58 @@
+"""``nasofl-site validate SITE_DIR [--json FILE] [--cache DIR] [--show-ids]``: the hospital's first command.
+
+Reads the site folder (never writes into it), prints the validation table and optionally writes the
+JSON report. The JSON and log lines carry pseudonyms only; ``--show-ids`` adds raw patient ids to the
+printed table, which stays in the hospital (default off).
+
+Exit status: 0 when training can start (warnings allowed), 1 on blocking problems (no labels.csv, no
+usable patient, a class without patients, bad site_mapping.json), 2 on a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shared.cli import EXIT_FAILED, EXIT_OK
+from shared.data.site import IngestSettings, load_site
+from shared.pseudonym import DEFAULT_SALT
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "site_dir", type=Path, metavar="SITE_DIR", help="site folder: labels.csv + DICOM tree"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the report as JSON (pseudonyms only)"
+    )
+    parser.add_argument(
+        "--cache", type=Path, metavar="DIR", help="ingestion cache folder (makes reruns fast)"
+    )
+    parser.add_argument(
+        "--show-ids",
+        action="store_true",
+        help="show raw patient ids next to pseudonyms in the printed table (site-local use only; never in JSON)",
+    )
+    parser.add_argument("--salt", default=DEFAULT_SALT, help="site pseudonym salt (same as the node config)")
+    parser.add_argument(
+        "--max-problems", type=int, default=200, help="problems listed in the table (all in JSON)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    cohort = load_site(
+        args.site_dir,
+        cache_dir=args.cache,
+        settings=IngestSettings(),
+        salt=args.salt,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    report = cohort.report
+    print(report.format_table(show_ids=args.show_ids, max_problems=args.max_problems))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.to_json(), encoding="utf-8")
+        print(f"JSON report written to {args.json}")
+    return EXIT_OK if report.ok else EXIT_FAILED
