@@ -19,35 +19,49 @@ Severity = Literal["blocking", "warning"]
 
 
 class Scrubber:
-    """Replace raw patient identifiers (PatientID, PatientName parts) by pseudonyms in free text."""
+    """Replace raw patient identifiers (PatientID, PatientName parts) by pseudonyms in free text.
+
+    Ids are replaced wherever they occur (also inside folder names such as ``ID_20230101``); name
+    parts of 3+ characters only as whole tokens, so that "Li" or "Jane" do not eat unrelated words.
+    Conservative by design: a short name part equal to a folder name (e.g. "MR1") is scrubbed too.
+    """
 
     def __init__(self) -> None:
-        self._map: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._names: dict[str, str] = {}
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, raw: str | None, pseudonym: str) -> None:
         raw = (raw or "").strip()
-        if len(raw) < 2 or raw in self._map:
-            return
-        self._map[raw] = pseudonym
-        self._pattern = None
+        if len(raw) >= 2 and raw.lower() not in self._ids:
+            self._ids[raw.lower()] = pseudonym
+            self._pattern = None
 
     def add_name(self, name: str | None, pseudonym: str) -> None:
-        """PatientName ``Family^Given^...``: each part of 3+ characters is scrubbed, and the whole name."""
+        """PatientName ``Family^Given^...``: the whole name and each part of 3+ characters."""
         name = (name or "").strip()
-        self.add(name, pseudonym)
-        for part in re.split(r"[\^=\s]+", name):
-            if len(part) >= 3:
-                self.add(part, pseudonym)
+        for part in [name, *re.split(r"[\^=\s,]+", name)]:
+            part = part.strip()
+            if len(part) >= 3 and part.lower() not in self._names:
+                self._names[part.lower()] = pseudonym
+                self._pattern = None
 
     def scrub(self, text: str) -> str:
-        if not self._map or not text:
+        if not text or not (self._ids or self._names):
             return text
         if self._pattern is None:
-            keys = sorted(self._map, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE)
-        lower = {k.lower(): v for k, v in self._map.items()}
-        return self._pattern.sub(lambda m: lower.get(m.group(0).lower(), "p-?"), text)
+            ids = "|".join(re.escape(k) for k in sorted(self._ids, key=len, reverse=True))
+            names = "|".join(re.escape(k) for k in sorted(self._names, key=len, reverse=True))
+            alts = [f"(?P<id>{ids})"] if ids else []
+            if names:
+                alts.append(f"(?<![A-Za-z0-9])(?P<name>{names})(?![A-Za-z0-9])")
+            self._pattern = re.compile("|".join(alts), re.IGNORECASE)
+
+        def repl(m: re.Match[str]) -> str:
+            key = m.group(0).lower()
+            return self._ids.get(key) or self._names.get(key) or "p-?"
+
+        return self._pattern.sub(repl, text)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def list_files(site_dir: Path, exclude: Path | None = None) -> list[Path]:
 def read_header(path: Path, rel: str, size: int, mtime_ns: int) -> FileEntry:
     """Index one file. Never raises: problems are returned in the entry."""
     entry = FileEntry(size, mtime_ns)
+    with warnings.catch_warnings():  # pydicom warns on every odd forced read; problems are reported below
+        warnings.simplefilter("ignore")
+        return _read_header(path, rel, entry)
+
+
+def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
+    size, mtime_ns = entry.size, entry.mtime_ns
     try:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)

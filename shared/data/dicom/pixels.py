@@ -7,6 +7,7 @@ the file and the transfer syntax.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,12 @@ def read_slice(site_dir: Path, h: InstanceHeader, cache: dict[str, np.ndarray] |
         if h.frame >= 0 and cache is not None and h.path in cache:
             frames = cache[h.path]
         else:
-            ds = pydicom.dcmread(site_dir / h.path, force=True)
-            if "PixelData" not in ds:
-                raise DicomError(f"{h.path}: no PixelData element; the slice is skipped")
-            arr = ds.pixel_array
+            with warnings.catch_warnings():  # e.g. excess padding: harmless, decoded anyway
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(site_dir / h.path, force=True)
+                if "PixelData" not in ds:
+                    raise DicomError(f"{h.path}: no PixelData element; the slice is skipped")
+                arr = ds.pixel_array
             if h.frame < 0:
                 out = apply_rescale(arr, ds) if "RescaleSlope" in ds or "RescaleIntercept" in ds else arr
                 out = np.asarray(out, dtype=np.float32)
