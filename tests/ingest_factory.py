@@ -158,7 +158,14 @@ def write_rtstruct(
 
 
 def square(cx: float, cy: float, half: float, z: float) -> np.ndarray:
-    return np.array([[cx - half, cy - half, z], [cx + half, cy - half, z], [cx + half, cy + half, z], [cx - half, cy + half, z]])
+    return np.array(
+        [
+            [cx - half, cy - half, z],
+            [cx + half, cy - half, z],
+            [cx + half, cy + half, z],
+            [cx - half, cy + half, z],
+        ]
+    )
 
 
 def write_labels(site: Path, rows: list[tuple[str, str]], header: str = "patient_id,diagnosis") -> None:
@@ -175,7 +182,9 @@ def write_patient(site: Path, pid: str, diagnosis_mask: bool = True, folder: str
     t1ce = write_series(base / "t1c", pid, study, tr=500, te=12, series_number=3, acq_time="102000")
     z = t2[0][1].ImagePositionPatient[2]
     # slice at z + 8 (third position), refs missing
-    rois = [("GTVnx", "GTV", [(square(0.0, 0.0, 4.0, z + 8.0), None), (square(0.0, 0.0, 4.0, z + 12.0), None)])]
+    rois = [
+        ("GTVnx", "GTV", [(square(0.0, 0.0, 4.0, z + 8.0), None), (square(0.0, 0.0, 4.0, z + 12.0), None)])
+    ]
     if diagnosis_mask:
         write_rtstruct(base / "rs.dcm", pid, study, rois)
     return {"study": study, "t2": t2, "t1": t1, "t1ce": t1ce}
