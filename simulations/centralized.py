@@ -1,0 +1,254 @@
+"""The centralized baseline: the seed pipeline on all sites' patients pooled on one machine.
+
+Stages (same loops as the federated ClientApp, so the comparison is fair):
+1. segmenter trained on train-split patients with masks, epoch selected on validation Dice, Dice on test;
+2. masks predicted for every patient, ROI datasets built (T1WI, T2WI, T1CE, T1WI+T2WI...);
+3. one classifier per dataset trained on train, epoch selected on validation AUC, AUC [DeLong 95% CI] on test;
+4. outputs in OUT: results.json, roc_test.png, curves, Grad-CAM overlays with the core/periphery share,
+   models/*.pt and MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.config import PipelineConfig
+from shared.data.patient import PatientVolumes
+from shared.explain.gradcam import core_periphery_share, grad_cam, save_overlay
+from shared.metrics.auc import auc
+from shared.metrics.roc import roc_curve_points
+from shared.models import build_classifier, build_segmenter, weights_origin
+from shared.reporting.plots import plot_curves, plot_roc
+from shared.reporting.results import auc_entry, results_json, write_results
+from shared.reporting.table import dataset_label
+from shared.roi.datasets import RoiDataset, build_roi_datasets
+from shared.training.classification import patient_scores, train_classifier
+from shared.training.device import select_device
+from shared.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
+
+log = logging.getLogger(__name__)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _both_classes(labels: np.ndarray) -> bool:
+    return bool(len(labels) and 0 < int(labels.sum()) < len(labels))
+
+
+def run_segmentation_stage(
+    patients: Sequence[PatientVolumes], cfg: PipelineConfig, device: torch.device, progress: bool
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train with per-epoch validation Dice; returns the selected model and a summary dict."""
+    torch.manual_seed(cfg.seed)
+    model = build_segmenter(cfg.seg)
+    train = [p for p in patients if p.split == "train" and p.mask is not None]
+    val = [p for p in patients if p.split == "val" and p.mask is not None]
+    test = [p for p in patients if p.split == "test" and p.mask is not None]
+    log.info("segmenter: %s train / %s val / %s test patients with masks", len(train), len(val), len(test))
+    history: dict[str, list[float]] = {"train loss": [], "val Dice": []}
+    best: dict[str, Any] = {"dice": -1.0, "epoch": -1, "state": None}
+
+    def on_epoch_end(epoch: int, mean_loss: float) -> None:
+        history["train loss"].append(mean_loss)
+        if val:
+            d = evaluate_segmenter(model, val, cfg, device).dice
+            history["val Dice"].append(d)
+            log.info("segmenter epoch %s: val Dice %.3f", epoch + 1, d)
+            if d > best["dice"]:
+                best.update(dice=d, epoch=epoch, state=_cpu_state(model))
+
+    stats = train_segmenter(
+        model, train, cfg, device, cfg.seg_epochs, progress=progress, on_epoch_end=on_epoch_end
+    )
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    sums = evaluate_segmenter(model, test, cfg, device) if test else None
+    summary = {
+        "history": history,
+        "selected_epoch": int(best["epoch"]) + 1 if best["state"] is not None else cfg.seg_epochs,
+        "test_dice": sums.dice if sums else None,
+        "test_n_patients": sums.n_patients if sums else 0,
+        "n_train": len(train),
+        "loss_first": stats.loss_first,
+        "loss_last": stats.loss_last,
+        "seconds": stats.seconds,
+    }
+    return model, summary
+
+
+def run_classifier(
+    ds: RoiDataset, cfg: PipelineConfig, device: torch.device, progress: bool
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one classifier on ``ds``'s train patients, select the epoch on val AUC, score the test patients."""
+    torch.manual_seed(cfg.seed)
+    train, val, test = ds.subset("train"), ds.subset("val"), ds.subset("test")
+    model = build_classifier(cfg.cls, ds.in_channels)
+    history: dict[str, list[float]] = {"train loss": [], "val AUC": []}
+    best: dict[str, Any] = {"auc": -1.0, "epoch": -1, "state": None}
+    val_ok = _both_classes(val.labels)
+
+    def on_epoch_end(epoch: int, mean_loss: float) -> None:
+        history["train loss"].append(mean_loss)
+        if val_ok:
+            scores, labels = patient_scores(model, val, cfg, device)
+            a = auc(scores, labels)
+            history["val AUC"].append(a)
+            log.info("classifier %s epoch %s: val AUC %.3f (%s patients)", ds.name, epoch + 1, a, len(labels))
+            if a > best["auc"]:
+                best.update(auc=a, epoch=epoch, state=_cpu_state(model))
+
+    stats = train_classifier(
+        model, train, cfg, device, cfg.cls_epochs, progress=progress, on_epoch_end=on_epoch_end
+    )
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    summary: dict[str, Any] = {
+        "history": history,
+        "selected_epoch": int(best["epoch"]) + 1 if best["state"] is not None else cfg.cls_epochs,
+        "n_train": len(train.patients),
+        "n_val": len(val.patients),
+        "loss_first": stats.loss_first,
+        "loss_last": stats.loss_last,
+        "seconds": stats.seconds,
+    }
+    if _both_classes(test.labels):
+        scores, labels = patient_scores(model, test, cfg, device)
+        summary["entry"] = auc_entry(scores, labels)
+        fpr, tpr, _ = roc_curve_points(scores, labels)
+        summary["roc"] = (fpr, tpr, summary["entry"]["value"])
+    else:
+        log.warning(
+            "dataset %s: test split lacks one class (%s patients): no AUC", ds.name, len(test.patients)
+        )
+    return model, summary
+
+
+def gradcam_stage(
+    model: torch.nn.Module, ds: RoiDataset, out_dir: Path, device: torch.device, n_examples: int = 4
+) -> dict[str, Any]:
+    """Grad-CAM on every test slice (up to 64): mean core/periphery share; overlays for a few examples."""
+    test = ds.subset("test")
+    model.to(device).eval()
+    cores, peris = [], []
+    written: list[str] = []
+    for k in range(min(len(test), 64)):
+        x, y, _ = test[k]
+        label = int(y)
+        cam = grad_cam(model, x, class_sign=1.0 if label == 1 else -1.0)
+        c, p = core_periphery_share(cam, test.roi_masks[k])
+        if np.isfinite(c):
+            cores.append(c)
+            peris.append(p)
+        if len(written) < n_examples:
+            name = f"gradcam_{ds.name.replace('+', '_')}_{len(written)}_{'NPL' if label else 'NPC'}.png"
+            title = f"{dataset_label(ds.name)} {'NPL' if label else 'NPC'}: core {c:.2f} / periphery {p:.2f}"
+            save_overlay(x[0].numpy(), cam, out_dir / name, mask=test.roi_masks[k], title=title)
+            written.append(name)
+    return {
+        "dataset": ds.name,
+        "n_slices": len(cores),
+        "core_share": float(np.mean(cores)) if cores else None,
+        "periphery_share": float(np.mean(peris)) if peris else None,
+        "files": written,
+    }
+
+
+def write_model_card(out_dir: Path, results: dict[str, Any], cfg: PipelineConfig) -> Path:
+    lines = [
+        "# nasofl centralized models",
+        "",
+        "Two-stage pipeline after Tang et al. 2025: U-Net tumour segmenter, then one ResNet classifier per MRI",
+        "dataset on automatic tumour ROIs, telling NPC (0) from NPL (1, positive class).",
+        "",
+        f"- segmenter: smp U-Net, encoder {cfg.seg.encoder} (random init), inputs {'+'.join(cfg.seg.in_sequences)}, "
+        f"{cfg.seg.image_size} px, file models/segmenter.pt",
+        f"- classifiers: {results['classifier_arch']}, weights {results['weights_origin']}, "
+        f"{cfg.cls.image_size} px ROI crops, {cfg.cls.slices_per_patient} slices per patient, mean of slice "
+        "probabilities per patient; files models/classifier_<dataset>.pt",
+        f"- test Dice {results['dice']}; test AUC per dataset in results.json (DeLong 95% CI)",
+        "- training data: pooled hospitals (synthetic unless --data named real sites); intended use: research",
+        "  comparison with the federated run, not clinical use.",
+        "- inputs: per-volume z-scored within the body (site scale invariant); load with",
+        "  shared.models.build_segmenter / build_classifier and the settings in results.json.",
+        "",
+    ]
+    path = out_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_centralized(
+    patients: Sequence[PatientVolumes],
+    cfg: PipelineConfig,
+    out_dir: Path,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline on pooled ``patients`` (splits already set); writes outputs; returns results."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    device = select_device(cfg.device)
+    labelled = [p for p in patients if p.label is not None]
+    log.info("centralized run: %s patients (%s labelled) on %s", len(patients), len(labelled), device)
+
+    seg_model, seg_summary = run_segmentation_stage(patients, cfg, device, progress)
+    torch.save(_cpu_state(seg_model), out_dir / "models" / "segmenter.pt")
+    masks = predict_masks(seg_model, labelled, cfg, device, progress=progress)
+    datasets, roi_report = build_roi_datasets(masks, labelled, cfg.datasets, cfg)
+    for line in roi_report.lines():
+        log.info("ROI: %s", line)
+
+    auc_entries: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    cls_summaries: dict[str, Any] = {}
+    gradcam: dict[str, Any] | None = None
+    for name in cfg.datasets:
+        ds = datasets[name]
+        if len(ds.subset("train")) == 0:
+            log.warning("dataset %s: no training ROI; skipped", name)
+            continue
+        model, summary = run_classifier(ds, cfg, device, progress)
+        torch.save(_cpu_state(model), out_dir / "models" / f"classifier_{name.replace('+', '_')}.pt")
+        if "entry" in summary:
+            auc_entries[name] = summary.pop("entry")
+            curves[name] = summary.pop("roc")
+        cls_summaries[name] = summary
+        plot_curves(summary["history"], out_dir / f"curves_{name.replace('+', '_')}.png",
+                    title=f"classifier {dataset_label(name)}")  # fmt: skip
+        if name == cfg.datasets[-1] or name == "t1+t2":
+            gradcam = gradcam_stage(model, ds, out_dir, device) if len(ds.subset("test")) else gradcam
+    if curves:
+        plot_roc(curves, out_dir / "roc_test.png", title=f"Test ROC, centralized ({cfg.cls.arch})")
+    plot_curves(seg_summary["history"], out_dir / "curves_segmenter.png", title="segmenter")
+
+    results = results_json(
+        dice=seg_summary["test_dice"],
+        auc=auc_entries,
+        settings=cfg.to_mapping(),
+        weights_origin=weights_origin(cfg.cls),
+        classifier_arch=cfg.cls.arch,
+        wall_seconds=time.perf_counter() - t0,
+        mode="centralized",
+        dice_n_patients=seg_summary["test_n_patients"],
+        extra={
+            "device": str(device),
+            "segmenter": seg_summary,
+            "classifiers": cls_summaries,
+            "roi_report": roi_report.as_dict(),
+            "gradcam": gradcam,
+            **(extra or {}),
+        },
+    )
+    write_results(results, out_dir / "results.json")
+    write_model_card(out_dir, results, cfg)
+    return results
