@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from shared.cli import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("client.validate_cmd", "check a site folder (DICOM + labels.csv) before joining a federation"),
+    "validate": (
+        "client.validate_cmd",
+        "check a site folder (DICOM + labels.csv) before joining a federation",
+    ),
 }
 
 

@@ -70,6 +70,8 @@ def record_to_state(
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, ref in reference.items():
         arr = arrays[name]
+        if ref.dim() == 0 and arr.size == 1:
+            arr = arr.reshape(())  # Flower's Array stores 0-d buffers (num_batches_tracked) as shape (1,)
         if tuple(arr.shape) != tuple(ref.shape):
             raise ModelMismatchError(
                 f"received array {name!r} has shape {tuple(arr.shape)}, the model expects {tuple(ref.shape)}"

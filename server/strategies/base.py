@@ -130,6 +130,8 @@ class StageMixin:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         true_round = server_round + self.round_offset
+        if getattr(self, "node_refresher", None) is not None:
+            self.node_refresher(grid)  # a site that rejoined under a new node id takes part again
         msgs = super().configure_train(true_round, arrays, config, grid)  # type: ignore[misc]
         msgs = self._retype(msgs, "train", self.train_nodes)
         self._sent_train = msgs  # the grid stamps message ids on these objects when it pushes them

@@ -1,0 +1,61 @@
+"""The coordinator's ServerApp: the whole study in one ``flwr run`` (see :mod:`server.study`).
+
+Ends FAILED (non-zero, a clear message, a run-log line and ``STATUS`` file) when fewer sites than ``min-sites``
+take part, on a config error (naming the key), or on any other error; never reports success on a silent subset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.config import federation_from_run_config, pipeline_from_run_config
+from server.report import write_report
+from server.run_log import RunLog
+from server.study import Study
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+def _log_to_stderr(name: str) -> None:
+    """INFO lines of our own loggers in the ServerApp's output (Flower's logger is left alone)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    _log_to_stderr("server")
+    t0 = time.time()
+    fed = federation_from_run_config(context.run_config)  # ConfigError names the key; the run ends at once
+    cfg = pipeline_from_run_config(context.run_config)
+    out = fed.out_path
+    out.mkdir(parents=True, exist_ok=True)
+    status = out / "STATUS"
+    run_log = RunLog(out / "run-log.jsonl")
+    run_log.append("start", resume=fed.resume, federation=fed.to_mapping(), pipeline=cfg.to_mapping())
+    status.write_text("RUNNING\n")
+    try:
+        study = Study(grid, fed, cfg, run_log)
+        outcome = study.run()
+        paths = write_report(outcome, cfg, fed.to_mapping(), study.recorder.history, out, time.time() - t0)
+    except BaseException as err:
+        message = f"{type(err).__name__}: {err}"
+        log.error("STUDY FAILED: %s", message)
+        run_log.append("end", status="FAILED", error=message, seconds=time.time() - t0)
+        status.write_text(f"FAILED\n{message}\n")
+        raise
+    run_log.append(
+        "end", status="COMPLETED", seconds=time.time() - t0, outputs={k: str(v) for k, v in paths.items()}
+    )
+    status.write_text("COMPLETED\n")
+    log.info("study COMPLETED in %.0f s; report in %s", time.time() - t0, out)

@@ -1,0 +1,356 @@
+"""The whole federated study in one ``flwr run``: info -> stage 1 -> ROI -> stage 2 per dataset -> final test.
+
+``Study.run`` is called by ``server.app.main``. Global weights are checkpointed after every round
+(:mod:`server.checkpoint`); with run config ``resume=true`` the study continues after the last checkpointed
+round (same round numbers, same strategy state, so the final arrays equal an uninterrupted run's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from server.checkpoint import Checkpoint, CheckpointStore, stage_key
+from server.config import FederationConfig
+from server.pooled_eval import pool
+from server.round_recorder import RoundRecorder
+from server.run_log import RunLog
+from server.strategies import TooFewSitesError, build_strategy
+from server.strategies.base import collect_eval_sums, error_reasons
+from shared import protocol as P
+from shared.config import PipelineConfig, parse_dataset_name
+from shared.models import build_classifier, build_segmenter
+from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
+
+log = logging.getLogger(__name__)
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class SiteInfo:
+    node_id: int
+    name: str
+    role: str  # "train" | "eval-only"
+    counts: dict[str, float] = field(default_factory=dict)
+    roi: dict[str, float] = field(default_factory=dict)
+
+
+def settings_fingerprint(fed: FederationConfig, cfg: PipelineConfig) -> str:
+    """SHA-256 of everything that changes the trained weights (not paths, timeouts, resume or debug keys)."""
+    keep = {
+        k: v
+        for k, v in fed.to_mapping().items()
+        if k
+        not in (
+            "out-dir",
+            "checkpoint-dir",
+            "resume",
+            "round-timeout-s",
+            "wait-for-sites-s",
+            "debug-stop-after-round",
+        )
+    }
+    blob = json.dumps({"pipeline": cfg.to_mapping(), "federation": keep}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def as_record(arrays: Arrays) -> ArrayRecord:
+    """Arrays exactly as they are (a resumed round must send the very arrays the checkpoint holds)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+class Study:
+    def __init__(self, grid: Grid, fed: FederationConfig, cfg: PipelineConfig, run_log: RunLog) -> None:
+        self.grid, self.fed, self.cfg, self.run_log = grid, fed, cfg, run_log
+        self.fingerprint = settings_fingerprint(fed, cfg)
+        self.study_id = self.fingerprint[:12]
+        self.store = CheckpointStore(fed.checkpoint_path)
+        self.sites: dict[int, SiteInfo] = {}
+        self.recorder = RoundRecorder(
+            self.store,
+            run_log,
+            self.fingerprint,
+            cfg.seed,
+            settings={
+                "strategy": fed.strategy,
+                "fedbn": fed.fedbn,
+                "prox-mu": fed.prox_mu,
+                "seg-epochs": cfg.seg_epochs,
+                "cls-epochs": cfg.cls_epochs,
+                "min-sites": fed.min_sites,
+                "transport-dtype": fed.transport_dtype,
+                "study-id": self.study_id,
+            },
+            stop_after_position=fed.debug_stop_after_round,
+        )
+        self.checkpoint: Checkpoint | None = None
+        self.seg_hash = ""
+        self.seg_arrays: Arrays = {}
+
+    # ---- sites ------------------------------------------------------------------------------------
+
+    def _send(self, messages: list[Message]) -> list[Message]:
+        return list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout_s))
+
+    def wait_for_sites(self) -> list[int]:
+        deadline = time.time() + self.fed.wait_for_sites_s
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= self.fed.min_sites or time.time() >= deadline:
+                return nodes
+            log.info("waiting for sites: %s connected, min-sites=%s", len(nodes), self.fed.min_sites)
+            time.sleep(2.0)
+
+    def query_info(self, node_ids: list[int]) -> dict[int, SiteInfo]:
+        msgs = [Message(RecordDict(), dst_node_id=n, message_type=P.QUERY_INFO) for n in node_ids]
+        replies = self._send(msgs)
+        found: dict[int, SiteInfo] = {}
+        for site, reason in error_reasons(replies, msgs, lambda n: f"node-{n}").items():
+            log.warning("query.info: %s failed: %s", site, reason)
+            self.run_log.append("site-failed", stage="info", site=site, reason=reason)
+        for r in replies:
+            if r.has_error():
+                continue
+            info = r.content.config_records[P.INFO]
+            counts = {k: float(v) for k, v in r.content.metric_records[P.METRICS].items()}
+            name, role = str(info["site"]), str(info["role"])
+            if role == "train" and name in self.fed.eval_only_names:
+                role = "eval-only"
+            found[r.metadata.src_node_id] = SiteInfo(r.metadata.src_node_id, name, role, counts)
+        names = [s.name for s in found.values()] + [s.name for s in self.sites.values()]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            # a site that rejoined under a new node id replaces its old entry
+            self.sites = {k: v for k, v in self.sites.items() if v.name not in dupes}
+        return found
+
+    def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:
+        """Before each round: a site that (re)joined under a new node id is asked for its info (and ROI)."""
+        new = [n for n in grid.get_node_ids() if n not in self.sites]
+        if not new:
+            return
+        found = self.query_info(new)
+        if stage == "cls" and found:
+            self.query_roi(list(found), found)
+        self.sites.update(found)
+        for n, s in found.items():
+            log.info("site %s joined (node %s, %s)", s.name, n, s.role)
+            self.run_log.append("site-joined", site=s.name, role=s.role, stage=stage, dataset=dataset)
+        strategy.site_of_node = {n: s.name for n, s in self.sites.items()}
+        strategy.train_nodes = frozenset(self._eligible(stage, dataset))
+        strategy.eval_nodes = frozenset(self.sites)
+        strategy.eval_only_nodes = frozenset(n for n, s in self.sites.items() if s.role == "eval-only")
+
+    def _eligible(self, stage: str, dataset: str) -> list[int]:
+        train = [n for n, s in self.sites.items() if s.role == "train"]
+        if stage == "seg":
+            return [n for n in train if self.sites[n].counts.get("patients-with-mask", 0) > 0]
+        return [n for n in train if self.sites[n].roi.get(P.roi_metric_key(dataset, "patients-train"), 0) > 0]
+
+    def query_roi(self, node_ids: list[int], sites: dict[int, SiteInfo] | None = None) -> None:
+        sites = sites if sites is not None else self.sites
+        seg = self.seg_arrays
+        content = RecordDict(
+            {P.ARRAYS: as_record(seg), P.CONFIG: ConfigRecord({P.CFG_SEGMENTER_HASH: self.seg_hash})}
+        )
+        msgs = [Message(content, dst_node_id=n, message_type=P.QUERY_ROI) for n in node_ids]
+        replies = self._send(msgs)
+        for site, reason in error_reasons(
+            replies, msgs, lambda n: sites[n].name if n in sites else f"node-{n}"
+        ).items():
+            log.warning("query.roi: %s failed: %s", site, reason)
+            self.run_log.append("site-failed", stage="roi", site=site, reason=reason)
+        for r in replies:
+            if not r.has_error() and r.metadata.src_node_id in sites:
+                sites[r.metadata.src_node_id].roi = {
+                    k: float(v) for k, v in r.content.metric_records[P.METRICS].items()
+                }
+
+    # ---- stages -----------------------------------------------------------------------------------
+
+    def initial_arrays(self, stage: str, dataset: str, index: int) -> Arrays:
+        torch.manual_seed(self.cfg.seed + index)
+        if stage == "seg":
+            model = build_segmenter(self.cfg.seg)
+        else:
+            model = build_classifier(self.cfg.cls, len(parse_dataset_name(dataset)))
+        return record_to_numpy(numpy_to_record(state_to_numpy(model.state_dict()), self.fed.transport_dtype))
+
+    def run_stage(self, stage: str, dataset: str, index: int) -> Arrays | None:
+        """Rounds of one stage (or one classifier dataset); returns the final global arrays."""
+        key = stage_key(stage, dataset)
+        final = self.store.load_final(key)
+        if final is not None:
+            log.info("%s already complete in the checkpoint: reusing its final weights", key)
+            return final
+        total = self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
+        eligible = self._eligible(stage, dataset)
+        if len(eligible) < self.fed.min_sites:
+            msg = (
+                f"{key}: only {len(eligible)} training site(s) have data for it "
+                f"({', '.join(self.sites[n].name for n in eligible) or 'none'}), min-sites={self.fed.min_sites}"
+            )
+            if stage == "seg":
+                raise TooFewSitesError(msg)
+            log.warning("%s: dataset skipped", msg)
+            self.run_log.append("dataset-skipped", stage=stage, dataset=dataset, reason=msg)
+            return None
+        start_round, arrays, state = 0, self.initial_arrays(stage, dataset, index), {}
+        ck = self.checkpoint
+        if ck is not None and ck.stage == stage and ck.dataset == dataset:
+            start_round, arrays, state = ck.round, ck.arrays, ck.strategy_state
+            log.info("resuming %s after round %s", key, start_round)
+            self.run_log.append("resume", stage=stage, dataset=dataset, round=start_round)
+        strategy = build_strategy(self.fed)
+        strategy.setup_stage(
+            action=stage,
+            site_of_node={n: s.name for n, s in self.sites.items()},
+            train_nodes=eligible,
+            eval_nodes=list(self.sites),
+            eval_only_nodes=[n for n, s in self.sites.items() if s.role == "eval-only"],
+            min_sites=self.fed.min_sites,
+            round_offset=start_round,
+            eval_metric_keys=P.EVAL_SEG_METRICS if stage == "seg" else P.EVAL_CLS_METRICS,
+            eval_pooler=lambda sums: pool(stage, sums, self.train_site_names()),
+        )
+        strategy.node_refresher = lambda grid: self.refresh_sites(grid, strategy, stage, dataset)
+        strategy.load_strategy_state(state)
+        if total - start_round <= 0:
+            return arrays
+        base = {
+            P.CFG_STAGE: stage,
+            P.CFG_DATASET: dataset,
+            P.CFG_STUDY: self.study_id,
+            P.CFG_KEEP_LOCAL_NORM: self.fed.fedbn,
+            P.CFG_TOTAL_ROUNDS: total,
+            P.CFG_TRANSPORT_DTYPE: self.fed.transport_dtype,
+            P.CFG_SEGMENTER_HASH: self.seg_hash,
+        }
+        position0 = 0 if stage == "seg" else self.fed.seg_rounds + index * self.fed.cls_rounds
+
+        def end_of_round(server_round: int, rec: ArrayRecord) -> MetricRecord | None:
+            if server_round == 0:
+                return None
+            true_round = server_round + start_round
+            ev = strategy.last_eval
+            self.recorder.end_round(
+                stage=stage,
+                dataset=dataset,
+                round=true_round,
+                position=position0 + true_round,
+                arrays=record_to_numpy(rec),
+                strategy_state=strategy.strategy_state(),
+                train=strategy.last_train,
+                evaluation=ev,
+            )
+            return None
+
+        result = strategy.start(
+            grid=self.grid,
+            initial_arrays=as_record(arrays),
+            num_rounds=total - start_round,
+            timeout=self.fed.round_timeout_s,
+            train_config=ConfigRecord(dict(base)),
+            evaluate_config=ConfigRecord({**base, P.CFG_SPLIT: "val"}),
+            evaluate_fn=end_of_round,
+        )
+        return record_to_numpy(result.arrays) if len(result.arrays) else arrays
+
+    def train_site_names(self) -> list[str]:
+        return [s.name for s in self.sites.values() if s.role == "train"]
+
+    # ---- final federated test ---------------------------------------------------------------------
+
+    def final_test(self, kind: str, arrays: Arrays, dataset: str = "") -> dict[str, Any]:
+        rounds = self.fed.seg_rounds if kind == "seg" else self.fed.cls_rounds
+        conf = ConfigRecord(
+            {
+                P.CFG_STAGE: kind,
+                P.CFG_DATASET: dataset,
+                P.CFG_SPLIT: "test",
+                P.CFG_ROUND: rounds,
+                P.CFG_STUDY: self.study_id,
+                P.CFG_KEEP_LOCAL_NORM: self.fed.fedbn,
+                P.CFG_SEGMENTER_HASH: self.seg_hash,
+            }
+        )
+        mtype = P.EVALUATE_SEG if kind == "seg" else P.EVALUATE_CLS
+        content = RecordDict({P.ARRAYS: as_record(arrays), P.CONFIG: conf})
+        msgs = [Message(content, dst_node_id=n, message_type=mtype) for n in self.sites]
+        replies = self._send(msgs)
+        site_of = lambda n: self.sites[n].name if n in self.sites else f"node-{n}"  # noqa: E731
+        sums, failed = collect_eval_sums(
+            replies,
+            site_of,
+            [s.name for s in self.sites.values()],
+            P.EVAL_SEG_METRICS if kind == "seg" else P.EVAL_CLS_METRICS,
+        )
+        failed.update({s: r for s, r in error_reasons(replies, msgs, site_of).items() if s in failed})
+        train_names = self.train_site_names()
+        external = [s.name for s in self.sites.values() if s.role == "eval-only"]
+        pooled, per_site = pool(kind, sums, train_names)
+        pooled_external, _ = pool(kind, sums, external) if external else ({}, {})
+        self.run_log.append(
+            "final-test",
+            stage=kind,
+            dataset=dataset,
+            pooled=pooled,
+            per_site=per_site,
+            pooled_eval_only_sites=pooled_external,
+            failed=failed,
+            model_sha256=model_hash(arrays),
+        )
+        return {
+            "pooled": pooled,
+            "per_site": per_site,
+            "external": pooled_external,
+            "failed": failed,
+            "sums": sums,
+            "train_sites": train_names,
+            "eval_only_sites": external,
+        }
+
+    # ---- the whole study --------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        if self.fed.resume:
+            self.checkpoint = self.store.load_for_resume(self.fingerprint)
+            if self.checkpoint is None:
+                log.warning("resume=true but %s holds no checkpoint: starting afresh", self.store.dir)
+        else:
+            self.store.clear()
+        nodes = self.wait_for_sites()
+        self.sites = self.query_info(nodes)
+        train = self.train_site_names()
+        self.run_log.append(
+            "sites", sites={s.name: {"role": s.role, **s.counts} for s in self.sites.values()}
+        )
+        if len(train) < self.fed.min_sites:
+            raise TooFewSitesError(
+                f"{len(train)} training site(s) answered query.info ({', '.join(train) or 'none'}), "
+                f"min-sites={self.fed.min_sites}: check that every hospital's SuperNode is connected"
+            )
+        self.seg_arrays = self.run_stage("seg", "", 0)
+        assert self.seg_arrays is not None  # run_stage raises for seg rather than skipping
+        self.store.save_final("seg", self.seg_arrays)
+        self.seg_hash = model_hash(self.seg_arrays)
+        self.query_roi(list(self.sites))
+        cls_arrays: dict[str, Arrays] = {}
+        for i, dataset in enumerate(self.cfg.datasets):
+            arrays = self.run_stage("cls", dataset, i + 1)
+            if arrays is not None:
+                cls_arrays[dataset] = arrays
+                self.store.save_final(stage_key("cls", dataset), arrays)
+        tests = {"seg": self.final_test("seg", self.seg_arrays)}
+        for dataset, arrays in cls_arrays.items():
+            tests[dataset] = self.final_test("cls", arrays, dataset)
+        return {"seg": self.seg_arrays, "cls": cls_arrays, "tests": tests, "sites": self.sites}

@@ -1,0 +1,101 @@
+"""Test support for the federation tests: an in-process Flower Grid that runs the real ClientApp per node.
+
+``LocalGrid`` implements flwr's ``Grid`` interface: messages built by the real ServerApp code go to the real
+``client.app.app`` in this process (one ``Context`` per node, kept across messages like a SuperNode keeps
+``context.state``). Every reply is recorded for inspection; nodes can be taken offline. Used where a full
+``flwr run`` would be too slow (resume, reply inspection); ``test_fed_simulation`` runs the real thing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.config import flatten_dict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_run_config() -> dict:
+    """The run-config defaults of pyproject.toml, flattened as Flower does."""
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        return flatten_dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+class LocalGrid(Grid):
+    def __init__(self, client_app, n_nodes: int, run_config: dict, first_node_id: int = 1001) -> None:
+        self.client_app = client_app
+        TaskIdentity.run_id = 1  # what flwr's runtime sets in a ServerApp process
+        TaskIdentity.node_id = 1
+        TaskIdentity.task_id = 1
+        self.run_config = dict(run_config)
+        self.contexts: dict[int, Context] = {}
+        for i in range(n_nodes):
+            node_id = first_node_id + i * 7
+            self.contexts[node_id] = Context(
+                run_id=1,
+                node_id=node_id,
+                node_config={"partition-id": i, "num-partitions": n_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+        self.offline: set[int] = set()
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+        self._pending: dict[str, Message] = {}
+
+    # --- Grid interface ---------------------------------------------------------------------------
+    def set_run(self, run) -> None:  # pragma: no cover - not used in-process
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        return None
+
+    def create_message(
+        self, content, message_type, dst_node_id, group_id, ttl=None
+    ) -> Message:  # pragma: no cover
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.contexts if n not in self.offline]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            msg.metadata.__dict__["_src_node_id"] = 1
+            self._pending[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        out = []
+        for mid in message_ids:
+            msg = self._pending.pop(mid)
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            if node in self.offline:
+                continue
+            try:
+                reply = self.client_app(message=msg, context=self.contexts[node])
+            except Exception as ex:  # like the SuperNode: the exception text becomes an error reply
+                reply = Message(Error(code=2, reason=f"{type(ex)}:<'{ex}'>"), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = node
+            self.replies.append(reply)
+            out.append(reply)
+        return out
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(list(self.push_messages(messages)))
+
+
+def server_context(run_config: dict) -> Context:
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
