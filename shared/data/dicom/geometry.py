@@ -28,6 +28,7 @@ class VolumeGeometry:
     rows: int
     columns: int
     slice_thickness: float | None = None
+    spacing: float | None = None  # nominal slice step when known (gaps are multiples of it)
 
     @property
     def normal(self) -> np.ndarray:
@@ -40,6 +41,8 @@ class VolumeGeometry:
 
     @property
     def slice_spacing(self) -> float:
+        if self.spacing:
+            return float(self.spacing)
         if len(self.positions) < 2:
             return float(self.slice_thickness or 1.0)
         return float(np.median(np.diff(self.positions)))
@@ -49,10 +52,10 @@ class VolumeGeometry:
         return (self.slice_spacing, float(self.pixel_spacing[0]), float(self.pixel_spacing[1]))
 
     def is_uniform(self, tol: float = 0.01) -> bool:
-        if len(self.positions) < 3:
+        if len(self.positions) < 2:
             return True
         d = np.diff(self.positions)
-        return bool(np.all(np.abs(d - np.median(d)) <= tol * max(np.median(d), 1e-6)))
+        return bool(np.all(np.abs(d - self.slice_spacing) <= tol * max(self.slice_spacing, 1e-6)))
 
     def uniform(self) -> VolumeGeometry:
         """Same plane and extent, slices at regular median spacing (gaps filled by interpolation later)."""
@@ -63,7 +66,7 @@ class VolumeGeometry:
         n = int(round((p1 - p0) / sp)) + 1
         return VolumeGeometry(
             self.origin, self.row_dir, self.col_dir, self.pixel_spacing,
-            tuple(float(p0 + k * sp) for k in range(n)), self.rows, self.columns, self.slice_thickness,
+            tuple(float(p0 + k * sp) for k in range(n)), self.rows, self.columns, self.slice_thickness, sp,
         )  # fmt: skip
 
     def affine(self) -> np.ndarray:
@@ -185,6 +188,9 @@ def check_geometry(
     kd = np.asarray(kept_d)
     steps = np.diff(kd)
     sp = float(np.median(steps))
+    s_min = float(steps.min())
+    if s_min > 1e-3 and np.all(np.abs(steps / s_min - np.round(steps / s_min)) < 0.05):
+        sp = s_min  # every step is a multiple of the smallest one: gaps are missing slices
     for k, st in enumerate(steps):
         if st > gap_factor * sp:
             problems.append(
@@ -214,5 +220,6 @@ def check_geometry(
         rows=f.rows,
         columns=f.columns,
         slice_thickness=f.slice_thickness,
+        spacing=sp,
     )
     return GeometryCheck(kept, geom, problems)

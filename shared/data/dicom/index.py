@@ -109,6 +109,17 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
             )
         )
         return entry
+    incomplete = _incomplete(ds)
+    if incomplete:
+        entry.problems.append(
+            Problem(
+                "warning",
+                "unreadable",
+                rel,
+                f"DICOM header incomplete: {incomplete} (file truncated?); file ignored",
+            )
+        )
+        return entry
     try:
         entry.headers = _headers(ds, rel, size, mtime_ns)
     except DicomError as err:
@@ -123,6 +134,18 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
             )
         )
     return entry
+
+
+def _incomplete(ds: pydicom.Dataset) -> str:
+    """What a truncated header lacks ('' when complete enough). pydicom reads up to EOF without error."""
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        return "no SOPClassUID and no Modality"
+    modality = text(ds, "Modality").upper()
+    if modality == "MR" or "MR Image" in getattr(ds.get("SOPClassUID"), "name", ""):
+        missing = [k for k in ("Rows", "Columns", "BitsAllocated") if k not in ds]
+        if missing:
+            return f"MR image without {', '.join(missing)}"
+    return ""
 
 
 def _headers(ds: pydicom.Dataset, rel: str, size: int, mtime_ns: int) -> list[InstanceHeader]:

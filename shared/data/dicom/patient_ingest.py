@@ -122,7 +122,11 @@ def ingest_patient(
                 )
             except DicomError as err:
                 msg = str(err)
-                code = "unsupported_transfer_syntax" if "transfer syntax" in msg else "series_rejected"
+                code = (
+                    "unsupported_transfer_syntax"
+                    if "unsupported transfer syntax" in msg
+                    else "series_rejected"
+                )
                 file, _, text = msg.partition(": ")
                 problems.append(Problem("warning", code, file, f"{seq} {chosen.label()}: {text}", pseudonym))
                 cands = [gc for gc in cands if gc[0] is not chosen]

@@ -40,7 +40,9 @@ def load_series(
         try:
             s = read_slice(site_dir, h, frames_cache)
         except DicomError as err:
-            code = "unsupported_transfer_syntax" if "transfer syntax" in str(err) else "bad_pixels"
+            code = (
+                "unsupported_transfer_syntax" if "unsupported transfer syntax" in str(err) else "bad_pixels"
+            )
             problems.append(Problem("warning", code, h.path, str(err).split(": ", 1)[-1], patient))
             continue
         slices.append(s)
