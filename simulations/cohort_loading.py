@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ from shared.errors import SiteDataError
 log = logging.getLogger(__name__)
 
 #: Synthetic cohort sizes per run preset: (sites, patients per site).
+#: Toy acquisition grid: 48 px, 8-10 thick slices, same field of view as the default (seconds to generate).
+TOY_GRID_ARGS: dict[str, Any] = {
+    "matrix": 48, "pixel_mm": (3.8, 4.6), "n_slices": (8, 10), "thickness_mm": (7.0, 8.0)
+}  # fmt: skip
 SYNTH_SIZES: dict[str, tuple[int, int | None]] = {"toy": (2, 10), "default": (3, None), "paper": (3, None)}
 
 
@@ -63,6 +68,9 @@ def load_or_generate(
     source: dict[str, Any] = {}
     if data_dir is None:
         from shared.data.synth.cohort import CohortConfig, generate_cohort
+        from shared.data.synth.site_profile import GridPreset
+
+        TOY_GRID = GridPreset(**TOY_GRID_ARGS)
 
         data_dir = out / "cohort"
         if not data_dir.exists() or not any(data_dir.iterdir()):
@@ -71,6 +79,8 @@ def load_or_generate(
             config = CohortConfig.preset(
                 synth_preset, sites=sites or n_sites, patients=patients or n_patients, seed=seed
             )
+            if preset == "toy":
+                config = replace(config, grid=TOY_GRID)
             t0 = time.perf_counter()
             generate_cohort(data_dir, config, progress=progress)
             source["synth_seconds"] = round(time.perf_counter() - t0, 1)

@@ -1,0 +1,69 @@
+"""End to end: ``nasofl-sim centralized --preset toy`` on generated synthetic hospitals, and in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from shared.errors import ConfigError
+from simulations.centralized import run_centralized
+from simulations.cli import main
+from simulations.presets import PRESETS, preset_config
+from simulations.toy_patients import make_toy_cohort
+
+torch.set_num_threads(1)
+
+
+def _check_outputs(out, results) -> None:
+    for name in (
+        "results.json",
+        "roc_test.png",
+        "MODEL_CARD.md",
+        "models/segmenter.pt",
+        "curves_segmenter.png",
+    ):
+        assert (out / name).is_file(), name
+    assert list(out.glob("gradcam_*.png"))
+    assert list((out / "models").glob("classifier_*.pt"))
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved) >= {"dice", "auc", "settings", "weights_origin", "classifier_arch", "wall_seconds"}
+    assert saved["classifier_arch"] == results["classifier_arch"]
+    seg = saved["extra"]["segmenter"]
+    assert seg["history"]["train loss"][-1] < seg["history"]["train loss"][0]  # the segmenter learns
+    for entry in saved["auc"].values():
+        assert 0.0 <= entry["ci"][0] <= entry["value"] <= entry["ci"][1] <= 1.0
+
+
+@pytest.mark.slow
+def test_centralized_in_process_on_toy_patients(tmp_path) -> None:
+    torch.manual_seed(0)
+    patients = make_toy_cohort(24, size=40, depth=6)
+    results = run_centralized(patients, preset_config("toy"), tmp_path, progress=False)
+    _check_outputs(tmp_path, results)
+    assert set(results["auc"]) == {"t1", "t2", "t1ce", "t1+t2"}
+    losses = [c["history"]["train loss"] for c in results["extra"]["classifiers"].values()]
+    assert sum(h[-1] < h[0] for h in losses) >= 3  # classifiers learn (on most datasets at 2 epochs)
+
+
+@pytest.mark.slow
+def test_centralized_cli_toy_on_synthetic_hospitals(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    rc = main(["centralized", "--preset", "toy", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert (out / "cohort" / "hospital-a" / "labels.csv").is_file()
+    results = json.loads((out / "results.json").read_text())
+    _check_outputs(out, results)
+    assert results["extra"]["data"]["synthetic"] is True
+    printed = capsys.readouterr().out
+    assert "Dice (segmenter)" in printed and "0.876" in printed and "AUC T1WI+T2WI" in printed
+
+
+def test_presets_and_bad_override() -> None:
+    assert preset_config("default").cls.arch == "resnet101"
+    assert preset_config("paper").cls.image_size == 224
+    assert set(PRESETS) == {"toy", "default", "paper"}
+    with pytest.raises(ConfigError, match="did you mean 'cls-arch'"):
+        preset_config("toy", {"cls-ach": "resnet18"})
+    assert main(["centralized", "--preset", "toy", "--set", "cls-epochs=-3", "--out", "/nonexistent/x"]) == 2
