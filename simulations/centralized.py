@@ -21,6 +21,7 @@ import torch
 
 from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
+from shared.errors import SiteDataError
 from shared.explain.gradcam import core_periphery_share, grad_cam, save_overlay
 from shared.metrics.auc import auc
 from shared.metrics.roc import roc_curve_points
@@ -201,6 +202,11 @@ def run_centralized(
     labelled = [p for p in patients if p.label is not None]
     log.info("centralized run: %s patients (%s labelled) on %s", len(patients), len(labelled), device)
 
+    if not any(p.split == "train" and p.mask is not None for p in patients):
+        raise SiteDataError(
+            f"none of {len(patients)} patients is in the train split with a tumour mask: the segmenter needs "
+            "contoured training patients (RTSTRUCT or SEG); check the site reports"
+        )
     seg_model, seg_summary = run_segmentation_stage(patients, cfg, device, progress)
     torch.save(_cpu_state(seg_model), out_dir / "models" / "segmenter.pt")
     masks = predict_masks(seg_model, labelled, cfg, device, progress=progress)
@@ -212,6 +218,7 @@ def run_centralized(
     curves: dict[str, Any] = {}
     cls_summaries: dict[str, Any] = {}
     gradcam: dict[str, Any] | None = None
+    cam_dataset = "t1+t2" if "t1+t2" in cfg.datasets else cfg.datasets[-1]
     for name in cfg.datasets:
         ds = datasets[name]
         if len(ds.subset("train")) == 0:
@@ -225,8 +232,8 @@ def run_centralized(
         cls_summaries[name] = summary
         plot_curves(summary["history"], out_dir / f"curves_{name.replace('+', '_')}.png",
                     title=f"classifier {dataset_label(name)}")  # fmt: skip
-        if name == cfg.datasets[-1] or name == "t1+t2":
-            gradcam = gradcam_stage(model, ds, out_dir, device) if len(ds.subset("test")) else gradcam
+        if name == cam_dataset and len(ds.subset("test")):
+            gradcam = gradcam_stage(model, ds, out_dir, device)
     if curves:
         plot_roc(curves, out_dir / "roc_test.png", title=f"Test ROC, centralized ({cfg.cls.arch})")
     plot_curves(seg_summary["history"], out_dir / "curves_segmenter.png", title="segmenter")

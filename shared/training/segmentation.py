@@ -153,7 +153,7 @@ def predict_masks(
     patients: Sequence[PatientVolumes],
     cfg: PipelineConfig,
     device: torch.device,
-    progress=False,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """pseudonym -> uint8 ``(Z, H, W)`` mask for every patient having ``cfg.seg.in_sequences`` (others absent)."""
     out: dict[str, np.ndarray] = {}
