@@ -73,6 +73,7 @@ def write_series(
         ds = Dataset()
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = generate_uid()
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: descriptions like "T1 增强"
         ds.Modality = "MR"
         ds.PatientID = patient_id
         ds.PatientName = patient_name

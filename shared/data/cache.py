@@ -6,6 +6,9 @@ Layout: ``CACHE_DIR/<site name>-<hash of the site path>/``
 The key hashes (relative path, size, mtime_ns) of every source file of the patient (MR, RTSTRUCT,
 SEG), the ingestion settings (``IngestSettings.cache_key``), the site mapping and the salt. Nothing is
 written to the site folder unless ``cache_dir`` points into it; sources are only ever read.
+
+Privacy: ``.npz`` entries hold pseudonyms only, but ``index.json`` is a copy of DICOM headers (patient
+ids, names, paths), as sensitive as the DICOM files: keep the cache inside the hospital (created 0700).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def patient_key(headers: list[InstanceHeader], *parts: str) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     os.close(fd)
     try:
