@@ -77,6 +77,9 @@ def write_series(
         ds.Modality = "MR"
         ds.PatientID = patient_id
         ds.PatientName = patient_name
+        ds.PatientBirthDate, ds.PatientSex = "", ""
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "100000", "1", ""
+        ds.ReferringPhysicianName = ""
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_of_ref
@@ -189,3 +192,75 @@ def write_patient(site: Path, pid: str, diagnosis_mask: bool = True, folder: str
     if diagnosis_mask:
         write_rtstruct(base / "rs.dcm", pid, study, rois)
     return {"study": study, "t2": t2, "t1": t1, "t1ce": t1ce}
+
+
+def write_enhanced(
+    path: Path,
+    patient_id: str,
+    study_uid: str,
+    *,
+    n_frames: int = 6,
+    rows: int = 16,
+    cols: int = 18,
+    spacing: tuple[float, float] = (1.5, 1.25),
+    step: float = 4.0,
+    origin: tuple[float, float, float] = (-12.0, -15.0, -10.0),
+    slope: float = 2.0,
+    functional_groups: bool = True,
+    field: Field = linear_field,
+) -> Dataset:
+    """Enhanced MR (multi-frame), axial, T2 (AcquisitionContrast), frames in reverse spatial order."""
+    from pydicom.uid import EnhancedMRImageStorage
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.PatientID, ds.PatientName = patient_id, "Doe^Jane"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.FrameOfReferenceUID = "1.2.3.4.5"
+    ds.SeriesNumber = 11
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "T2", "NONE"]
+    ds.AcquisitionContrast = "T2"
+    ds.NumberOfFrames = n_frames
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    frames = []
+    per_frame = []
+    jj, ii = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    for k in reversed(range(n_frames)):
+        ipp = np.asarray(origin) + np.array([0.0, 0.0, k * step])
+        pts = (
+            ipp
+            + ii[..., None] * spacing[1] * np.array([1.0, 0, 0])
+            + jj[..., None] * spacing[0] * np.array([0, 1.0, 0])
+        )
+        frames.append(np.round(field(pts) / slope).astype(np.uint16))
+        item = Dataset()
+        pos = Dataset()
+        pos.ImagePositionPatient = [float(v) for v in ipp]
+        item.PlanePositionSequence = Sequence([pos])
+        content = Dataset()
+        content.InStackPositionNumber = k + 1
+        item.FrameContentSequence = Sequence([content])
+        per_frame.append(item)
+    if functional_groups:
+        shared = Dataset()
+        ori, meas, xform, timing, echo = Dataset(), Dataset(), Dataset(), Dataset(), Dataset()
+        ori.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        meas.PixelSpacing, meas.SliceThickness = list(spacing), step
+        xform.RescaleSlope, xform.RescaleIntercept, xform.RescaleType = slope, 0, "US"
+        timing.RepetitionTime = 4200.0
+        echo.EffectiveEchoTime = 105.0
+        shared.PlaneOrientationSequence = Sequence([ori])
+        shared.PixelMeasuresSequence = Sequence([meas])
+        shared.PixelValueTransformationSequence = Sequence([xform])
+        shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+        shared.MREchoSequence = Sequence([echo])
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PixelData = np.stack(frames).tobytes()
+    _save(ds, path, EnhancedMRImageStorage)
+    return ds
