@@ -1,0 +1,186 @@
+"""``nasofl-sim run``: the whole federated study on this machine, through Flower's own simulation engine.
+
+Generates the synthetic hospitals (unless ``--data`` is given), then runs
+``flwr run <repo> local --stream --run-config ... --federation-config num-supernodes=N ...`` with
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (else flwr would install another torch into a per-run venv)
+and a private ``FLWR_HOME`` under the output folder (the user's ~/.flwr is untouched). ``flwr run . local``
+leaves a background SuperLink running: it is found by its command line (which names that FLWR_HOME) and
+stopped in a ``finally`` block. Prints the table and the paths; exit code 0 only when the study COMPLETED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from simulations.scenarios import SCENARIOS
+
+    parser.add_argument(
+        "--preset", default="default", help=f"scenario: {', '.join(SCENARIOS)} (default: default)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default ./runs/sim-<preset>-<time>)")
+    parser.add_argument(
+        "--data", default=None, help="existing synthetic hospitals (default: generate into OUT/data)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the study (default 0)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run-config override in TOML syntax, e.g. --set strategy='\"fedadam\"' --set seg-rounds=2",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
+
+
+def toml_value(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def run_config_arg(values: dict[str, bool | int | float | str]) -> str:
+    return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
+
+
+def generate_data(data: Path, scenario, seed: int) -> None:
+    from shared.data.synth.cohort import CohortConfig, generate_cohort
+
+    config = CohortConfig(
+        sites=scenario.sites,
+        patients_per_site=scenario.patients,
+        seed=seed,
+        difficulty=scenario.difficulty,
+        npl_fraction=scenario.npl_fraction,
+    )
+    print(f"generating {scenario.sites} synthetic hospitals in {data} ...", flush=True)
+    generate_cohort(data, config, progress=False)
+
+
+def superlink_pids(flwr_home: Path) -> list[int]:
+    """PIDs of flower-superlink processes whose command line names this FLWR_HOME (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in cmd and str(flwr_home) in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_superlink(flwr_home: Path) -> None:
+    for pid in superlink_pids(flwr_home):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.time() + 10
+    while superlink_pids(flwr_home) and time.time() < deadline:
+        time.sleep(0.5)
+    for pid in superlink_pids(flwr_home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.scenarios import get_scenario
+
+    scenario = get_scenario(args.preset)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"runs/sim-{scenario.name}-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data).resolve() if args.data else out / "data"
+    if not args.data and not (data.exists() and any(data.iterdir())):
+        generate_data(data, scenario, args.seed)
+    if not data.is_dir():
+        raise ConfigError(f"--data {str(data)!r} is not a folder")
+    from client.node_data import site_folders
+
+    n_sites = len(site_folders(data))
+    if n_sites < 1:
+        raise ConfigError(f"--data {str(data)!r} holds no site folder")
+    values: dict[str, bool | int | float | str] = dict(scenario.run_config)
+    values.update({"sim-data-root": str(data), "out-dir": str(out / "study"), "seed": args.seed})
+    extra = " ".join(f"{k}={v}" for k, v in parse_sets(args.set).items())
+    flwr_home = out / ".flwr"
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+        }
+    )
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    cmd = [
+        flwr,
+        "run",
+        str(REPO),
+        "local",
+        "--stream",
+        "--run-config",
+        (run_config_arg(values) + " " + extra).strip(),
+        "--federation-config",
+        f"num-supernodes={n_sites} client-resources-num-cpus=1",
+    ]
+    print(f"scenario {scenario.name}: {scenario.description}\n$ {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    log_path = out / "flwr-run.log"
+    try:
+        with open(log_path, "w") as log_file:
+            proc = subprocess.run(
+                cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, timeout=args.timeout, cwd=str(out)
+            )
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = 124
+    finally:
+        stop_superlink(flwr_home)
+    wall = time.time() - t0
+    study = out / "study"
+    status = (
+        (study / "STATUS").read_text().strip() if (study / "STATUS").exists() else "FAILED\nno STATUS file"
+    )
+    if (study / "table.txt").exists():
+        print((study / "table.txt").read_text())
+    print(f"flwr run exit code {rc}, wall {wall:.0f} s; status: {status.splitlines()[0]}")
+    print(f"outputs: {study}  (results.json, table.txt, roc.png, rounds-*.png, run-log.jsonl, models/)")
+    print(f"Flower log: {log_path}")
+    if not status.startswith("COMPLETED"):
+        print(
+            f"nasofl-sim run: FAILED: {' '.join(status.splitlines()[1:]) or 'see the Flower log'}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
