@@ -110,8 +110,8 @@ def airway_shape(
 ) -> np.ndarray:
     """Nasopharyngeal airway (rounded trapezoid, tapering to the roof) and oropharyngeal airway below -5 mm,
     grown outwards by ``grow`` mm (used for the mucosa and the pharyngeal wall)."""
-    taper = np.clip(1.0 - (z - 10.0) / 14.0, 0.35, 1.0)
-    a = p.airway_half_width * taper * (1.0 - 0.12 * y / p.airway_half_ap) + grow
+    taper = np.clip(1.0 - (z - 10.0) / 14.0, 0.35, 1.0)  # > 0, so a and b never vanish
+    a = np.maximum(p.airway_half_width * taper * (1.0 - 0.12 * y / p.airway_half_ap) + grow, 1e-3)
     b = p.airway_half_ap * taper + grow
     naso = (np.abs(x / a) ** 4 + np.abs(y / b) ** 4 <= 1.0) & _zr(z, -5.0 - grow, 18.0 + grow * 0.6)
     oro = _ell(x, y, 0.0, 2.0, 10.0 + grow, 6.0 + grow) & _zr(z, -40.0, -4.0)

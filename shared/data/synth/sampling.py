@@ -143,7 +143,9 @@ def bias_field(rng: np.random.Generator, shape: tuple[int, int, int], sd: float)
             for k in range(4 - i - j):
                 if i + j + k == 0:
                     continue
-                coef = float(np.clip(rng.normal(0, sd / 3), -0.5, 0.5))
+                coef = float(
+                    np.clip(rng.normal(0, sd / 4), -0.5, 0.5)
+                )  # 19 terms: keep the total within TorchIO's range
                 log_b += coef * xx**i * yy**j * zz**k
     return np.exp(log_b)
 
