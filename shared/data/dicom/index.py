@@ -109,6 +109,12 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
             )
         )
         return entry
+    short = _short_pixel_data(ds, os.path.getsize(path))
+    if short:
+        entry.problems.append(
+            Problem("warning", "bad_pixels", rel, f"truncated pixel data: {short}; file ignored")
+        )
+        return entry
     incomplete = _incomplete(ds)
     if incomplete:
         entry.problems.append(
@@ -134,6 +140,24 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
             )
         )
     return entry
+
+
+UNCOMPRESSED = {"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def _short_pixel_data(ds: pydicom.Dataset, size: int) -> str:
+    """Cheap truncation check for uncompressed images: the file must hold at least the pixel bytes."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts not in UNCOMPRESSED or "BitsAllocated" not in ds or "Rows" not in ds or "Columns" not in ds:
+        return ""
+    n = (integer(ds, "Rows") or 0) * (integer(ds, "Columns") or 0) * (integer(ds, "SamplesPerPixel") or 1)
+    n *= integer(ds, "NumberOfFrames") or 1
+    bits = integer(ds, "BitsAllocated") or 0
+    expected = (n * bits + 7) // 8
+    if expected and size < expected:
+        return f"file has {size} bytes, the pixel data alone needs {expected}"
+    return ""
 
 
 def _incomplete(ds: pydicom.Dataset) -> str:
