@@ -232,7 +232,8 @@ def mr_image(
     if slope is not None:
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, slope, "US"
     pixels = np.ascontiguousarray(stored, dtype=np.uint16)
-    if profile.transfer_syntax == "jpeg2000":
+    # openjpeg's encoder uses 6 DWT resolutions and fails below 32 px: tiny images stay uncompressed.
+    if profile.transfer_syntax == "jpeg2000" and min(pixels.shape) >= 32:
         ds.compress(JPEG2000Lossless, pixels)
     else:
         ds.PixelData = pixels.tobytes()

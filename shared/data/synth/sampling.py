@@ -154,7 +154,7 @@ def quantise(image: np.ndarray, profile: SiteProfile) -> tuple[np.ndarray, np.nd
     """(stored uint16, real float32 = stored * slope, slope). Values above the bit depth saturate."""
     slope = profile.rescale_slope or 1.0
     stored = np.clip(np.rint(image / slope), 0, 2**profile.bits_stored - 1).astype(np.uint16)
-    return stored, (stored.astype(np.float32) * np.float32(slope)), slope
+    return stored, (stored.astype(np.float64) * slope).astype(np.float32), slope
 
 
 def synthesize_patient(
