@@ -43,6 +43,12 @@ def test_shuffled_series_without_slice_location_sorted_by_position(tmp_path):
     expected = linear_field(loaded.geometry.world())
     np.testing.assert_allclose(loaded.volume, expected, atol=0.51)  # stored values are rounded
     assert loaded.geometry.positions == tuple(-10.0 + 4.0 * k for k in range(6))
+    # affine (k, j, i, 1) -> LPS agrees with the per-voxel world coordinates and inverts with to_index
+    k, j, i = 4, 7, 3
+    world = loaded.geometry.world()[k, j, i]
+    np.testing.assert_allclose(loaded.geometry.affine() @ [k, j, i, 1], [*world, 1.0])
+    np.testing.assert_allclose(world, [-12.0 + 3 * 1.25, -15.0 + 7 * 1.5, -10.0 + 4 * 4.0])
+    np.testing.assert_allclose(loaded.geometry.to_index(world), [k, j, i], atol=1e-9)
 
 
 def test_oblique_series_resampled_onto_reference_grid(tmp_path):
