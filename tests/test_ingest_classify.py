@@ -38,6 +38,8 @@ def test_rules(tmp_path):
     assert one(tmp_path, "g", tr=None, te=None, description="+C Ax T1 FS")[1].sequence == "t1ce"
     assert one(tmp_path, "h", tr=None, te=None, description="Ax T2 FSE")[1].sequence == "t2"
     assert one(tmp_path, "i", tr=None, te=None, description="t1_tse_tra_增强")[1].sequence == "t1ce"
+    assert one(tmp_path, "i2", tr=500, te=12, description="T1W_TSE_GD")[1].sequence == "t1ce"
+    assert one(tmp_path, "i3", tr=500, te=12, description="T1 pre-contrast")[1].sequence == "t1"
     assert one(tmp_path, "j", tr=1500, te=45)[1].sequence is None  # neither rule, no tokens
     assert "localiser" in one(tmp_path, "k", tr=8, te=3, scanning="GR", description="3-Plane Loc")[1].excluded
     assert (

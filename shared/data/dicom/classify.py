@@ -32,12 +32,16 @@ EXCLUDED_IMAGE_TYPES = {
     "SUB": "subtraction",
     "SCREEN SAVE": "screen capture",
 }
-LOCALISER_RX = re.compile(r"locali[sz]er|scout|survey|pilot|3[\s-]?plane|\bloc\b", re.IGNORECASE)
-DWI_RX = re.compile(r"\bdwi\b|diff|\badc\b|trace|b\d{3,4}\b|\bepi\b", re.IGNORECASE)
-FLAIR_RX = re.compile(r"flair|\bdark[\s_-]?fluid", re.IGNORECASE)
+_L, _R = r"(?<![a-z0-9])", r"(?![a-z0-9])"  # token boundaries where "_" separates words
+LOCALISER_RX = re.compile(rf"locali[sz]er|scout|survey|pilot|3[\s_-]?plane|{_L}loc{_R}", re.IGNORECASE)
+DWI_RX = re.compile(rf"{_L}dwi|diff|{_L}adc{_R}|trace|{_L}b\d{{3,4}}{_R}|{_L}epi{_R}", re.IGNORECASE)
+FLAIR_RX = re.compile(r"flair|dark[\s_-]?fluid", re.IGNORECASE)
 CONTRAST_RX = re.compile(
-    r"\+\s*c\b|\bc\s*\+|\+\s*gd|\bpost\b|post[_\s-]|[_\s-]post|\bgd\b|gado|\benh|\bce\b|t1\s*ce|t1c\b|contrast|增强",
+    rf"\+\s*c(?![a-z])|c\s*\+|\+\s*gd|{_L}(post|gd|gad\w*|enh\w*|ce|t1\s*ce|t1c|contrast){_R}|增强",
     re.IGNORECASE,
+)
+PRE_CONTRAST_RX = re.compile(
+    r"(pre|non|without|w/o|no)[\s_-]?(contrast|gd|gad\w*|c(?![a-z]))|平扫", re.IGNORECASE
 )
 T1_RX = re.compile(r"t1|spgr|vibe|lava|mprage|bravo|flash|fl3d|thrive", re.IGNORECASE)
 T2_RX = re.compile(r"t2|stir", re.IGNORECASE)
@@ -90,6 +94,8 @@ def _post_contrast(g: SeriesGroup) -> tuple[bool, str]:
     if agent is not None and agent.strip().upper() not in NO_AGENT:
         return True, "ContrastBolusAgent filled"
     for t in _texts(g):
+        if PRE_CONTRAST_RX.search(t or ""):
+            continue
         m = CONTRAST_RX.search(t or "")
         if m:
             return True, f"description token {m.group(0).strip()!r}"
