@@ -57,7 +57,7 @@ def build_results(
         else:
             auc[ds] = {"value": None, "ci": [None, None], "n_patients": 0, "note": "dataset not trained"}
     sites: dict[str, Any] = {}
-    for info in study["sites"].values():
+    for info in sorted(study["sites"].values(), key=lambda s: s.name):
         entry: dict[str, Any] = {
             "role": info.role,
             "patients": int(info.counts.get("patients", 0)),

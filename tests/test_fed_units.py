@@ -190,3 +190,14 @@ def test_unknown_and_missing_keys_are_named():
     del rc["min-sites"]
     with pytest.raises(ConfigError, match="min-sites"):
         federation_from_run_config(rc)
+
+
+def test_site_failure_text_is_scrubbed_of_patient_ids_and_paths():
+    from types import SimpleNamespace
+
+    from client.app import _scrub
+
+    report = SimpleNamespace(patients=[SimpleNamespace(raw_id="HA00012", pseudonym="p-0123456789")])
+    data = SimpleNamespace(report=report)
+    text = _scrub("cannot read /data/site/HA00012/img1.dcm of patient HA00012", data)
+    assert "HA00012" not in text and "/data" not in text and "p-0123456789" in text

@@ -1,0 +1,247 @@
+"""The real ServerApp and ClientApp, in one process (tests.fed_support.LocalGrid), on tiny synthetic hospitals:
+poisoned updates, reply contents, resume, site failures, evaluation-only sites, the min-sites rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+from client.app import app as client_app
+from server.app import app as server_app
+from server.checkpoint import load_arrays
+from server.round_recorder import SimulatedCrash
+from server.run_log import read_run_log
+from server.strategies import TooFewSitesError
+from shared import protocol as P
+from tests.fed_support import LocalGrid, default_run_config, server_context
+
+pytestmark = pytest.mark.slow
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from shared.data.synth.cohort import CohortConfig, generate_cohort
+
+    root = tmp_path_factory.mktemp("fedcohort")
+    generate_cohort(root, CohortConfig(sites=3, patients_per_site=(7, 7, 7), seed=5), progress=False)
+    return root
+
+
+def toy_config(cohort: Path, out: Path, **overrides) -> dict:
+    rc = default_run_config()
+    rc.update(
+        {
+            "sim-data-root": str(cohort),
+            "sim-cache-root": str(cohort / "_cache"),
+            "out-dir": str(out),
+            "seg-rounds": 1,
+            "cls-rounds": 1,
+            "seg-image-size": 32,
+            "seg-slices-per-patient": 4,
+            "cls-image-size": 32,
+            "cls-slices-per-patient": 2,
+            "hist-bins": 100,
+            "datasets": "t2,t1+t2",
+            "wait-for-sites-s": 0.0,
+        }
+    )
+    rc.update(overrides)
+    return rc
+
+
+def run_study(rc: dict, client=client_app, n_nodes: int = 3) -> LocalGrid:
+    grid = LocalGrid(client, n_nodes, rc)
+    server_app(grid, server_context(rc))
+    return grid
+
+
+def round_lines(out: Path) -> list[dict]:
+    return [line for line in read_run_log(out / "run-log.jsonl") if line["event"] == "round"]
+
+
+class Poisoner:
+    """Wraps the real ClientApp; hospital-c's train replies are poisoned (a different way each stage).
+    The genuine replies are kept for the inspection test."""
+
+    def __init__(self) -> None:
+        self.genuine: list[Message] = []
+        self.site_of: dict[int, str] = {}
+
+    def __call__(self, message: Message, context) -> Message:
+        reply = client_app(message=message, context=context)
+        self.genuine.append(reply)
+        site = SITES[int(context.node_config["partition-id"])]
+        if site != "hospital-c" or not message.metadata.message_type.startswith("train") or reply.has_error():
+            return reply
+        arrays = {k: reply.content[P.ARRAYS][k].numpy().copy() for k in reply.content[P.ARRAYS].keys()}
+        first = next(iter(arrays))
+        dataset = str(message.content[P.CONFIG].get(P.CFG_DATASET, ""))
+        if dataset == "":
+            arrays[first] = arrays[first] * np.nan
+        elif dataset == "t2":
+            arrays[first] = np.zeros((3, 1), np.float32)
+        else:
+            del arrays[first]
+        content = RecordDict(
+            {
+                P.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                P.METRICS: reply.content[P.METRICS],
+            }
+        )
+        return Message(content, reply_to=message)
+
+
+@pytest.fixture(scope="module")
+def poisoned_run(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("poisoned")
+    poisoner = Poisoner()
+    grid = run_study(toy_config(cohort, out), client=poisoner)
+    return out, grid, poisoner
+
+
+def test_poisoned_updates_are_rejected_counted_and_never_averaged(poisoned_run):
+    out, _, _ = poisoned_run
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    lines = round_lines(out)
+    assert [(x["stage"], x["dataset"]) for x in lines] == [("seg", ""), ("cls", "t2"), ("cls", "t1+t2")]
+    reasons = [x["updates_rejected"]["hospital-c"] for x in lines]
+    assert "NaN" in reasons[0] and "shape" in reasons[1] and "missing" in reasons[2]
+    for x in lines:
+        assert x["sites_contributed"] == ["hospital-a", "hospital-b"]
+        assert x["sites_failed"] == {}
+    for f in ("final-seg.npz", "final-cls-t2.npz", "final-cls-t1plust2.npz"):
+        arrays = load_arrays(out / "checkpoints" / f)
+        assert all(np.isfinite(a).all() for a in arrays.values() if np.issubdtype(a.dtype, np.floating))
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["auc"]) == {"t2", "t1+t2"} and "dice" in results
+    assert set(results["sites"]) == set(SITES)
+    for name in ("table.txt", "roc.png", "rounds-seg.png", "models/MODEL_CARD.md", "models/segmenter.pt"):
+        assert (out / name).exists(), name
+
+
+def _patient_strings(cohort: Path) -> set[str]:
+    ids = set()
+    for site in SITES:
+        with open(cohort / site / "labels.csv") as fh:
+            for row in csv.reader(fh):
+                if row and row[0] and not row[0].lower().startswith("patient"):
+                    ids.add(row[0].strip())
+    assert ids, "labels.csv should list patient ids"
+    return ids
+
+
+def _strings_in(value) -> list[str]:
+    if isinstance(value, str | bytes):
+        return [value.decode(errors="replace") if isinstance(value, bytes) else value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings_in(v)]
+    return []
+
+
+def test_replies_carry_only_expected_arrays_and_aggregate_metrics(poisoned_run, cohort):
+    _, grid, poisoner = poisoned_run
+    ids = _patient_strings(cohort)
+    allowed_metrics = (
+        set(P.TRAIN_METRICS) | set(P.EVAL_SEG_METRICS) | set(P.EVAL_CLS_METRICS) | set(P.INFO_METRICS)
+    )
+    allowed_metrics |= {P.roi_metric_key(d, k) for d in ("t2", "t1+t2") for k in P.ROI_KEYS}
+    sent_by_id = {m.metadata.message_id: m for m in grid.sent}
+    assert len(poisoner.genuine) >= 3 * 8
+    for reply in poisoner.genuine:
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        request = sent_by_id[reply.metadata.reply_to_message_id]
+        texts: list[str] = []
+        for name, rec in reply.content.metric_records.items():
+            assert name == P.METRICS
+            for key, value in rec.items():
+                assert key in allowed_metrics, key
+                assert isinstance(value, int | float) or (
+                    isinstance(value, list) and all(isinstance(v, int) for v in value)
+                )
+                if isinstance(value, list):
+                    assert key in (P.HIST_POS, P.HIST_NEG) and len(value) == 100
+        for name, rec in reply.content.config_records.items():
+            assert name == P.INFO and set(rec.keys()) == {"site", "role"}
+            texts += [str(v) for v in rec.values()]
+        arrays = list(reply.content.array_records.items())
+        if request.metadata.message_type.startswith("train"):
+            ((name, rec),) = arrays
+            sent_arrays = request.content[P.ARRAYS]
+            assert name == P.ARRAYS and list(rec.keys()) == list(sent_arrays.keys())
+            for k in rec.keys():
+                assert rec[k].shape == sent_arrays[k].shape
+        else:
+            assert arrays == []
+        texts += [k for rec in reply.content.metric_records.values() for k in rec.keys()]
+        for text in texts:
+            assert "Synthetic^" not in text
+            assert not any(pid in text for pid in ids), text
+    for reply in grid.replies:  # also what hospital-c's wrapper sent: no strings other than arrays/metrics
+        for rec in reply.content.metric_records.values():
+            assert not any(_strings_in(v) for v in rec.values())
+
+
+def test_resume_after_interruption_gives_the_same_final_arrays(cohort, tmp_path):
+    common = dict(strategy="fedadam", **{"seg-rounds": 2, "datasets": "t2", "seed": 3})
+    full = tmp_path / "full"
+    run_study(toy_config(cohort, full, **common, **{"sim-cache-root": str(tmp_path / "cache-full")}))
+    broken = tmp_path / "broken"
+    cache = str(tmp_path / "cache-broken")
+    with pytest.raises(SimulatedCrash):
+        run_study(
+            toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "debug-stop-after-round": 1})
+        )
+    assert (broken / "STATUS").read_text().startswith("FAILED")
+    assert json.loads((broken / "checkpoints" / "state.json").read_text())["round"] == 1
+    run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "resume": True}))
+    assert (broken / "STATUS").read_text().startswith("COMPLETED")
+    rounds = [(x["stage"], x["round"]) for x in round_lines(broken)]
+    assert rounds == [("seg", 1), ("seg", 2), ("cls", 1)], "no round lost or repeated"
+    for f in ("final-seg.npz", "final-cls-t2.npz"):
+        a, b = load_arrays(full / "checkpoints" / f), load_arrays(broken / "checkpoints" / f)
+        assert list(a) == list(b)
+        for k in a:
+            assert np.array_equal(a[k], b[k]), f"{f}:{k} differs after resume"
+    hashes = {x["round"]: x["model_sha256"] for x in round_lines(full) if x["stage"] == "seg"}
+    assert hashes[2] == [x["model_sha256"] for x in round_lines(broken) if x["stage"] == "seg"][1]
+
+
+def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(cohort, tmp_path):
+    out = tmp_path / "faults"
+    rc = toy_config(
+        cohort,
+        out,
+        **{
+            "min-sites": 1,
+            "datasets": "t2",
+            "debug-fail-sites": "hospital-b:train.seg",
+            "eval-only-sites": "hospital-c",
+        },
+    )
+    grid = run_study(rc)
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    seg, cls = round_lines(out)
+    assert seg["sites_contributed"] == ["hospital-a"]
+    assert "injected failure" in seg["sites_failed"]["hospital-b"]
+    assert cls["sites_contributed"] == ["hospital-a", "hospital-b"], "the failed site takes part again later"
+    c_node = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 2][0]
+    c_types = {m.metadata.message_type for m in grid.sent if m.metadata.dst_node_id == c_node}
+    assert not any(t.startswith("train") for t in c_types) and P.EVALUATE_CLS in c_types
+    results = json.loads((out / "results.json").read_text())
+    assert results["sites"]["hospital-c"]["role"] == "eval-only"
+
+
+def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
+    out = tmp_path / "too-few"
+    rc = toy_config(cohort, out, **{"min-sites": 3, "debug-fail-sites": "hospital-b:train.seg"})
+    with pytest.raises(TooFewSitesError, match="min-sites"):
+        run_study(rc)
+    assert (out / "STATUS").read_text().startswith("FAILED")
+    end = read_run_log(out / "run-log.jsonl")[-1]
+    assert end["event"] == "end" and end["status"] == "FAILED" and "hospital-b" in end["error"]
