@@ -8,6 +8,7 @@ SeriesDescription follows the vendor's style, is sometimes empty or absent, and 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     MRImageStorage,
-    generate_uid,
 )
 
 from shared.data.synth.sampling import SeriesGeometry
@@ -74,7 +74,9 @@ ACQ_MINUTE = {"loc": 0, "t1": 2, "t2": 7, "dwi": 12, "t1ce": 18}
 
 def make_uid(*parts: object) -> str:
     """Deterministic UID (2.25 form) from ``parts`` (seed, site, patient, series, instance ...)."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    # pydicom's generate_uid(prefix=None) ignores entropy_srcs (random UUID), so derive the 2.25 UID ourselves.
+    digest = hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()
+    return f"2.25.{int(digest[:32], 16)}"
 
 
 def description(profile: SiteProfile, kind: str, fat_sat: bool) -> str:
@@ -234,7 +236,7 @@ def mr_image(
     pixels = np.ascontiguousarray(stored, dtype=np.uint16)
     # openjpeg's encoder uses 6 DWT resolutions and fails below 32 px: tiny images stay uncompressed.
     if profile.transfer_syntax == "jpeg2000" and min(pixels.shape) >= 32:
-        ds.compress(JPEG2000Lossless, pixels)
+        ds.compress(JPEG2000Lossless, pixels, generate_instance_uid=False)
     else:
         ds.PixelData = pixels.tobytes()
     return ds
