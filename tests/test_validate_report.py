@@ -143,3 +143,21 @@ def test_validate_command_exit_codes_and_json(tmp_path, capsys):
     assert site_cli(["validate", str(empty), "--no-progress"]) == 1
     assert "no_usable_patient" in capsys.readouterr().out
     assert site_cli(["validate", str(tmp_path / "nope"), "--no-progress"]) == 1
+
+
+def test_unexpected_error_in_one_patient_skips_only_that_patient(tmp_path, monkeypatch):
+    import shared.data.site as site_mod
+
+    site = make_site(tmp_path)
+    real = site_mod.ingest_patient
+
+    def flaky(site_dir, headers, *args):
+        if any(h.patient_id == RAW[0] for h in headers):
+            raise RuntimeError(f"boom in {headers[0].path}")  # the path holds the raw id
+        return real(site_dir, headers, *args)
+
+    monkeypatch.setattr(site_mod, "ingest_patient", flaky)
+    cohort = load_site(site)
+    (p,) = [p for p in cohort.report.problems if p.code == "ingest_error"]
+    assert p.patient == pseudonym(RAW[0]) and RAW[0] not in p.message and "RuntimeError" in p.message
+    assert [v.pseudonym for v in cohort.patients] == [pseudonym(RAW[1])]

@@ -21,7 +21,7 @@ from shared.data.dicom.patient_ingest import ingest_patient
 from shared.data.labels import LABELS_FILE, load_labels
 from shared.data.mapping import SiteMapping, load_mapping
 from shared.data.patient import LABELS, PatientVolumes
-from shared.data.report import Scrubber, ValidationReport
+from shared.data.report import PatientSummary, Scrubber, ValidationReport
 from shared.data.settings import IngestSettings
 from shared.data.split import patient_split
 from shared.errors import SiteDataError
@@ -110,7 +110,18 @@ def load_site(
         key = patient_key(headers, *ingest_parts)
         result = cache.load(pseudo, key) if cache else None
         if result is None:
-            result = ingest_patient(site_dir, headers, settings, mapping, patterns, pseudo)
+            try:
+                result = ingest_patient(site_dir, headers, settings, mapping, patterns, pseudo)
+            except (
+                Exception
+            ) as err:  # a bug or an input nobody foresaw: skip the patient, keep the site going
+                log.warning("patient %s: ingestion failed (%s); patient skipped", pseudo, type(err).__name__)
+                report.add("warning", "ingest_error", "", f"ingestion failed ({type(err).__name__}: "
+                           f"{scrubber.scrub(str(err))[:200]}); patient skipped. Please report this.", pseudo)  # fmt: skip
+                report.patients.append(
+                    PatientSummary(pseudo, pid, CLASS_NAMES.get(labels.get(pid), "-"), "-", False)
+                )
+                continue
             result.problems = [p.scrubbed(scrubber) for p in result.problems]
             result.summary.sequences = {k: scrubber.scrub(v) for k, v in result.summary.sequences.items()}
             if cache:
