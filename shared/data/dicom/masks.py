@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,9 @@ def mask_from_objects(
     problems: list[Problem] = []
     for h in sorted(objects, key=lambda o: (not is_rtstruct(o), o.path)):
         try:
-            ds = pydicom.dcmread(site_dir / h.path, force=True)
+            with warnings.catch_warnings():  # pydicom warnings may quote element values (names)
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(site_dir / h.path, force=True)
         except Exception as err:
             problems.append(
                 Problem("warning", "unreadable", h.path, f"cannot read ({type(err).__name__})", patient)
