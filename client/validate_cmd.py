@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         settings=IngestSettings(),
         salt=args.salt,
         progress=not args.no_progress and sys.stderr.isatty(),
+        keep_volumes=False,  # validation only: one patient in memory at a time
     )
     report = cohort.report
     print(report.format_table(show_ids=args.show_ids, max_problems=args.max_problems))

@@ -59,8 +59,12 @@ def load_site(
     settings: IngestSettings = IngestSettings(),  # noqa: B008 (frozen dataclass)
     salt: str = DEFAULT_SALT,
     progress: bool = False,
+    keep_volumes: bool = True,
 ) -> SiteCohort:
     """Ingest a whole site folder. One bad file never stops the rest: it becomes a report problem.
+
+    ``keep_volumes=False`` (validation only): arrays are dropped as soon as each patient is checked,
+    so memory stays at one patient; ``SiteCohort.patients`` is then empty.
 
     Raises:
         SiteDataError: ``site_dir`` is not a folder.
@@ -103,6 +107,7 @@ def load_site(
         scrubber.add(pid, pseudonym(pid, salt))
     ingest_parts = (settings.cache_key(), mapping.source_hash, "|".join(patterns), salt)
     volumes: list[PatientVolumes] = []
+    usable: list[tuple[str, int | None, bool]] = []  # (pseudonym, label, has mask)
     pids = sorted(by_patient, key=lambda p: pseudonym(p, salt))
     for pid in tqdm(pids, desc="patients", unit="patient", disable=not progress):
         pseudo = pseudonym(pid, salt)
@@ -139,11 +144,13 @@ def load_site(
                 "warning", "unlabelled_patient", "", "patient has DICOM data but no row in labels.csv", pseudo
             )
         if result.images:
-            volumes.append(
-                PatientVolumes(
-                    pseudo, label, result.images, result.mask, result.spacing_mm, notes=list(result.notes)
+            usable.append((pseudo, label, result.mask is not None))
+            if keep_volumes:
+                volumes.append(
+                    PatientVolumes(
+                        pseudo, label, result.images, result.mask, result.spacing_mm, notes=list(result.notes)
+                    )
                 )
-            )
     unknown = sorted(pseudonym(pid, salt) for pid in labels if pid not in by_patient)
     for pseudo in unknown:
         report.add(
@@ -153,46 +160,39 @@ def load_site(
             "labels.csv row with no DICOM data for this id",
             pseudo,
         )
-    splits = patient_split(
-        {v.pseudonym: v.label for v in volumes}, settings.split_fractions, settings.split_seed
-    )
+    splits = patient_split({p: lab for p, lab, _ in usable}, settings.split_fractions, settings.split_seed)
     for v in volumes:
         v.split = splits[v.pseudonym]
-    by_pseudo = {v.pseudonym: v for v in volumes}
     for row in report.patients:
-        if row.pseudonym in by_pseudo:
-            row.split = by_pseudo[row.pseudonym].split
-    _site_level_checks(report, volumes, labels)
+        row.split = splits.get(row.pseudonym, "-")
+    _site_level_checks(report, usable, labels)
     report.scrub(scrubber)
     log.info(
         "site %s: %d patients ingested (%d labelled), %d blocking problem(s), %d warning(s)",
-        report.site_name, len(volumes), sum(v.label is not None for v in volumes),
+        report.site_name, len(usable), sum(lab is not None for _, lab, _ in usable),
         len(report.blocking), len(report.problems) - len(report.blocking),
     )  # fmt: skip
     return SiteCohort(site_dir.name, volumes, report)
 
 
 def _site_level_checks(
-    report: ValidationReport, volumes: list[PatientVolumes], labels: dict[str, int]
+    report: ValidationReport, usable: list[tuple[str, int | None, bool]], labels: dict[str, int]
 ) -> None:
-    if not volumes:
+    """``usable``: (pseudonym, label, has mask) of every patient with at least one sequence."""
+    if not usable:
         report.add("blocking", "no_usable_patient", "", "no patient has a usable T1 / T2 / T1CE series")
         return
-    labelled = [v for v in volumes if v.label is not None]
+    labelled = [(lab, has_mask) for _, lab, has_mask in usable if lab is not None]
     if labels and not labelled:
         report.add(
             "blocking", "no_labelled_patient", LABELS_FILE, "no ingested patient has a row in labels.csv"
         )
         return
     for name, value in LABELS.items():
-        if labels and not any(v.label == value for v in labelled):
-            report.add(
-                "blocking",
-                "missing_class",
-                LABELS_FILE,
-                f"no usable patient of class {name}; both NPC and NPL are needed",
-            )
-    if labelled and not any(v.mask is not None for v in labelled):
+        if labels and not any(lab == value for lab, _ in labelled):
+            msg = f"no usable patient of class {name}; both NPC and NPL are needed"
+            report.add("blocking", "missing_class", LABELS_FILE, msg)
+    if labelled and not any(has_mask for _, has_mask in labelled):
         report.add(
             "warning",
             "no_masks",
