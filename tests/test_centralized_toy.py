@@ -39,7 +39,7 @@ def _check_outputs(out, results) -> None:
 @pytest.mark.slow
 def test_centralized_in_process_on_toy_patients(tmp_path) -> None:
     torch.manual_seed(0)
-    patients = make_toy_cohort(24, size=40, depth=6)
+    patients = make_toy_cohort(20, size=32, depth=6)
     results = run_centralized(patients, preset_config("toy"), tmp_path, progress=False)
     _check_outputs(tmp_path, results)
     assert set(results["auc"]) == {"t1", "t2", "t1ce", "t1+t2"}
