@@ -158,7 +158,9 @@ class ValidationReport:
         for row in sorted(self.patients, key=lambda r: r.pseudonym):
             name = f"{row.raw_id} ({row.pseudonym})" if show_ids else row.pseudonym
             seqs = [("yes" if s in row.sequences else "-") for s in ("t1", "t2", "t1ce")]
-            geom = "; ".join(f"{k} {v}" for k, v in row.geometry.items())
+            grid = row.geometry.get("grid", "")
+            ref = grid.split(" ", 1)[-1] if grid else ""
+            geom = grid + "".join(f"; {k} {v}" for k, v in row.geometry.items() if k != "grid" and v != ref)
             lines.append(
                 f"{name:<22} {row.label:<5} {row.split:<5} {'yes' if row.usable else 'NO':<3} "
                 f"{seqs[0]:<4} {seqs[1]:<4} {seqs[2]:<4} {row.mask:<22} {geom}"
