@@ -161,3 +161,10 @@ def test_unexpected_error_in_one_patient_skips_only_that_patient(tmp_path, monke
     (p,) = [p for p in cohort.report.problems if p.code == "ingest_error"]
     assert p.patient == pseudonym(RAW[0]) and RAW[0] not in p.message and "RuntimeError" in p.message
     assert [v.pseudonym for v in cohort.patients] == [pseudonym(RAW[1])]
+
+
+def test_label_ids_match_patient_ids_case_insensitively(tmp_path):
+    site = make_site(tmp_path, labels=[(RAW[0].lower(), "NPC"), (RAW[1], "NPL")])
+    report = load_site(site).report
+    assert report.class_counts() == {"NPC": 1, "NPL": 1, "-": 0}
+    assert not [p for p in report.problems if p.code in ("unlabelled_patient", "label_without_data")]

@@ -103,6 +103,7 @@ def load_site(
             pseudo = pseudonym(pid, salt)
             scrubber.add(h.patient_id, pseudo)
             scrubber.add_name(h.patient_name, pseudo)
+    labels = _align_label_ids(labels, set(by_patient))
     for pid in labels:
         scrubber.add(pid, pseudonym(pid, salt))
     ingest_parts = (settings.cache_key(), mapping.source_hash, "|".join(patterns), salt)
@@ -173,6 +174,19 @@ def load_site(
         len(report.blocking), len(report.problems) - len(report.blocking),
     )  # fmt: skip
     return SiteCohort(site_dir.name, volumes, report)
+
+
+def _align_label_ids(labels: dict[str, int], dicom_ids: set[str]) -> dict[str, int]:
+    """labels.csv ids that differ from a DICOM PatientID only by case map onto that PatientID."""
+    folded: dict[str, list[str]] = {}
+    for pid in dicom_ids:
+        folded.setdefault(pid.casefold(), []).append(pid)
+    out: dict[str, int] = {}
+    for pid, lab in labels.items():
+        if pid not in dicom_ids and len(folded.get(pid.casefold(), [])) == 1:
+            pid = folded[pid.casefold()][0]
+        out[pid] = lab
+    return out
 
 
 def _site_level_checks(
