@@ -4,10 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+
+#: ASCII value representations: decoded straight from the raw bytes (same in every byte order and
+#: character set), which skips pydicom's per-element conversion, the main cost of header indexing.
+_ASCII_VRS = {"CS", "DS", "IS", "UI", "TM", "DA", "DT", "AS"}
+_MISSING = object()
+
+
+def _fast(ds: Dataset, keyword: str) -> object:
+    """Raw ASCII value as str ('' when empty), ``_MISSING`` when absent, None when not fast-decodable."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return _MISSING
+    try:
+        elem = ds.get_item(tag)
+    except Exception:
+        return None
+    if not isinstance(elem, RawDataElement):
+        return None
+    vr = elem.VR or dictionary_VR(tag)
+    if vr not in _ASCII_VRS or elem.length == 0xFFFFFFFF:
+        return None
+    if elem.value is None:
+        return ""
+    return elem.value.decode("latin-1").strip(" \x00")
 
 
 def text(ds: Dataset, keyword: str) -> str:
+    fast = _fast(ds, keyword)
+    if fast is _MISSING:
+        return ""
+    if isinstance(fast, str):
+        return fast
     try:
         v = ds.get(keyword)
     except Exception:  # malformed value: treat as absent
@@ -21,12 +52,17 @@ def text(ds: Dataset, keyword: str) -> str:
 
 def optional_text(ds: Dataset, keyword: str) -> str | None:
     """None when the tag is absent, "" when present but empty."""
-    if keyword not in ds:
+    if tag_for_keyword(keyword) not in ds:
         return None
     return text(ds, keyword)
 
 
 def multi(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    fast = _fast(ds, keyword)
+    if fast is _MISSING:
+        return ()
+    if isinstance(fast, str):
+        return tuple(v.strip().upper() for v in fast.split("\\") if v.strip())
     try:
         v = ds.get(keyword)
     except Exception:
@@ -42,6 +78,14 @@ def multi(ds: Dataset, keyword: str) -> tuple[str, ...]:
 
 
 def number(ds: Dataset, keyword: str) -> float | None:
+    fast = _fast(ds, keyword)
+    if fast is _MISSING:
+        return None
+    if isinstance(fast, str):
+        try:
+            return float(fast.split("\\")[0]) if fast else None
+        except ValueError:
+            return None
     try:
         v = ds.get(keyword)
         if v is None or v == "":
@@ -59,6 +103,15 @@ def integer(ds: Dataset, keyword: str) -> int | None:
 
 
 def floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    fast = _fast(ds, keyword)
+    if fast is _MISSING:
+        return None
+    if isinstance(fast, str):
+        try:
+            out = tuple(float(v) for v in fast.split("\\"))
+        except ValueError:
+            return None
+        return out if len(out) == n else None
     try:
         v = ds.get(keyword)
         if v is None or v == "":
