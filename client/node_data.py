@@ -94,8 +94,30 @@ class SiteData:
     report: Any  # shared.data.report.ValidationReport (stays on site)
 
 
+#: Per-process memo (an optimisation only: Ray simulation reuses its actor processes between messages;
+#: in deployment each message is a fresh process and reads the on-disk cache). Keyed by folder + labels mtime.
+_MEMO: dict[tuple[str, str, str, float], SiteData] = {}
+
+
 def load_site_data(site: NodeSite) -> SiteData:
     """Ingest (first call) or read from the cache (later calls) the site's patients."""
+    labels = site.data_dir / "labels.csv"
+    key = (
+        str(site.data_dir),
+        str(site.cache_dir),
+        site.salt or "",
+        labels.stat().st_mtime if labels.exists() else 0.0,
+    )
+    if key in _MEMO:
+        return SiteData(site, _MEMO[key].patients, _MEMO[key].report)
+    data = _load_site_data(site)
+    if len(_MEMO) >= 16:  # a simulation actor serves several sites; keep memory bounded
+        _MEMO.pop(next(iter(_MEMO)))
+    _MEMO[key] = data
+    return data
+
+
+def _load_site_data(site: NodeSite) -> SiteData:
     from shared.data.site import load_site
 
     site.cache_dir.mkdir(parents=True, exist_ok=True)

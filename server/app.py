@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -16,6 +17,7 @@ from server.config import federation_from_run_config, pipeline_from_run_config
 from server.report import write_report
 from server.run_log import RunLog
 from server.study import Study
+from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -32,12 +34,28 @@ def _log_to_stderr(name: str) -> None:
         logger.propagate = False
 
 
+def _mark_failed(out_dir: str, message: str) -> None:
+    """Best effort: a STATUS file in out-dir when the config itself is broken (only for an absolute out-dir)."""
+    path = Path(out_dir)
+    if out_dir and path.is_absolute():
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "STATUS").write_text(f"FAILED\n{message}\n")
+        RunLog(path / "run-log.jsonl").append("end", status="FAILED", error=message)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     _log_to_stderr("server")
     t0 = time.time()
-    fed = federation_from_run_config(context.run_config)  # ConfigError names the key; the run ends at once
-    cfg = pipeline_from_run_config(context.run_config)
+    try:
+        fed = federation_from_run_config(
+            context.run_config
+        )  # ConfigError names the key; the run ends at once
+        cfg = pipeline_from_run_config(context.run_config)
+    except ConfigError as err:
+        log.error("CONFIG ERROR, study not started: %s", err)
+        _mark_failed(str(context.run_config.get("out-dir", "")), f"ConfigError: {err}")
+        raise
     out = fed.out_path
     out.mkdir(parents=True, exist_ok=True)
     status = out / "STATUS"

@@ -199,7 +199,7 @@ def test_resume_after_interruption_gives_the_same_final_arrays(cohort, tmp_path)
         )
     assert (broken / "STATUS").read_text().startswith("FAILED")
     assert json.loads((broken / "checkpoints" / "state.json").read_text())["round"] == 1
-    run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "resume": True}))
+    run_study(toy_config(cohort, broken, **common, **{"resume": True}))
     assert (broken / "STATUS").read_text().startswith("COMPLETED")
     rounds = [(x["stage"], x["round"]) for x in round_lines(broken)]
     assert rounds == [("seg", 1), ("seg", 2), ("cls", 1)], "no round lost or repeated"
