@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
             ph = synthesize_patient(profile, entry["label"], rng, contrast)
             study = study_info(config, profile, entry, rng)
             truth = write_study(writer, study, ph, rng, entry["contoured"])
-            np.savez_compressed(truth_dir / f"{entry['patient_id']}.npz", **truth)
+            save_npz(truth_dir / f"{entry['patient_id']}.npz", truth)
             records.append(
                 {
                     "site": profile.name,
@@ -222,6 +223,14 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
     )
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like ``np.savez_compressed`` (readable with ``np.load``) but with zlib level 1: about 5x faster."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
 def _json_default(value: object) -> object:

@@ -178,22 +178,21 @@ def mr_image(
     rng: np.random.Generator,
     instance_number: int,
 ) -> Dataset:
-    """One MR Image Storage dataset for slice ``k`` of ``geom``; ``stored``: uint16 (H, W)."""
+    """One MR Image Storage dataset for slice ``k`` of ``geom``; ``stored``: uint16 (H, W).
+
+    The series-level attributes are set here once; ``set_slice`` then moves the same dataset to the next slice
+    (writing a series reuses one dataset, which is what keeps cohort generation fast).
+    """
     ds = Dataset()
-    sop_uid = make_uid(*study.uid_root, spec.kind, "sop", k)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.TransferSyntaxUID = (
-        ImplicitVRLittleEndian if profile.transfer_syntax == "implicit" else ExplicitVRLittleEndian
-    )
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop_uid
+    ds.SOPClassUID = MRImageStorage
     ds.StudyDate, ds.SeriesDate, ds.AcquisitionDate, ds.ContentDate = (study.study_date,) * 4
     ds.StudyTime = study.study_time
-    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _acq_time(study, spec.kind, k)
+    ds.SeriesTime = _acq_time(study, spec.kind, 0)
     ds.AccessionNumber = study.accession
     ds.Modality = "MR"
     ds.Manufacturer = profile.manufacturer
@@ -218,28 +217,50 @@ def mr_image(
     ds.StudyID = study.accession[-6:]
     ds.SeriesNumber = SERIES_NUMBER[spec.kind]
     ds.AcquisitionNumber = 1
-    ds.InstanceNumber = instance_number
-    ds.ImagePositionPatient = geom.ipp(k)
-    ds.ImageOrientationPatient = geom.iop
     ds.FrameOfReferenceUID = study.frame_uid
     ds.PositionReferenceIndicator = ""
-    if not profile.slice_location_omitted and spec.kind != "loc":
-        ds.SliceLocation = round(float(np.dot(geom.normal, geom.ipp(k))), 4)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
     ds.PixelSpacing = [round(float(v), 6) for v in geom.pixel_spacing]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, profile.bits_stored, profile.bits_stored - 1
     ds.PixelRepresentation = 0
     if slope is not None:
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, slope, "US"
+    set_slice(ds, profile, study, spec, geom, k, stored, instance_number)
+    return ds
+
+
+def set_slice(
+    ds: Dataset,
+    profile: SiteProfile,
+    study: StudyInfo,
+    spec: SeriesSpec,
+    geom: SeriesGeometry,
+    k: int,
+    stored: np.ndarray,
+    instance_number: int,
+    sop_key: int | None = None,
+) -> None:
+    """Point ``ds`` at slice ``k`` of ``geom``: UIDs, instance number, position, time and pixel data (uint16 (H, W))."""
+    sop_uid = make_uid(*study.uid_root, spec.kind, "sop", k if sop_key is None else sop_key)
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if profile.transfer_syntax == "implicit" else ExplicitVRLittleEndian
+    )
+    ds.SOPInstanceUID = sop_uid
+    ds.AcquisitionTime = ds.ContentTime = _acq_time(study, spec.kind, k)
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = geom.ipp(k)
+    ds.ImageOrientationPatient = geom.iop
+    if not profile.slice_location_omitted and spec.kind != "loc":
+        ds.SliceLocation = round(float(np.dot(geom.normal, geom.ipp(k))), 4)
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
     pixels = np.ascontiguousarray(stored, dtype=np.uint16)
     # openjpeg's encoder uses 6 DWT resolutions and fails below 32 px: tiny images stay uncompressed.
     if profile.transfer_syntax == "jpeg2000" and min(pixels.shape) >= 32:
         ds.compress(JPEG2000Lossless, pixels, generate_instance_uid=False)
     else:
         ds.PixelData = pixels.tobytes()
-    return ds
 
 
 def save(ds: Dataset, path: Path) -> int:

@@ -23,6 +23,7 @@ from shared.data.synth.dicom_series import (
     make_uid,
     mr_image,
     save,
+    set_slice,
 )
 from shared.data.synth.distractors import dwi_image, localiser_images
 from shared.data.synth.rtstruct_writer import rtstruct
@@ -104,9 +105,13 @@ def write_series(
     )
     z = stored.shape[0]
     sops = []
+    ds = None
     for k in range(z):
         number = z - k if profile.instance_reversed else k + 1
-        ds = mr_image(profile, study, spec, geom, k, stored[k], slope, rng, number)
+        if ds is None:
+            ds = mr_image(profile, study, spec, geom, k, stored[k], slope, rng, number)
+        else:
+            set_slice(ds, profile, study, spec, geom, k, stored[k], number)
         sops.append(ds.SOPInstanceUID)
         writer.save(ds, writer.path(study, spec, ds.SeriesNumber, number))
     return spec.series_uid, sops
@@ -122,11 +127,12 @@ def write_localiser(
         fat_sat=False,
         description=_series_description(profile, "loc", False, rng),
     )
+    ds = None
     for k, (geom, image) in enumerate(localiser_images(ph, profile, rng)):
-        ds = mr_image(profile, study, spec, geom, 0, image[None][0], None, rng, k + 1)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = make_uid(
-            *study.uid_root, "loc", "sop", k
-        )
+        if ds is None:
+            ds = mr_image(profile, study, spec, geom, 0, image, None, rng, k + 1)
+        else:
+            set_slice(ds, profile, study, spec, geom, 0, image, k + 1, sop_key=k)
         writer.save(ds, writer.path(study, spec, ds.SeriesNumber, k + 1))
     return spec.series_uid
 

@@ -1,0 +1,56 @@
+"""Calibration of the synthetic cohort's class contrast (domain reference, section 5.6), at test size.
+
+The full table (360 patients) is ``nasofl-sim calibrate``; here 240 patients on the calibration grid, fixed seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.data.synth.calibration import CalibrationResult, calibrate, cv_auc
+from shared.data.synth.latents import ClassContrast
+
+
+@pytest.fixture(scope="module")
+def result() -> CalibrationResult:
+    return calibrate(n_patients=240, n_sites=3, seed=0, difficulty=1.0)
+
+
+def test_sequences_rank_as_in_the_seed(result: CalibrationResult) -> None:
+    auc = result.dataset_auc
+    print(result.table())
+    assert auc["t1+t2"] > auc["t1ce"] > auc["t1"] > auc["t2"] > 0.6, auc
+    assert auc["t1+t2"] - max(auc["t1"], auc["t2"]) > 0.08, (
+        "T1 and T2 together must beat either alone clearly"
+    )
+
+
+def test_site_statistics_do_not_predict_class(result: CalibrationResult) -> None:
+    assert abs(result.site_only_auc - 0.5) <= 0.08, result.site_only_auc
+
+
+def test_no_single_cue_gives_the_class_away(result: CalibrationResult) -> None:
+    best = result.dataset_auc["t1+t2"]
+    assert all(auc < best - 0.08 for auc in result.cue_auc.values()), result.cue_auc
+    assert result.cue_auc["laterality"] > 0.55 and result.cue_auc["log_volume"] > 0.55, (
+        "morphology carries some signal"
+    )
+
+
+def test_zero_difficulty_has_no_class_signal() -> None:
+    low = calibrate(n_patients=150, n_sites=3, seed=1, difficulty=0.0)
+    assert all(abs(a - 0.5) < 0.12 for a in low.dataset_auc.values()), low.dataset_auc
+
+
+def test_target_auc_solver_reproduces_section_5_5() -> None:
+    c = ClassContrast.from_target_aucs(t1=0.78, t2=0.75, t1ce=0.84, t1_t2=0.93, d_m=0.6)
+    assert c.d1 == pytest.approx(0.912, abs=0.02) and c.d2 == pytest.approx(0.742, abs=0.02)
+    assert c.d3 == pytest.approx(1.272, abs=0.02) and c.lam == pytest.approx(0.811, abs=0.02)
+
+
+def test_cv_auc_sees_a_real_signal_and_no_signal() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    assert cv_auc(rng.normal(size=(200, 3)) + y[:, None], y) > 0.8
+    assert abs(cv_auc(rng.normal(size=(200, 3)), y) - 0.5) < 0.1
