@@ -144,6 +144,9 @@ def ingest_patient(
     ref_seq = next(s for s in settings.reference_order() if s in loaded)
     ref = loaded[ref_seq]
     grid = ref.geometry.uniform()
+    if abs(float(grid.normal[2])) < 0.8:
+        msg = f"reference grid ({ref_seq}) is not axial; volumes are stored in its slice orientation"
+        problems.append(Problem("warning", "non_axial_grid", ref.instances[0].path, msg, pseudonym))
     images: dict[str, np.ndarray] = {}
     ref_for = ref.instances[0].frame_of_ref
     for seq, s in loaded.items():
