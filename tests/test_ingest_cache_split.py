@@ -117,3 +117,17 @@ def test_settings_validation_names_key():
         IngestSettings(roi_patterns=("gtv(",))
     s = IngestSettings()
     assert s.cache_key() == IngestSettings().cache_key() != replace(s, roi_patterns=("^x$",)).cache_key()
+
+
+def test_cache_inside_site_folder_only_when_asked_and_never_indexed(site):
+    site_dir, _ = site
+    inside = site_dir / "nasofl_cache"
+    load_site(site_dir, cache_dir=inside)
+    again = load_site(site_dir, cache_dir=inside)
+    assert any(inside.rglob("*.npz"))
+    assert not [p for p in again.report.problems if p.code in ("not_dicom", "unreadable")]
+    sources = [
+        f for f in site_dir.rglob("*") if f.is_file() and inside not in f.parents and f.name != "labels.csv"
+    ]
+    assert again.report.files_indexed == len(sources)  # the cache's own files are never indexed
+    assert all(row.cached for row in again.report.patients)
