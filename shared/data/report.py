@@ -1,7 +1,7 @@
 """ValidationReport: every problem found while ingesting a site, plus summary tables.
 
 A problem has a severity (``blocking``: training cannot start; ``warning``: data is skipped or
-repaired), a stable ``code``, the file path relative to the site folder and a message. The JSON form
+repaired; ``info``: a series left out on purpose, such as a localiser or DWI, counted in the table), a stable ``code``, the file path relative to the site folder and a message. The JSON form
 and every log line use pseudonyms only: :class:`Scrubber` replaces raw patient ids and names in
 paths and messages before they are stored. Raw ids are kept apart (``raw_ids``) so the site-local
 human table can show them with ``--show-ids``.
@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Severity = Literal["blocking", "warning"]
+Severity = Literal["blocking", "warning", "info"]
 
 
 class Scrubber:
@@ -117,6 +117,10 @@ class ValidationReport:
         return [p for p in self.problems if p.severity == "blocking"]
 
     @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
     def ok(self) -> bool:
         return not self.blocking
 
@@ -166,9 +170,18 @@ class ValidationReport:
                 f"{seqs[0]:<4} {seqs[1]:<4} {seqs[2]:<4} {row.mask:<22} {geom}"
             )
         lines.append("")
-        n_block, n_warn = len(self.blocking), len(self.problems) - len(self.blocking)
+        notes = [p for p in self.problems if p.severity == "info"]
+        n_block = len(self.blocking)
+        n_warn = len(self.warnings)
+        if notes:
+            kinds = Counter(p.message.rsplit(": ", 1)[-1] for p in notes)
+            detail = ", ".join(f"{why} {n}" for why, n in kinds.most_common())
+            lines.append(f"Notes, expected and harmless (details in --json): {len(notes)} ({detail})")
         lines.append(f"Problems: {n_block} blocking, {n_warn} warnings")
-        ordered = sorted(self.problems, key=lambda p: (p.severity != "blocking", p.code, p.file))
+        ordered = sorted(
+            (p for p in self.problems if p.severity != "info"),
+            key=lambda p: (p.severity != "blocking", p.code, p.file),
+        )
         for p in ordered[:max_problems]:
             where = f" [{p.file}]" if p.file else ""
             who = f" {p.patient}" if p.patient else ""

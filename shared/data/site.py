@@ -171,7 +171,7 @@ def load_site(
     log.info(
         "site %s: %d patients ingested (%d labelled), %d blocking problem(s), %d warning(s)",
         report.site_name, len(usable), sum(lab is not None for _, lab, _ in usable),
-        len(report.blocking), len(report.problems) - len(report.blocking),
+        len(report.blocking), len(report.warnings),
     )  # fmt: skip
     return SiteCohort(site_dir.name, volumes, report)
 

@@ -50,14 +50,14 @@ def classify_patient(
                 head.label() if len(parts) == 1 else f"{head.label().split(' part ')[0]} ({len(parts)} parts)"
             )
             problems.append(
-                Problem("warning", "series_excluded", head.first.path, f"{what}: {reasons[0]}", patient)
+                Problem("info", "series_excluded", head.first.path, f"{what}: {reasons[0]}", patient)
             )
             continue
         if head.split_reason:
             problems.append(Problem("warning", "series_split", head.first.path, head.split_reason, patient))
         for g, c in excluded:
             msg = f"{g.label()}: {c.excluded or c.reason}"
-            problems.append(Problem("warning", "series_excluded", g.first.path, msg, patient))
+            problems.append(Problem("info", "series_excluded", g.first.path, msg, patient))
     out: dict[str, dict[str, list[tuple[SeriesGroup, Classification]]]] = {}
     for study, items in per_study.items():
         items = apply_time_order(items)
@@ -162,7 +162,9 @@ def ingest_patient(
     problems += probs
     if not objects:
         problems.append(
-            Problem("warning", "no_mask", "", "no RTSTRUCT or SEG object for this patient", pseudonym)
+            Problem(
+                "info", "no_mask", "", "no RTSTRUCT or SEG object for this patient: no tumour mask", pseudonym
+            )
         )
     summary.mask = source
     summary.usable = True

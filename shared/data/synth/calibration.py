@@ -114,13 +114,14 @@ def site_features(ph: PatientPhantom, profile: SiteProfile) -> dict[str, float]:
 @dataclass
 class CalibrationResult:
     """Cross-validated AUCs (NPL positive) per dataset, for site-only statistics, and each single cue's AUC
-    (direction-free: max(AUC, 1 - AUC))."""
+    (direction-free: max(AUC, 1 - AUC)); ``latent_auc``: the same patients' latent scores (sampling reference)."""
 
     n_patients: int
     difficulty: float
     dataset_auc: dict[str, float] = field(default_factory=dict)
     site_only_auc: float = 0.5
     cue_auc: dict[str, float] = field(default_factory=dict)
+    latent_auc: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
         lines = [
@@ -129,6 +130,8 @@ class CalibrationResult:
         ]
         lines += [f"{name:<9} {auc:.3f}" for name, auc in self.dataset_auc.items()]
         lines.append(f"{'site-only':<9} {self.site_only_auc:.3f}")
+        lines.append("latent scores of the same patients (what perfect measurement would give):")
+        lines += [f"  {name:<7} {auc:.3f}" for name, auc in self.latent_auc.items()]
         lines.append("single cue AUC (max(AUC, 1-AUC)):")
         lines += [
             f"  {name:<28} {auc:.3f}" for name, auc in sorted(self.cue_auc.items(), key=lambda kv: -kv[1])
@@ -184,6 +187,9 @@ def sample_calibration_cohort(
             labels.append(int(label))
             tumour_rows.append(tumour_features(ph))
             site_rows.append(site_features(ph, profile))
+            site_rows[-1].update(
+                {f"latent_{k}": getattr(ph.latents, k) for k in ("z_t1", "z_t2", "z_t1ce", "m")}
+            )
     return np.array(labels), tumour_rows, site_rows
 
 
@@ -207,6 +213,10 @@ def calibrate(
         x = np.array([[row[c] for c in cols] for row in tumour_rows])
         result.dataset_auc[name] = cv_auc(x, y, seed)
     result.site_only_auc = cv_auc(np.array([[row[c] for c in SITE_ONLY] for row in site_rows]), y, seed)
+    latent = {k: np.array([row[f"latent_{k}"] for row in site_rows]) for k in ("z_t1", "z_t2", "z_t1ce", "m")}
+    for seq in SEQUENCES:
+        result.latent_auc[seq] = cv_auc(np.c_[latent[f"z_{seq}"], latent["m"]], y, seed)
+    result.latent_auc["t1+t2"] = cv_auc(np.c_[latent["z_t1"], latent["z_t2"], latent["m"]], y, seed)
     for cue in tumour_rows[0]:
         values = np.array([row[cue] for row in tumour_rows])
         auc = float(roc_auc_score(y, values)) if values.std() > 0 else 0.5
