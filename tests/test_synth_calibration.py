@@ -1,29 +1,50 @@
 """Calibration of the synthetic cohort's class contrast (domain reference, section 5.6), at test size.
 
-The full table (360 patients) is ``nasofl-sim calibrate``; here 240 patients on the calibration grid, fixed seed.
+The full table is ``nasofl-sim calibrate --patients 600``; here 210 patients on the calibration grid, fixed seed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from shared.data.synth.calibration import CalibrationResult, calibrate, cv_auc
-from shared.data.synth.latents import ClassContrast
+from shared.data.synth.latents import ClassContrast, draw_latents
 
 
 @pytest.fixture(scope="module")
 def result() -> CalibrationResult:
-    return calibrate(n_patients=240, n_sites=3, seed=0, difficulty=1.0)
+    return calibrate(n_patients=210, n_sites=3, seed=0, difficulty=1.0)
 
 
 def test_sequences_rank_as_in_the_seed(result: CalibrationResult) -> None:
-    auc = result.dataset_auc
+    auc, latent = result.dataset_auc, result.latent_auc
     print(result.table())
-    assert auc["t1+t2"] > auc["t1ce"] > auc["t1"] > auc["t2"] > 0.6, auc
+    assert auc["t1+t2"] > auc["t1ce"] > max(auc["t1"], auc["t2"]) and min(auc["t1"], auc["t2"]) > 0.6, auc
     assert auc["t1+t2"] - max(auc["t1"], auc["t2"]) > 0.08, (
         "T1 and T2 together must beat either alone clearly"
     )
+    # T1 vs T2 differ by only 0.03 in the seed, less than the AUC's sampling error at 210 patients. So check that
+    # the image features keep the T1-T2 difference of this sample's latent scores (no sequence is degraded more),
+    # and test the strict population order on the latents below.
+    assert abs((auc["t1"] - auc["t2"]) - (latent["t1"] - latent["t2"])) < 0.05, (auc, latent)
+    for seq in ("t1", "t2", "t1ce", "t1+t2"):
+        assert latent[seq] - 0.1 < auc[seq] <= latent[seq] + 0.03, (seq, auc, latent)
+
+
+def test_latent_population_ranking() -> None:
+    rng = np.random.default_rng(0)
+    contrast = ClassContrast()
+    y = (rng.random(20000) < 142 / 434).astype(int)
+    lats = [draw_latents(rng, int(v), contrast) for v in y]
+    d = {"t1": contrast.d1, "t2": contrast.d2, "t1ce": contrast.d3}
+    # optimal linear score of (z_seq, m): both unit variance and independent, weights = class separations
+    auc = {
+        seq: roc_auc_score(y, [-d[seq] * lat.z(seq)[0] + contrast.d_m * lat.m for lat in lats]) for seq in d
+    }
+    assert auc["t1ce"] > auc["t1"] > auc["t2"] + 0.015, auc
+    assert auc["t1"] == pytest.approx(0.78, abs=0.015) and auc["t2"] == pytest.approx(0.75, abs=0.015), auc
 
 
 def test_site_statistics_do_not_predict_class(result: CalibrationResult) -> None:
@@ -32,14 +53,16 @@ def test_site_statistics_do_not_predict_class(result: CalibrationResult) -> None
 
 def test_no_single_cue_gives_the_class_away(result: CalibrationResult) -> None:
     best = result.dataset_auc["t1+t2"]
-    assert all(auc < best - 0.08 for auc in result.cue_auc.values()), result.cue_auc
+    # The T1CE ratio alone is the seed's T1CE evidence (0.84 vs 0.93 for T1+T2); every other cue is much weaker.
+    assert result.cue_auc["lr_t1ce"] < best - 0.04, result.cue_auc
+    assert all(auc < best - 0.12 for cue, auc in result.cue_auc.items() if cue != "lr_t1ce"), result.cue_auc
     assert result.cue_auc["laterality"] > 0.55 and result.cue_auc["log_volume"] > 0.55, (
         "morphology carries some signal"
     )
 
 
 def test_zero_difficulty_has_no_class_signal() -> None:
-    low = calibrate(n_patients=150, n_sites=3, seed=1, difficulty=0.0)
+    low = calibrate(n_patients=120, n_sites=3, seed=1, difficulty=0.0)
     assert all(abs(a - 0.5) < 0.12 for a in low.dataset_auc.values()), low.dataset_auc
 
 
