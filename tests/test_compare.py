@@ -1,0 +1,57 @@
+"""nasofl-sim compare: fair settings and the side-by-side figures (the full run is exercised by hand/bench)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from simulations.compare import (
+    centralized_config,
+    default_run_config,
+    format_compare_table,
+    parse_toml_value,
+    ratios,
+    target_verdict,
+)
+
+
+def _res(dice, **auc):
+    return {"dice": dice, "auc": {k.replace("_", "+"): {"value": v} for k, v in auc.items()}}
+
+
+def test_centralized_gets_the_same_passes_over_the_data():
+    rc = {**default_run_config(), "seg-rounds": 3, "seg-epochs": 2, "cls-rounds": 4, "cls-epochs": 1}
+    cfg, fed = centralized_config(rc)
+    assert cfg.seg_epochs == 6
+    assert cfg.cls_epochs == 4
+    assert fed.seg_rounds == 3
+    # every other pipeline setting is the federated one
+    assert cfg.cls.arch == rc["cls-arch"]
+    assert cfg.seg.image_size == rc["seg-image-size"]
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="cls-rounds"):
+        centralized_config({**default_run_config(), "cls-roundz": 2})
+
+
+def test_ratios_and_table():
+    fed = _res(0.80, t1=0.70, t2=0.60, t1ce=0.75, t1_t2=0.90)
+    cen = _res(0.82, t1=0.70, t2=0.65, t1ce=0.80, t1_t2=0.88)
+    r = ratios(fed, cen)
+    assert r["dice"] == pytest.approx(0.80 / 0.82)
+    assert r["t1+t2"] == pytest.approx(0.90 / 0.88)
+    assert ratios(None, cen)["dice"] is None
+    table = format_compare_table({"federated": fed, "centralized": cen, "hospital-a": None}, r)
+    assert "hospital-a" in table and "federated/centralized" in table
+    assert "0.976" in table  # Dice ratio 0.80 / 0.82
+    verdict = target_verdict(r)
+    assert verdict[0].startswith("Dice: federated/centralized 0.976 >= 0.97")
+    assert "T1WI+T2WI AUC" in verdict[1] and ">=" in verdict[1]
+
+
+def test_set_values_parse_as_toml():
+    assert parse_toml_value("seg-rounds", "3") == 3
+    assert parse_toml_value("fedbn", "true") is True
+    assert parse_toml_value("strategy", '"fedprox"') == "fedprox"
+    assert parse_toml_value("strategy", "fedprox") == "fedprox"
