@@ -22,13 +22,22 @@ TINY_GRID = GridPreset(
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth_rt") / "cohort"
     config = CohortConfig(
-        sites=3, patients_per_site=(3, 3, 3), seed=5, grid=TINY_GRID, min_contoured_per_site=2
+        sites=4, patients_per_site=(3, 3, 3, 3), seed=5, grid=TINY_GRID, min_contoured_per_site=2
     )
     generate_cohort(out, config, progress=False)
     return out
 
 
-@pytest.mark.parametrize("site", ["hospital-a", "hospital-b", "hospital-c"])
+SEG_EDGE_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="ingestion (shared/data/dicom/seg.py segment_mask) drops the first and last SEG frames on an oblique grid "
+    "(resampling at the exact edge of a volume built only from the frames); remove when fixed",
+)
+
+
+@pytest.mark.parametrize(
+    "site", ["hospital-a", "hospital-b", "hospital-c", pytest.param("hospital-d", marks=SEG_EDGE_BUG)]
+)  # hospital-d exports DICOM SEG instead of RTSTRUCT
 def test_ingestion_recovers_truth(cohort: Path, site: str) -> None:
     loaded = load_site(cohort / site)
     by_pseudo = {p.pseudonym: p for p in loaded.patients}

@@ -76,6 +76,7 @@ class SiteProfile:
     node_roi: bool
     contour_image_refs: bool
     contour_sequence: str  # "t1ce" | "t2"
+    mask_format: str  # "rtstruct" | "seg" (DICOM SEG via highdicom)
     dwi: bool
     site_mapping: bool
     id_prefix: str
@@ -174,6 +175,7 @@ def draw_site_profiles(
                 node_roi=i % 2 == 0,
                 contour_image_refs=i != 1,
                 contour_sequence="t2" if i % 3 == 2 else "t1ce",
+                mask_format="seg" if i == 3 or (i > 4 and rng.random() < 0.2) else "rtstruct",
                 dwi=i % 2 == 0,
                 site_mapping=i == 2,
                 id_prefix="H" + site_name(i).split("-")[1].upper()[:2],

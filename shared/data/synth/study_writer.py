@@ -1,4 +1,4 @@
-"""Write one patient's study (localiser, T1, T2, optional DWI, T1CE, optional RTSTRUCT) into a site folder.
+"""Write one patient's study (localiser, T1, T2, optional DWI, T1CE, optional RTSTRUCT or SEG) into a site folder.
 
 The folder and file naming differ per site (``SiteProfile.layout``):
 
@@ -28,6 +28,7 @@ from shared.data.synth.dicom_series import (
 from shared.data.synth.distractors import dwi_image, localiser_images
 from shared.data.synth.rtstruct_writer import rtstruct
 from shared.data.synth.sampling import PatientPhantom, SeriesGeometry
+from shared.data.synth.seg_writer import segmentation
 from shared.data.synth.site_profile import SiteProfile
 
 MR_SEQUENCES = ("t1", "t2", "t1ce")
@@ -42,7 +43,7 @@ class SiteWriter:
     counter: int = 0
     files: int = 0
     bytes: int = 0
-    written: list[str] = field(default_factory=list)
+    last_paths: list[Path] = field(default_factory=list)  # files of the last series written, slice order
 
     def path(self, study: StudyInfo, spec: SeriesSpec, series_number: int, instance: int) -> Path:
         layout = self.profile.layout
@@ -104,7 +105,7 @@ def write_series(
         description=_series_description(profile, kind, fat_sat, rng),
     )
     z = stored.shape[0]
-    sops = []
+    sops, paths = [], []
     ds = None
     for k in range(z):
         number = z - k if profile.instance_reversed else k + 1
@@ -113,7 +114,9 @@ def write_series(
         else:
             set_slice(ds, profile, study, spec, geom, k, stored[k], number)
         sops.append(ds.SOPInstanceUID)
-        writer.save(ds, writer.path(study, spec, ds.SeriesNumber, number))
+        paths.append(writer.path(study, spec, ds.SeriesNumber, number))
+        writer.save(ds, paths[-1])
+    writer.last_paths = paths
     return spec.series_uid, sops
 
 
@@ -150,6 +153,7 @@ def write_study(
     truth: dict[str, np.ndarray] = {"label": np.array(ph.label), "patient_id": np.array(study.patient_id)}
     write_localiser(writer, study, ph, rng)
     sops: dict[str, list[str]] = {}
+    files: dict[str, list[Path]] = {}
     order = ("t1", "t2", "dwi", "t1ce")
     for kind in order:
         if kind == "dwi":
@@ -161,6 +165,7 @@ def write_study(
             continue
         fat_sat = {"t1": False, "t2": profile.t2_fat_sat, "t1ce": profile.t1ce_fat_sat}[kind]
         uid, sops[kind] = write_series(writer, study, kind, ph.geometry, ph.stored[kind], slope, fat_sat, rng)
+        files[kind] = writer.last_paths
         g = ph.geometry
         truth[f"{kind}_series_uid"] = np.array(uid)
         truth[f"{kind}_image"] = ph.images[kind]
@@ -173,21 +178,26 @@ def write_study(
     if contoured:
         seq = profile.contour_sequence if profile.contour_sequence in sops else next(iter(sops))
         rois = [(profile.roi_name, ph.mask)]
-        if profile.node_roi and ph.node_mask.any():
+        if profile.node_roi and ph.node_mask.any() and profile.mask_format == "rtstruct":
             rois.append(("GTVnd", ph.node_mask))
-        ds = rtstruct(
-            profile,
-            study,
-            ph.geometry,
-            truth[f"{seq}_series_uid"].item(),
-            sops[seq],
-            rois,
-            _acq_time(study, "t1ce", 59),
-        )
-        spec = SeriesSpec(
-            kind="rtstruct", series_uid=ds.SeriesInstanceUID, fat_sat=False, description="RT contours"
-        )
-        writer.save(ds, writer.path(study, spec, 900, 1))
+        if profile.mask_format == "seg":
+            ds = segmentation(profile, study, files[seq], ph.mask, profile.roi_name)
+            spec = SeriesSpec(kind="seg", series_uid=ds.SeriesInstanceUID, fat_sat=False, description="SEG")
+            writer.save(ds, writer.path(study, spec, 901, 1))
+        else:
+            ds = rtstruct(
+                profile,
+                study,
+                ph.geometry,
+                truth[f"{seq}_series_uid"].item(),
+                sops[seq],
+                rois,
+                _acq_time(study, "t1ce", 59),
+            )
+            spec = SeriesSpec(
+                kind="rtstruct", series_uid=ds.SeriesInstanceUID, fat_sat=False, description="RT contours"
+            )
+            writer.save(ds, writer.path(study, spec, 900, 1))
         truth["mask"] = ph.mask
         truth["mask_sequence"] = np.array(seq)
         truth["mask_series_uid"] = truth[f"{seq}_series_uid"]
