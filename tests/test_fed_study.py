@@ -222,6 +222,7 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
             "datasets": "t2",
             "debug-fail-sites": "hospital-b:train.seg",
             "eval-only-sites": "hospital-c",
+            "fedbn": True,
         },
     )
     grid = run_study(rc)
@@ -235,6 +236,13 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     assert not any(t.startswith("train") for t in c_types) and P.EVALUATE_CLS in c_types
     results = json.loads((out / "results.json").read_text())
     assert results["sites"]["hospital-c"]["role"] == "eval-only"
+    # FedBN: each training site keeps its own normalisation state per round, on its own disk
+    fedbn = {site: sorted(p.name for p in (cohort / "_cache" / site).glob("fedbn/*/*.npz")) for site in SITES}
+    assert fedbn == {
+        "hospital-a": ["cls-t2-r1.npz", "seg-r1.npz"],
+        "hospital-b": ["cls-t2-r1.npz"],
+        "hospital-c": [],
+    }
 
 
 def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
