@@ -38,11 +38,17 @@ def run(args: argparse.Namespace) -> int:
         print(result.table())
         auc = result.dataset_auc
         if k == 1.0:
-            ranked = auc["t1+t2"] > auc["t1ce"] > auc["t1"] > auc["t2"]
+            lat = result.latent_auc
+            ranked = auc["t1+t2"] > auc["t1ce"] > max(auc["t1"], auc["t2"])
+            # The seed's T1-T2 gap (0.78 vs 0.75) is about one sampling SE at a few hundred patients, so the
+            # T1 vs T2 order is judged against this sample's latent scores: the images must keep their gap.
+            kept = abs((auc["t1"] - auc["t2"]) - (lat["t1"] - lat["t2"])) < 0.05
+            at_chance = abs(result.site_only_auc - 0.5) <= 0.08
             print(
-                f"seed ranking t1+t2 > t1ce > t1 > t2: {'yes' if ranked else 'NO'}; "
-                f"site-only at chance (|AUC-0.5| <= 0.08): {'yes' if abs(result.site_only_auc - 0.5) <= 0.08 else 'NO'}"
+                f"t1+t2 > t1ce > max(t1, t2): {'yes' if ranked else 'NO'}; "
+                f"t1 - t2 = {auc['t1'] - auc['t2']:+.3f} (latent sample {lat['t1'] - lat['t2']:+.3f}, "
+                f"seed +0.03): {'kept' if kept else 'NOT kept'}; site-only at chance: {'yes' if at_chance else 'NO'}"
             )
-            failed |= not ranked or abs(result.site_only_auc - 0.5) > 0.08
+            failed |= not (ranked and kept and at_chance)
         print()
     return 1 if failed else 0
