@@ -117,7 +117,7 @@ class SeriesSpec:
     description: str | None
 
 
-def _acq_time(study: StudyInfo, kind: str, k: int) -> str:
+def acquisition_time(study: StudyInfo, kind: str, k: int) -> str:
     hh, mm = int(study.study_time[:2]), int(study.study_time[2:4]) + ACQ_MINUTE[kind]
     hh, mm = hh + mm // 60, mm % 60
     return f"{hh:02d}{mm:02d}{k % 60:02d}"
@@ -192,7 +192,7 @@ def mr_image(
     ds.SOPClassUID = MRImageStorage
     ds.StudyDate, ds.SeriesDate, ds.AcquisitionDate, ds.ContentDate = (study.study_date,) * 4
     ds.StudyTime = study.study_time
-    ds.SeriesTime = _acq_time(study, spec.kind, 0)
+    ds.SeriesTime = acquisition_time(study, spec.kind, 0)
     ds.AccessionNumber = study.accession
     ds.Modality = "MR"
     ds.Manufacturer = profile.manufacturer
@@ -248,7 +248,7 @@ def set_slice(
         ImplicitVRLittleEndian if profile.transfer_syntax == "implicit" else ExplicitVRLittleEndian
     )
     ds.SOPInstanceUID = sop_uid
-    ds.AcquisitionTime = ds.ContentTime = _acq_time(study, spec.kind, k)
+    ds.AcquisitionTime = ds.ContentTime = acquisition_time(study, spec.kind, k)
     ds.InstanceNumber = instance_number
     ds.ImagePositionPatient = geom.ipp(k)
     ds.ImageOrientationPatient = geom.iop

@@ -18,7 +18,7 @@ import numpy as np
 from shared.data.synth.dicom_series import (
     SeriesSpec,
     StudyInfo,
-    _acq_time,
+    acquisition_time,
     description,
     make_uid,
     mr_image,
@@ -192,7 +192,7 @@ def write_study(
                 truth[f"{seq}_series_uid"].item(),
                 sops[seq],
                 rois,
-                _acq_time(study, "t1ce", 59),
+                acquisition_time(study, "t1ce", 59),
             )
             spec = SeriesSpec(
                 kind="rtstruct", series_uid=ds.SeriesInstanceUID, fat_sat=False, description="RT contours"
