@@ -150,6 +150,35 @@ def bias_field(rng: np.random.Generator, shape: tuple[int, int, int], sd: float)
     return np.exp(log_b)
 
 
+FAT_SAT_COLUMNS = (2, 3)  # t2fs, t1ce_fs (see intensity.COLUMNS)
+FAT_STRUCTURES = (A.SUBCUT_FAT, A.DEEP_FAT, A.PPS_FAT, A.MARROW, A.CLIVUS_MARROW)
+
+
+def fat_sat_failure(
+    log_signal: np.ndarray, struct: np.ndarray, anat_pts: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Fat suppression fails in a lateral or inferior zone (coil edge): fat there gets ratio U(1.5, 2.5), in place.
+
+    The zone (|x| > 38 mm or z < -22 mm, anatomical) stays clear of the nasopharyngeal tumour, so the failure is a
+    site/patient artefact and never a class cue.
+    """
+    zone = (np.abs(anat_pts[..., 0]) > 38.0) | (anat_pts[..., 2] < -22.0)
+    log_signal[zone & np.isin(struct, FAT_STRUCTURES)] = np.float32(np.log(rng.uniform(1.5, 2.5)))
+
+
+def ghosting(signal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pulsation ghosts: 1-2 copies at 5-15 % amplitude shifted along the phase-encode (row, A-P) axis.
+
+    ``signal``: float32 (Z, H, W); returns a new array.
+    """
+    out = signal.copy()
+    h = signal.shape[1]
+    for _ in range(int(rng.integers(1, 3))):
+        shift = int(rng.integers(h // 6, h // 2))
+        out += float(rng.uniform(0.05, 0.15)) * np.roll(signal, shift, axis=1)
+    return out
+
+
 def quantise(image: np.ndarray, profile: SiteProfile) -> tuple[np.ndarray, np.ndarray, float]:
     """(stored uint16, real float32 = stored * slope, slope). Values above the bit depth saturate."""
     slope = profile.rescale_slope or 1.0
@@ -188,8 +217,12 @@ def synthesize_patient(
     for seq in sequences:
         col = column(seq, profile.t2_fat_sat, profile.t1ce_fat_sat)
         ls = log_signal(seq, col, struct, depth, anat_pts, lat, tp, texture)
+        if col in FAT_SAT_COLUMNS and rng.random() < 0.3:
+            fat_sat_failure(ls, struct, anat_pts, rng)
         ls *= profile.gamma[seq] * (0.9 if profile.field_t >= 3.0 and seq in ("t1", "t1ce") else 1.0)
         signal = np.exp(ls).mean(axis=1) * bias_field(rng, geom.shape, profile.bias_sd)
+        if rng.random() < 0.15:
+            signal = ghosting(signal, rng)
         sigma = 1.0 / profile.snr
         noisy = np.hypot(
             signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32),
