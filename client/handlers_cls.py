@@ -16,7 +16,7 @@ import torch
 
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
 from client.node_data import SiteData
-from client.roi_cache import has_roi, load_roi, roi_key, save_roi
+from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
 from shared.metrics import score_histograms
@@ -39,13 +39,16 @@ def query_roi(
         load_global(model, record)
         masks = predict_masks(model, data.patients, cfg, device)
         datasets, report = build_roi_datasets(masks, data.patients, cfg.datasets, cfg)
-        save_roi(data.site.cache_dir, key, datasets)
+        counts = {
+            "missing-sequence": dict(report.missing_sequence),
+            "empty-prediction": int(report.empty_mask),
+        }
+        save_roi(data.site.cache_dir, key, datasets, counts)
         for line in report.lines():
             log.info("site %s ROI: %s", data.site.name, line)
-        missing = dict(report.missing_sequence)
-        empty = int(report.empty_mask)
-    else:
-        missing, empty = {}, 0
+    counts = roi_report(data.site.cache_dir, key)
+    missing = counts.get("missing-sequence", {})
+    empty = int(counts.get("empty-prediction", 0))
     out: dict[str, int | float] = {}
     for name in cfg.datasets:
         ds = load_roi(data.site.cache_dir, key, name)

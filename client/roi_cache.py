@@ -35,7 +35,8 @@ def _path(cache_dir: Path, key: str, dataset: str) -> Path:
     return cache_dir / "roi" / key / f"{dataset.replace('+', 'plus')}.npz"
 
 
-def save_roi(cache_dir: Path, key: str, datasets: dict[str, RoiDataset]) -> None:
+def save_roi(cache_dir: Path, key: str, datasets: dict[str, RoiDataset], counts: dict | None = None) -> None:
+    """Write each dataset, then ``report.json`` (per-dataset counts, no identifiers) last."""
     for name, ds in datasets.items():
         path = _path(cache_dir, key, name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,10 +51,18 @@ def save_roi(cache_dir: Path, key: str, datasets: dict[str, RoiDataset]) -> None
             sequences=np.array(ds.sequences, dtype=str),
         )
         os.replace(tmp, path)
+    report = cache_dir / "roi" / key / "report.json"
+    report.write_text(json.dumps(counts or {}))
+
+
+def roi_report(cache_dir: Path, key: str) -> dict:
+    path = cache_dir / "roi" / key / "report.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def has_roi(cache_dir: Path, key: str, datasets: tuple[str, ...]) -> bool:
-    return all(_path(cache_dir, key, d).exists() for d in datasets)
+    done = (cache_dir / "roi" / key / "report.json").exists()
+    return done and all(_path(cache_dir, key, d).exists() for d in datasets)
 
 
 def load_roi(cache_dir: Path, key: str, dataset: str) -> RoiDataset:

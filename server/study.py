@@ -28,6 +28,7 @@ from server.strategies import TooFewSitesError, build_strategy
 from server.strategies.base import collect_eval_sums, error_reasons
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
+from shared.errors import ConfigError
 from shared.models import build_classifier, build_segmenter
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
 
@@ -126,11 +127,15 @@ class Study:
             if role == "train" and name in self.fed.eval_only_names:
                 role = "eval-only"
             found[r.metadata.src_node_id] = SiteInfo(r.metadata.src_node_id, name, role, counts)
-        names = [s.name for s in found.values()] + [s.name for s in self.sites.values()]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            # a site that rejoined under a new node id replaces its old entry
-            self.sites = {k: v for k, v in self.sites.items() if v.name not in dupes}
+        names = [s.name for s in found.values()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(
+                f"site name(s) {', '.join(twice)} answered from more than one node: give each SuperNode its own "
+                "node config data-path (or site-name)"
+            )
+        # a site that rejoined under a new node id replaces its old entry
+        self.sites = {k: v for k, v in self.sites.items() if v.name not in names}
         return found
 
     def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:

@@ -34,6 +34,7 @@ _TOY = {
     "cls-rounds": 1,
     "seg-image-size": 32,
     "seg-slices-per-patient": 4,
+    "cls-arch": "resnet18",
     "cls-image-size": 32,
     "cls-slices-per-patient": 2,
     "hist-bins": 100,

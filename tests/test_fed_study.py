@@ -44,6 +44,7 @@ def toy_config(cohort: Path, out: Path, **overrides) -> dict:
             "cls-rounds": 1,
             "seg-image-size": 32,
             "seg-slices-per-patient": 4,
+            "cls-arch": "resnet18",
             "cls-image-size": 32,
             "cls-slices-per-patient": 2,
             "hist-bins": 100,
