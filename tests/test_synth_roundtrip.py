@@ -28,15 +28,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-SEG_EDGE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="ingestion (shared/data/dicom/seg.py segment_mask) drops the first and last SEG frames on an oblique grid "
-    "(resampling at the exact edge of a volume built only from the frames); remove when fixed",
-)
-
-
 @pytest.mark.parametrize(
-    "site", ["hospital-a", "hospital-b", "hospital-c", pytest.param("hospital-d", marks=SEG_EDGE_BUG)]
+    "site", ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
 )  # hospital-d exports DICOM SEG instead of RTSTRUCT
 def test_ingestion_recovers_truth(cohort: Path, site: str) -> None:
     loaded = load_site(cohort / site)

@@ -120,15 +120,19 @@ def segment_mask(seg: Segmentation, segment: int, target: VolumeGeometry) -> np.
     step = seg.spacing_between or (float(np.min(steps[steps > 1e-3])) if np.any(steps > 1e-3) else 1.0)
     n_slices = int(round((d[-1] - d[0]) / step)) + 1
     hh, ww = frames[0].mask.shape
-    vol = np.zeros((n_slices, hh, ww), dtype=np.uint8)
+    # One empty plane on each side: SEG omits empty frames, so the planes just beyond the first and last
+    # frame ARE empty; without them, target planes that sit on the first/last frame up to rounding error
+    # fall outside the source volume and map_coordinates returns 0 for them.
+    vol = np.zeros((n_slices + 2, hh, ww), dtype=np.uint8)
     for f, df in zip(frames, d, strict=True):
-        vol[int(round((df - d[0]) / step))] |= f.mask.astype(np.uint8)
+        vol[1 + int(round((df - d[0]) / step))] |= f.mask.astype(np.uint8)
+    origin = np.asarray(frames[0].ipp, dtype=float) - step * n
     geom = VolumeGeometry(
-        origin=tuple(float(v) for v in frames[0].ipp),
+        origin=tuple(float(v) for v in origin),
         row_dir=tuple(float(v) for v in iop[:3]),
         col_dir=tuple(float(v) for v in iop[3:]),
         pixel_spacing=(float(frames[0].spacing[0]), float(frames[0].spacing[1])),
-        positions=tuple(float(d[0] + k * step) for k in range(n_slices)),
+        positions=tuple(float(d[0] + (k - 1) * step) for k in range(n_slices + 2)),
         rows=hh,
         columns=ww,
     )
