@@ -254,3 +254,28 @@ def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
     assert (out / "STATUS").read_text().startswith("FAILED")
     end = read_run_log(out / "run-log.jsonl")[-1]
     assert end["event"] == "end" and end["status"] == "FAILED" and "hospital-b" in end["error"]
+
+
+def test_a_site_joining_late_takes_part_from_the_next_round(cohort, tmp_path):
+    out = tmp_path / "late"
+    rc = toy_config(cohort, out, **{"seg-rounds": 2, "datasets": "t2", "min-sites": 2})
+    grid = LocalGrid(client_app, 3, rc)
+    late = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 2][0]
+    grid.offline.add(late)
+    seen = {"train.seg": 0}
+
+    def client(message, context):
+        reply = client_app(message=message, context=context)
+        if message.metadata.message_type == P.TRAIN_SEG:
+            seen["train.seg"] += 1
+            if seen["train.seg"] == 2:  # both early sites trained round 1: hospital-c connects now
+                grid.offline.discard(late)
+        return reply
+
+    grid.client_app = client
+    server_app(grid, server_context(rc))
+    seg1, seg2, cls = round_lines(out)
+    assert seg1["sites_contributed"] == ["hospital-a", "hospital-b"]
+    assert seg2["sites_contributed"] == list(SITES) and cls["sites_contributed"] == list(SITES)
+    joined = [x for x in read_run_log(out / "run-log.jsonl") if x["event"] == "site-joined"]
+    assert [x["site"] for x in joined] == ["hospital-c"]
