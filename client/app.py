@@ -27,6 +27,7 @@ from shared.training.device import select_device
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+STATE_KEY = "nasofl-node"
 
 
 class SiteFailure(RuntimeError):
@@ -45,6 +46,19 @@ def _fault_injected(context: Context, site: str, stage: str) -> None:
         name, _, where = item.partition(":")
         if name == site and (not where or where == stage):
             raise RuntimeError(f"injected failure (debug-fail-sites) at {stage}")
+
+
+def _remember(context: Context, site: str, stage: str, msg: Message) -> None:
+    """Node bookkeeping in ``context.state`` (kept by the SuperNode across messages and stages of a run)."""
+    rec = context.state.config_records.get(STATE_KEY)
+    state = dict(rec) if rec is not None else {"site": site, "messages": 0}
+    state["messages"] = int(state.get("messages", 0)) + 1
+    conf = _conf(msg)
+    if P.CFG_ROUND in conf:
+        state[f"{stage}/last-round"] = int(conf[P.CFG_ROUND])
+    if P.CFG_SEGMENTER_HASH in conf:
+        state["segmenter-hash"] = str(conf[P.CFG_SEGMENTER_HASH])
+    context.state[STATE_KEY] = ConfigRecord(state)
 
 
 _PATH = re.compile(r"(/[^\s'\"]+)+")
@@ -82,7 +96,9 @@ def guarded(stage: str) -> Callable:
                     torch.set_num_threads(1)  # simulated sites share the machine's cores
                 _fault_injected(context, site.name, stage)
                 data = load_site_data(site)
-                return fn(msg, context, data)
+                reply = fn(msg, context, data)
+                _remember(context, site.name, stage, msg)
+                return reply
             except Exception as ex:  # noqa: BLE001 - every failure is reported, scrubbed
                 log.exception("site %s: %s failed", site_name, stage)
                 detail = (

@@ -91,7 +91,7 @@ def train_cls(
         P.TRAIN_LOSS_FIRST: 0.0,
         P.TRAIN_SECONDS: 0.0,
     }
-    if len(ds) == 0 or data.site.eval_only:
+    if len(ds) < 2 or data.site.eval_only:  # one slice cannot train BatchNorm layers (batch of 1)
         log.warning(
             "site %s: no training ROI for dataset %s (missing sequence or empty masks): skipping",
             data.site.name,

@@ -237,6 +237,8 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     assert not any(t.startswith("train") for t in c_types) and P.EVALUATE_CLS in c_types
     results = json.loads((out / "results.json").read_text())
     assert results["sites"]["hospital-c"]["role"] == "eval-only"
+    state = dict(grid.contexts[c_node].state.config_records["nasofl-node"])
+    assert state["site"] == "hospital-c" and state["messages"] >= 5 and "train.seg/last-round" not in state
     # FedBN: each training site keeps its own normalisation state per round, on its own disk
     fedbn = {site: sorted(p.name for p in (cohort / "_cache" / site).glob("fedbn/*/*.npz")) for site in SITES}
     assert fedbn == {

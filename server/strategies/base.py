@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -286,5 +287,9 @@ def collect_eval_sums(
 
 
 def _short(text: str, limit: int = 300) -> str:
+    """One line; a site's own message (``SiteFailure: ...``) is kept, Ray's traceback preamble dropped."""
     text = " ".join(str(text).split())
+    found = re.findall(r"SiteFailure(?:'>:<'|: )(.*?)(?:'>)?$", text)
+    if found:
+        text = found[-1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
