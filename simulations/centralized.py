@@ -136,7 +136,8 @@ def run_classifier(
 def gradcam_stage(
     model: torch.nn.Module, ds: RoiDataset, out_dir: Path, device: torch.device, n_examples: int = 4
 ) -> dict[str, Any]:
-    """Grad-CAM on every test slice (up to 64): mean core/periphery share; overlays for a few examples."""
+    """Grad-CAM on every test slice (up to 64): mean core/periphery share; overlays for a few examples of each
+    class (CAM of the true class's evidence)."""
     test = ds.subset("test")
     model.to(device).eval()
     cores, peris = [], []
@@ -149,7 +150,8 @@ def gradcam_stage(
         if np.isfinite(c):
             cores.append(c)
             peris.append(p)
-        if len(written) < n_examples:
+        per_class = sum(1 for w in written if w.endswith("NPL.png" if label else "NPC.png"))
+        if per_class < (n_examples + 1) // 2:
             name = f"gradcam_{ds.name.replace('+', '_')}_{len(written)}_{'NPL' if label else 'NPC'}.png"
             title = f"{dataset_label(ds.name)} {'NPL' if label else 'NPC'}: core {c:.2f} / periphery {p:.2f}"
             save_overlay(x[0].numpy(), cam, out_dir / name, mask=test.roi_masks[k], title=title)
