@@ -21,7 +21,7 @@ import torch
 
 from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
-from shared.errors import SiteDataError
+from shared.errors import ModelMismatchError, SiteDataError
 from shared.explain.gradcam import core_periphery_share, grad_cam, save_overlay
 from shared.metrics.auc import auc
 from shared.metrics.roc import roc_curve_points
@@ -82,6 +82,30 @@ def run_segmentation_stage(
         "loss_first": stats.loss_first,
         "loss_last": stats.loss_last,
         "seconds": stats.seconds,
+    }
+    return model, summary
+
+
+def load_segmentation_stage(
+    path: Path, patients: Sequence[PatientVolumes], cfg: PipelineConfig, device: torch.device
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Stage 1 from a saved state dict (no training): the model and a summary with its test Dice."""
+    model = build_segmenter(cfg.seg)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError) as err:
+        raise ModelMismatchError(
+            f"--segmenter {path}: cannot load it into a U-Net with encoder {cfg.seg.encoder!r} and inputs "
+            f"{cfg.seg.in_sequences} ({err}); use the settings of the run that saved it"
+        ) from None
+    test = [p for p in patients if p.split == "test" and p.mask is not None]
+    sums = evaluate_segmenter(model, test, cfg, device) if test else None
+    summary = {
+        "history": {"train loss": [], "val Dice": []},
+        "loaded_from": str(path),
+        "test_dice": sums.dice if sums else None,
+        "test_n_patients": sums.n_patients if sums else 0,
     }
     return model, summary
 
@@ -195,8 +219,13 @@ def run_centralized(
     out_dir: Path,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    segmenter_state: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the whole pipeline on pooled ``patients`` (splits already set); writes outputs; returns results."""
+    """Run the whole pipeline on pooled ``patients`` (splits already set); writes outputs; returns results.
+
+    ``segmenter_state``: a saved ``models/segmenter.pt`` of an earlier run with the same segmenter settings:
+    stage 1 is then not trained again (its test Dice is re-measured).
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
@@ -209,7 +238,10 @@ def run_centralized(
             f"none of {len(patients)} patients is in the train split with a tumour mask: the segmenter needs "
             "contoured training patients (RTSTRUCT or SEG); check the site reports"
         )
-    seg_model, seg_summary = run_segmentation_stage(patients, cfg, device, progress)
+    if segmenter_state is None:
+        seg_model, seg_summary = run_segmentation_stage(patients, cfg, device, progress)
+    else:
+        seg_model, seg_summary = load_segmentation_stage(segmenter_state, patients, cfg, device)
     torch.save(_cpu_state(seg_model), out_dir / "models" / "segmenter.pt")
     masks = predict_masks(seg_model, labelled, cfg, device, progress=progress)
     datasets, roi_report = build_roi_datasets(masks, labelled, cfg.datasets, cfg)
@@ -238,7 +270,8 @@ def run_centralized(
             gradcam = gradcam_stage(model, ds, out_dir, device)
     if curves:
         plot_roc(curves, out_dir / "roc_test.png", title=f"Test ROC, centralized ({cfg.cls.arch})")
-    plot_curves(seg_summary["history"], out_dir / "curves_segmenter.png", title="segmenter")
+    if seg_summary["history"]["train loss"]:
+        plot_curves(seg_summary["history"], out_dir / "curves_segmenter.png", title="segmenter")
 
     results = results_json(
         dice=seg_summary["test_dice"],

@@ -18,6 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sites", type=int, default=None, help="synthetic hospitals to generate (default: preset)"
     )
     parser.add_argument("--patients", type=int, default=None, help="patients per synthetic hospital")
+    parser.add_argument("--segmenter", default=None, metavar="PT",
+                        help="reuse a trained segmenter (models/segmenter.pt of an earlier run, same settings)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -49,7 +51,14 @@ def run(args: argparse.Namespace) -> int:
         cfg.seed,
         progress,
     )
-    results = run_centralized(patients, cfg, out, progress=progress, extra={"data": source})
+    results = run_centralized(
+        patients,
+        cfg,
+        out,
+        progress=progress,
+        extra={"data": source},
+        segmenter_state=Path(args.segmenter) if args.segmenter else None,
+    )
     print(format_seed_table(results))
     gc = results["extra"].get("gradcam") or {}
     if gc.get("core_share") is not None:

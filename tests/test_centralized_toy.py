@@ -67,3 +67,20 @@ def test_presets_and_bad_override() -> None:
     with pytest.raises(ConfigError, match="did you mean 'cls-arch'"):
         preset_config("toy", {"cls-ach": "resnet18"})
     assert main(["centralized", "--preset", "toy", "--set", "cls-epochs=-3", "--out", "/nonexistent/x"]) == 2
+
+
+def test_reuse_saved_segmenter_and_refuse_a_mismatch(tmp_path) -> None:
+    from shared.errors import ModelMismatchError
+    from shared.models import build_segmenter
+    from simulations.centralized import load_segmentation_stage
+
+    cfg = preset_config("toy")
+    path = tmp_path / "segmenter.pt"
+    torch.save(build_segmenter(cfg.seg).state_dict(), path)
+    patients = make_toy_cohort(10, size=32, depth=4)
+    model, summary = load_segmentation_stage(path, patients, cfg, torch.device("cpu"))
+    assert summary["test_n_patients"] == 2 and 0.0 <= summary["test_dice"] <= 1.0
+    with pytest.raises(ModelMismatchError, match="--segmenter"):
+        load_segmentation_stage(
+            path, patients, preset_config("toy", {"seg-encoder": "resnet34"}), torch.device("cpu")
+        )
