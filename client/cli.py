@@ -12,6 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.validate_cmd",
         "check a site folder (DICOM + labels.csv) before joining a federation",
     ),
+    "join": (
+        "client.node_cmd",
+        "validate the site folder, then run this site's Flower SuperNode (TLS + node key)",
+    ),
 }
 
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from shared.cli import run_cli
 
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "exporter": ("server.exporter_cmd", "Prometheus metrics (/metrics) from a study's run log"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,215 @@
+"""``nasofl-site join``: validate the site folder, then become a Flower 1.42 SuperNode of the federation.
+
+    nasofl-site join SITE_DIR --superlink HOST:8000 --ca ca.crt --key keys/hospital-a [--cache DIR] [--eval-only]
+    nasofl-site join --check --superlink HOST:8000 --ca ca.crt      # connection self-test only
+
+The site folder is validated first (same checks as ``nasofl-site validate``); blocking problems print the report
+and stop here (exit 1). Otherwise the process is replaced by ``flower-supernode`` with TLS (``--ca``), node
+authentication (``--key``: the private key of ``deploy/node-keys.sh``, registered by the coordinator) and the
+node config ``data-path="..." cache-path="..." eval-only=...``. ``--dry-run`` prints that command instead.
+
+What leaves the site once joined: model arrays and the aggregate counts / histograms of ``shared/protocol.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from shared.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from shared.errors import ConfigError
+from shared.pseudonym import DEFAULT_SALT
+
+#: Environment the SuperNode (and the ClientApp processes it starts) runs with: no anonymous usage telemetry,
+#: no PyPI update check, never install packages at run time (the hospital's environment is fixed).
+NODE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "site_dir", type=Path, nargs="?", metavar="SITE_DIR", help="site folder (labels.csv + DICOM tree)"
+    )
+    parser.add_argument(
+        "--superlink",
+        required=True,
+        metavar="HOST:PORT",
+        help="the coordinator's SuperLink, e.g. fl.example.org:8000",
+    )
+    parser.add_argument("--ca", type=Path, required=True, metavar="CA", help="the federation CA (ca.crt)")
+    parser.add_argument(
+        "--key", type=Path, metavar="KEY", help="this site's private node key (deploy/node-keys.sh)"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        metavar="DIR",
+        help="ingestion / ROI cache (default <SITE_DIR>/../.nasofl-cache/<site>)",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="this site only evaluates, never trains")
+    parser.add_argument("--site-name", help="site name reported to the coordinator (default: folder name)")
+    parser.add_argument(
+        "--salt", default=DEFAULT_SALT, help="site pseudonym salt (same as nasofl-site validate)"
+    )
+    parser.add_argument(
+        "--runtime-port",
+        type=int,
+        default=9094,
+        help="local port of the SuperNode's Runtime API for its ClientApp processes (127.0.0.1; default 9094)",
+    )
+    parser.add_argument(
+        "--max-retries", type=int, help="give up after this many connection attempts (default: retry forever)"
+    )
+    parser.add_argument("--check", action="store_true", help="only test the TLS connection to the SuperLink")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate, then print the command instead of running it"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` allowed) -> (host, port); ConfigError naming the value otherwise."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--superlink {address!r}: expected HOST:PORT, e.g. fl.example.org:8000")
+    return host, int(port)
+
+
+def check_superlink(address: str, ca: Path, timeout: float = 10.0) -> tuple[bool, str]:
+    """HTTPS GET ``/health`` on the SuperLink, verifying its certificate (and host name) with ``ca``."""
+    host, port = split_address(address)
+    if not ca.is_file():
+        return False, f"CA file {ca} not found: ask the coordinator for ca.crt"
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError as err:
+        return False, f"CA file {ca} is not a PEM certificate ({err})"
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"https://{url_host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=timeout) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        return False, f"{url} answered HTTP {err.code}: this port is not a Flower 1.42 SuperLink?"
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return False, (
+                f"TLS check failed for {host}: {reason.verify_message}. The SuperLink certificate must be signed "
+                f"by {ca} and name {host!r} in its SANs (deploy/certs.sh {host})"
+            )
+        if isinstance(reason, ssl.SSLError):
+            return (
+                False,
+                f"TLS handshake with {address} failed ({reason}): is the SuperLink started with TLS?",
+            )
+        return False, f"cannot reach {address} ({reason}): check the address, the port and the firewall"
+    except (TimeoutError, OSError) as err:
+        return False, f"cannot reach {address} ({err}): check the address, the port and the firewall"
+    if status != 200:
+        return False, f"{url} answered HTTP {status}, expected 200"
+    return True, f"SuperLink {address} reachable over TLS (certificate verified with {ca}), /health OK"
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (JSON string syntax is valid TOML for these values)."""
+    return json.dumps(value)
+
+
+def node_config(site_dir: Path, cache: Path | None, eval_only: bool, site_name: str | None, salt: str) -> str:
+    """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths."""
+    parts = [f"data-path={toml_string(str(site_dir.resolve()))}"]
+    if cache is not None:
+        parts.append(f"cache-path={toml_string(str(cache.resolve()))}")
+    parts.append(f"eval-only={'true' if eval_only else 'false'}")
+    if site_name:
+        parts.append(f"site-name={toml_string(site_name)}")
+    if salt != DEFAULT_SALT:
+        parts.append(f"pseudonym-salt={toml_string(salt)}")
+    return " ".join(parts)
+
+
+def supernode_command(args: argparse.Namespace) -> list[str]:
+    """The ``flower-supernode`` command line for this site (TLS + node authentication)."""
+    exe = Path(sys.executable).with_name("flower-supernode")
+    binary = str(exe) if exe.exists() else (shutil.which("flower-supernode") or "flower-supernode")
+    cmd = [
+        binary,
+        "--superlink",
+        args.superlink,
+        "--root-certificates",
+        str(args.ca.resolve()),
+        "--auth-supernode-private-key",
+        str(args.key.resolve()),
+        "--port",
+        str(args.runtime_port),
+        "--node-config",
+        node_config(args.site_dir, args.cache, args.eval_only, args.site_name, args.salt),
+    ]
+    if args.max_retries is not None:
+        cmd += ["--max-retries", str(args.max_retries)]
+    return cmd
+
+
+def validate_site(args: argparse.Namespace) -> bool:
+    from shared.data.site import IngestSettings, load_site
+
+    cohort = load_site(
+        args.site_dir,
+        cache_dir=args.cache,
+        settings=IngestSettings(),
+        salt=args.salt,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        keep_volumes=False,
+    )
+    report = cohort.report
+    if not report.ok:
+        print(report.format_table(show_ids=False, max_problems=200))
+        print(f"not joining: {args.site_dir} has blocking problems (see above); fix them and run again")
+        return False
+    print(report.format_table(show_ids=False, max_problems=20))
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    split_address(args.superlink)
+    if args.check:
+        ok, message = check_superlink(args.superlink, args.ca)
+        print(("OK: " if ok else "FAILED: ") + message)
+        return EXIT_OK if ok else EXIT_FAILED
+    if args.site_dir is None:
+        print(
+            "nasofl-site join: SITE_DIR is required (or --check for a connection test only)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    if args.key is None:
+        print("nasofl-site join: --key is required (private key from deploy/node-keys.sh)", file=sys.stderr)
+        return EXIT_USAGE
+    for label, path in (("SITE_DIR", args.site_dir), ("--ca", args.ca), ("--key", args.key)):
+        if not path.exists():
+            raise ConfigError(f"{label} {str(path)!r} does not exist")
+    if not args.site_dir.is_dir():
+        raise ConfigError(f"SITE_DIR {str(args.site_dir)!r} is not a folder")
+    if not validate_site(args):
+        return EXIT_FAILED
+    cmd = supernode_command(args)
+    if args.dry_run:
+        env = " ".join(f"{k}={v}" for k, v in NODE_ENV.items())
+        print("would run:\n" + env + " " + " ".join(shlex.quote(c) for c in cmd))
+        return EXIT_OK
+    print("starting: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    os.environ.update(NODE_ENV)
+    os.execvp(cmd[0], cmd)
+    return EXIT_FAILED  # not reached
