@@ -1,0 +1,165 @@
+"""The deploy/ kit without a running federation: certificate and key scripts (real openssl / ssh-keygen),
+``nasofl-site join`` (validation gate, --dry-run command, --check failures), and the files that cannot run here
+(Docker compose, Prometheus rules, Grafana dashboard): they parse, name files that exist, and use only metric
+names the exporter really serves."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+from server.exporter_cmd import build_registry
+from tests.test_deploy_exporter import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+
+
+def sh(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, check=check)
+
+
+def test_certs_have_loopback_sans_and_are_not_overwritten(tmp_path):
+    out = tmp_path / "certs"
+    sh(DEPLOY / "certs.sh", out, "fl.example.org", "203.0.113.7")
+    cert = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "fl.example.org"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "203.0.113.7"}
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    assert cert.issuer == ca.subject
+    assert (out / "server.key").stat().st_mode & 0o077 == 0
+    before = (out / "ca.crt").read_bytes()
+    again = sh(DEPLOY / "certs.sh", out, "other.example.org", check=False)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    assert (out / "ca.crt").read_bytes() == before
+
+
+def test_node_keys_are_p384_and_not_overwritten(tmp_path):
+    done = sh(DEPLOY / "node-keys.sh", tmp_path / "keys", "hospital-a")
+    pub = load_ssh_public_key((tmp_path / "keys" / "hospital-a.pub").read_bytes())
+    assert pub.curve.name == "secp384r1"
+    assert "flwr supernode register hospital-a.pub CONNECTION --name hospital-a" in done.stdout
+    again = sh(DEPLOY / "node-keys.sh", tmp_path / "keys", "hospital-a", check=False)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    bad = sh(DEPLOY / "node-keys.sh", tmp_path / "keys", "../x", check=False)
+    assert bad.returncode == 2
+
+
+def join(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", "join", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
+    from shared.data.synth.cohort import CohortConfig, generate_cohort
+    from shared.data.synth.site_profile import GridPreset
+    from simulations.cohort_loading import TOY_GRID_ARGS
+
+    generate_cohort(
+        tmp_path / "data",
+        CohortConfig(sites=1, patients_per_site=(4,), seed=3, grid=GridPreset(**TOY_GRID_ARGS)),
+        progress=False,
+    )
+    site = next(p for p in (tmp_path / "data").iterdir() if not p.name.startswith(("_", ".")))
+    ca, key = tmp_path / "ca.crt", tmp_path / "key"
+    ca.write_text("x")
+    key.write_text("x")
+    base = ["--superlink", "fl.example.org:8000", "--ca", ca, "--key", key, "--no-progress"]
+    done = join(
+        site, *base, "--cache", tmp_path / "cache dir", "--eval-only", "--runtime-port", "9195", "--dry-run"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    words = shlex.split(line)
+    assert words[:3] == [
+        "FLWR_TELEMETRY_ENABLED=0",
+        "FLWR_DISABLE_UPDATE_CHECK=1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1",
+    ]
+    cmd = words[3:]
+    assert Path(cmd[0]).name == "flower-supernode"
+    opts = dict(zip(cmd[1::2], cmd[2::2], strict=True))
+    assert opts["--superlink"] == "fl.example.org:8000" and opts["--root-certificates"] == str(ca.resolve())
+    assert opts["--auth-supernode-private-key"] == str(key.resolve()) and opts["--port"] == "9195"
+    assert opts["--node-config"] == (
+        f'data-path="{site.resolve()}" cache-path="{(tmp_path / "cache dir").resolve()}" eval-only=true'
+    )
+    # blocking problems (no labels.csv): the report is printed and flower-supernode never starts
+    empty = tmp_path / "empty-site"
+    empty.mkdir()
+    refused = join(empty, *base, "--dry-run")
+    assert (
+        refused.returncode == 1
+        and "not joining" in refused.stdout
+        and "flower-supernode" not in refused.stdout
+    )
+
+
+def test_join_check_reports_unreachable_and_untrusted_superlinks(tmp_path):
+    sh(DEPLOY / "certs.sh", tmp_path / "certs", "localhost")
+    port = free_port()
+    down = join("--check", "--superlink", f"127.0.0.1:{port}", "--ca", tmp_path / "certs" / "ca.crt")
+    assert down.returncode == 1 and down.stdout.startswith("FAILED: cannot reach"), down.stdout
+    missing = join("--check", "--superlink", f"127.0.0.1:{port}", "--ca", tmp_path / "nope.crt")
+    assert missing.returncode == 1 and "not found" in missing.stdout
+    bad = join("--check", "--superlink", "no-port", "--ca", tmp_path / "certs" / "ca.crt")
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+def exporter_metric_names() -> set[str]:
+    names = set()
+    for family in build_registry(Path("/nonexistent/run-log.jsonl")).collect():
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics():
+    served = exporter_metric_names()
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/nasofl-study.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus/nasofl-alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in re.findall(r"nasofl_server_[a-z0-9_]+", e)}
+    assert used and used <= served, used - served
+
+
+def test_compose_files_parse_and_reference_existing_files():
+    for name in ("coordinator.compose.yml", "hospital.compose.yml"):
+        compose = yaml.safe_load((DEPLOY / "docker" / name).read_text())
+        for svc_name, svc in compose["services"].items():
+            build = svc.get("build")
+            if build:
+                context = (DEPLOY / "docker" / build["context"]).resolve()
+                assert context == REPO and (context / build["dockerfile"]).is_file(), svc_name
+            for vol in svc.get("volumes", []):
+                src = vol.split(":")[0]
+                if src.startswith("../"):
+                    assert (DEPLOY / "docker" / src).exists(), f"{name} {svc_name}: {src} missing"
+            image = svc.get("image", "")
+            if image.startswith("flwr/"):
+                assert image.endswith(":1.42.0"), image
+                flags = " ".join(svc["command"])
+                assert "--plugin-type" not in flags and "appio-api-address" not in flags  # pre-1.42 flags
+    coordinator = yaml.safe_load((DEPLOY / "docker/coordinator.compose.yml").read_text())["services"]
+    assert {"superlink", "serverapp-exec", "exporter", "prometheus", "grafana"} <= set(coordinator)
+    assert "--enable-supernode-auth" in coordinator["superlink"]["command"]
+    hospital = yaml.safe_load((DEPLOY / "docker/hospital.compose.yml").read_text())["services"]
+    gpu = hospital["clientapp-exec"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    dockerfile = (DEPLOY / "docker/Dockerfile").read_text()
+    for src in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
+        for item in src.split():
+            assert (REPO / item).exists(), f"Dockerfile copies {item}, which does not exist"
