@@ -113,12 +113,17 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _num(value: Any) -> float:
+    """A run-log value as a float for plotting: None (JSON for NaN) -> NaN, but 0.0 stays 0.0."""
+    return float("nan") if value is None else float(value)
+
+
 def _curves(history: list[dict[str, Any]], out: Path, datasets: tuple[str, ...]) -> list[Path]:
     paths = []
     seg = [h for h in history if h.get("stage") == "seg"]
     if seg:
         series = {
-            "val Dice (pooled)": [h["eval_pooled"].get("dice") or np.nan for h in seg],
+            "val Dice (pooled)": [_num(h["eval_pooled"].get("dice")) for h in seg],
             "train loss": [h["train_metrics"].get("train-loss", np.nan) for h in seg],
         }
         paths.append(plot_curves(series, out / "rounds-seg.png", xlabel="round", title="stage 1: segmenter"))
@@ -126,7 +131,7 @@ def _curves(history: list[dict[str, Any]], out: Path, datasets: tuple[str, ...])
     for ds in datasets:
         rows = [h for h in history if h.get("stage") == "cls" and h.get("dataset") == ds]
         if rows:
-            series[f"val AUC {dataset_label(ds)}"] = [h["eval_pooled"].get("auc") or np.nan for h in rows]
+            series[f"val AUC {dataset_label(ds)}"] = [_num(h["eval_pooled"].get("auc")) for h in rows]
     if series:
         paths.append(
             plot_curves(
