@@ -5,11 +5,14 @@ names the exporter really serves."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shlex
+import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -110,6 +113,25 @@ def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
 
 def test_join_check_reports_unreachable_and_untrusted_superlinks(tmp_path):
     sh(DEPLOY / "certs.sh", tmp_path / "certs", "localhost")
+    sh(DEPLOY / "certs.sh", tmp_path / "other", "localhost")
+    # an HTTPS /health server whose certificate comes from another CA
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "other" / "server.pem", tmp_path / "other" / "server.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"localhost:{server.server_address[1]}"
+        trusted = join("--check", "--superlink", address, "--ca", tmp_path / "other" / "ca.crt")
+        assert trusted.returncode == 0 and trusted.stdout.startswith("OK: "), trusted.stdout + trusted.stderr
+        untrusted = join("--check", "--superlink", address, "--ca", tmp_path / "certs" / "ca.crt")
+        assert untrusted.returncode == 1 and untrusted.stdout.startswith("FAILED: TLS check failed"), (
+            untrusted.stdout
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
     port = free_port()
     down = join("--check", "--superlink", f"127.0.0.1:{port}", "--ca", tmp_path / "certs" / "ca.crt")
     assert down.returncode == 1 and down.stdout.startswith("FAILED: cannot reach"), down.stdout
@@ -117,6 +139,15 @@ def test_join_check_reports_unreachable_and_untrusted_superlinks(tmp_path):
     assert missing.returncode == 1 and "not found" in missing.stdout
     bad = join("--check", "--superlink", "no-port", "--ca", tmp_path / "certs" / "ca.crt")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+class HealthHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
 
 
 def exporter_metric_names() -> set[str]:
