@@ -22,7 +22,9 @@ EXIT_USAGE = 2  # bad command line or config
 EXIT_INTERRUPTED = 130
 
 
-def build_parser(prog: str, description: str, commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str, commands: dict[str, tuple[str, str]]
+) -> argparse.ArgumentParser:
     """``commands``: name -> (module path, one-line help)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -34,7 +36,9 @@ def build_parser(prog: str, description: str, commands: dict[str, tuple[str, str
     return parser
 
 
-def run_cli(prog: str, description: str, commands: dict[str, tuple[str, str]], argv: Sequence[str] | None) -> int:
+def run_cli(
+    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: Sequence[str] | None
+) -> int:
     parser = build_parser(prog, description, commands)
     args = parser.parse_args(argv)
     logging.basicConfig(

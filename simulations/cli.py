@@ -9,15 +9,26 @@ from shared.cli import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("simulations.synth_cmd", "write synthetic DICOM hospitals (one folder per hospital)"),
-    "calibrate": ("simulations.calibrate_cmd", "print the synthetic cohort's class-contrast calibration table"),
-    "run": ("simulations.run_cmd", "federated study on this machine (Flower simulation over synthetic hospitals)"),
-    "compare": ("simulations.compare_cmd", "federated vs centralized (pooled) vs each site alone, side by side"),
+    "calibrate": (
+        "simulations.calibrate_cmd",
+        "print the synthetic cohort's class-contrast calibration table",
+    ),
+    "run": (
+        "simulations.run_cmd",
+        "federated study on this machine (Flower simulation over synthetic hospitals)",
+    ),
+    "compare": (
+        "simulations.compare_cmd",
+        "federated vs centralized (pooled) vs each site alone, side by side",
+    ),
     "centralized": ("simulations.centralized_cmd", "pooled baseline: seed pipeline on all sites' patients"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("nasofl-sim", "nasofl on one machine: synthetic hospitals, simulations, baselines.", COMMANDS, argv)
+    return run_cli(
+        "nasofl-sim", "nasofl on one machine: synthetic hospitals, simulations, baselines.", COMMANDS, argv
+    )
 
 
 if __name__ == "__main__":
