@@ -1,8 +1,8 @@
 """Small helpers for nasofl's console scripts: lazy subcommand registry, logging, exit codes.
 
-Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``;
-the registry imports it only when chosen, so ``--help`` stays fast and a broken optional stage
-cannot stop the others.
+Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
+Those modules import only the standard library at module level and do their heavy imports (torch,
+flwr, pydicom) inside ``run``, so building the parser and ``--help`` stay fast.
 """
 
 from __future__ import annotations
