@@ -44,7 +44,8 @@ def test_latent_population_ranking() -> None:
         seq: roc_auc_score(y, [-d[seq] * lat.z(seq)[0] + contrast.d_m * lat.m for lat in lats]) for seq in d
     }
     assert auc["t1ce"] > auc["t1"] > auc["t2"] + 0.015, auc
-    assert auc["t1"] == pytest.approx(0.78, abs=0.015) and auc["t2"] == pytest.approx(0.75, abs=0.015), auc
+    # latent T1 is set above the seed's 0.78 (d1 = 1.1, analytic 0.81) because the images lose most on T1
+    assert auc["t1"] == pytest.approx(0.81, abs=0.015) and auc["t2"] == pytest.approx(0.75, abs=0.015), auc
 
 
 def test_site_statistics_do_not_predict_class(result: CalibrationResult) -> None:
