@@ -164,17 +164,9 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
 
 
 def validate_site(args: argparse.Namespace) -> bool:
-    from shared.data.site import IngestSettings, load_site
+    from client.validate_cmd import site_report
 
-    cohort = load_site(
-        args.site_dir,
-        cache_dir=args.cache,
-        settings=IngestSettings(),
-        salt=args.salt,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        keep_volumes=False,
-    )
-    report = cohort.report
+    report = site_report(args.site_dir, args.cache, args.salt, not args.no_progress and sys.stderr.isatty())
     if not report.ok:
         print(report.format_table(show_ids=False, max_problems=200))
         print(f"not joining: {args.site_dir} has blocking problems (see above); fix them and run again")

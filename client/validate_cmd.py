@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from shared.cli import EXIT_FAILED, EXIT_OK
+from shared.data.report import ValidationReport
 from shared.data.site import IngestSettings, load_site
 from shared.pseudonym import DEFAULT_SALT
 
@@ -41,16 +42,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
+def site_report(site_dir: Path, cache: Path | None, salt: str, progress: bool) -> ValidationReport:
+    """Ingest ``site_dir`` for validation only (one patient in memory at a time) and return its report."""
     cohort = load_site(
-        args.site_dir,
-        cache_dir=args.cache,
-        settings=IngestSettings(),
-        salt=args.salt,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        keep_volumes=False,  # validation only: one patient in memory at a time
+        site_dir, cache_dir=cache, settings=IngestSettings(), salt=salt, progress=progress, keep_volumes=False
     )
-    report = cohort.report
+    return cohort.report
+
+
+def run(args: argparse.Namespace) -> int:
+    report = site_report(args.site_dir, args.cache, args.salt, not args.no_progress and sys.stderr.isatty())
     print(report.format_table(show_ids=args.show_ids, max_problems=args.max_problems))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
