@@ -57,11 +57,12 @@ def centralized_config(run_config: Mapping[str, Any]):
 def summary_row(results: Mapping[str, Any] | None) -> dict[str, float | None]:
     """Dice and per-dataset AUC values of one results.json (None where absent)."""
     if not results:
-        return {"dice": None, **{d: None for d in DATASETS_ORDER}}
+        return {"dice": None, **{d: None for d in DATASETS_ORDER}, "wall_seconds": None}
     auc = results.get("auc") or {}
     row: dict[str, float | None] = {"dice": results.get("dice")}
     for d in DATASETS_ORDER:
         row[d] = (auc.get(d) or {}).get("value")
+    row["wall_seconds"] = results.get("wall_seconds")
     return row
 
 
@@ -83,17 +84,23 @@ def format_compare_table(
     def fmt(v: float | None) -> str:
         return "   -  " if v is None else f"{v:6.3f}"
 
-    head = f"{'run':<22}{'Dice':>8}" + "".join(f"{'AUC ' + d:>12}" for d in DATASETS_ORDER)
+    def secs(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    head = f"{'run':<22}{'Dice':>8}" + "".join(f"{'AUC ' + d:>12}" for d in DATASETS_ORDER) + f"{'wall s':>9}"
     lines = [head, "-" * len(head)]
     for name, res in entries.items():
         row = summary_row(res)
         lines.append(
-            f"{name:<22}{fmt(row['dice']):>8}" + "".join(f"{fmt(row[d]):>12}" for d in DATASETS_ORDER)
+            f"{name:<22}{fmt(row['dice']):>8}"
+            + "".join(f"{fmt(row[d]):>12}" for d in DATASETS_ORDER)
+            + f"{secs(row['wall_seconds']):>9}"
         )
     lines.append("-" * len(head))
     lines.append(
         f"{'federated/centralized':<22}{fmt(ratio['dice']):>8}"
         + "".join(f"{fmt(ratio[d]):>12}" for d in DATASETS_ORDER)
+        + f"{fmt(ratio['wall_seconds']):>9}"
     )
     return "\n".join(lines)
 

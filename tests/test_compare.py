@@ -15,8 +15,12 @@ from simulations.compare import (
 )
 
 
-def _res(dice, **auc):
-    return {"dice": dice, "auc": {k.replace("_", "+"): {"value": v} for k, v in auc.items()}}
+def _res(dice, wall=100.0, **auc):
+    return {
+        "dice": dice,
+        "auc": {k.replace("_", "+"): {"value": v} for k, v in auc.items()},
+        "wall_seconds": wall,
+    }
 
 
 def test_centralized_gets_the_same_passes_over_the_data():
@@ -36,11 +40,12 @@ def test_unknown_key_is_named():
 
 
 def test_ratios_and_table():
-    fed = _res(0.80, t1=0.70, t2=0.60, t1ce=0.75, t1_t2=0.90)
-    cen = _res(0.82, t1=0.70, t2=0.65, t1ce=0.80, t1_t2=0.88)
+    fed = _res(0.80, wall=300.0, t1=0.70, t2=0.60, t1ce=0.75, t1_t2=0.90)
+    cen = _res(0.82, wall=200.0, t1=0.70, t2=0.65, t1ce=0.80, t1_t2=0.88)
     r = ratios(fed, cen)
     assert r["dice"] == pytest.approx(0.80 / 0.82)
     assert r["t1+t2"] == pytest.approx(0.90 / 0.88)
+    assert r["wall_seconds"] == pytest.approx(1.5)
     assert ratios(None, cen)["dice"] is None
     table = format_compare_table({"federated": fed, "centralized": cen, "hospital-a": None}, r)
     assert "hospital-a" in table and "federated/centralized" in table
