@@ -18,6 +18,7 @@ from server.round_recorder import SimulatedCrash
 from server.run_log import read_run_log
 from server.strategies import TooFewSitesError
 from shared import protocol as P
+from simulations.scenarios import SCENARIOS
 from tests.fed_support import LocalGrid, default_run_config, server_context
 
 pytestmark = pytest.mark.slow
@@ -40,15 +41,7 @@ def toy_config(cohort: Path, out: Path, **overrides) -> dict:
             "sim-data-root": str(cohort),
             "sim-cache-root": str(cohort / "_cache"),
             "out-dir": str(out),
-            "seg-rounds": 1,
-            "cls-rounds": 1,
-            "seg-image-size": 32,
-            "seg-slices-per-patient": 4,
-            "cls-arch": "resnet18",
-            "cls-image-size": 32,
-            "cls-slices-per-patient": 2,
-            "hist-bins": 100,
-            "datasets": "t2,t1+t2",
+            **SCENARIOS["toy"].run_config,
             "wait-for-sites-s": 0.0,
         }
     )
