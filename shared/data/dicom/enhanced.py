@@ -12,24 +12,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from shared.data.dicom.functional_groups import frame_plane, group_item
 from shared.data.dicom.header import InstanceHeader
-from shared.data.dicom.values import floats, multi, number, optional_text, text
+from shared.data.dicom.values import multi, number, optional_text, text
 from shared.errors import DicomError
-
-
-def _item(group: Dataset | None, seq: str) -> Dataset | None:
-    if group is None:
-        return None
-    try:
-        s = group.get(seq)
-    except Exception:
-        return None
-    return s[0] if s else None
-
-
-def _lookup(shared: Dataset | None, frame: Dataset | None, seq: str) -> Dataset | None:
-    """Per-frame item wins over the shared one (PS3.3 C.7.6.16)."""
-    return _item(frame, seq) or _item(shared, seq)
 
 
 def expand_frames(ds: Dataset, base: InstanceHeader) -> list[InstanceHeader]:
@@ -57,22 +43,18 @@ def expand_frames(ds: Dataset, base: InstanceHeader) -> list[InstanceHeader]:
     out: list[InstanceHeader] = []
     for k in range(n_frames):
         frame = per_frame_seq[k] if per_frame_seq and k < len(per_frame_seq) else None
-        pos = _lookup(shared, frame, "PlanePositionSequence")
-        ori = _lookup(shared, frame, "PlaneOrientationSequence")
-        meas = _lookup(shared, frame, "PixelMeasuresSequence")
-        ipp = floats(pos, "ImagePositionPatient", 3) if pos is not None else None
-        iop = floats(ori, "ImageOrientationPatient", 6) if ori is not None else None
-        spacing = floats(meas, "PixelSpacing", 2) if meas is not None else None
-        if ipp is None or iop is None or spacing is None:
+        plane = frame_plane(shared, frame)
+        if plane is None:
             raise DicomError(
                 f"{base.path}: frame {k + 1} of {n_frames} lacks ImagePositionPatient, ImageOrientationPatient or "
                 "PixelSpacing in its functional groups; expected all three. The file is skipped."
             )
-        xform = _lookup(shared, frame, "PixelValueTransformationSequence")
-        timing = _lookup(shared, frame, "MRTimingAndRelatedParametersSequence")
-        echo = _lookup(shared, frame, "MREchoSequence")
-        ftype = _lookup(shared, frame, "MRImageFrameTypeSequence")
-        content = _lookup(None, frame, "FrameContentSequence")
+        ipp, iop, spacing, meas = plane
+        xform = group_item(shared, frame, "PixelValueTransformationSequence")
+        timing = group_item(shared, frame, "MRTimingAndRelatedParametersSequence")
+        echo = group_item(shared, frame, "MREchoSequence")
+        ftype = group_item(shared, frame, "MRImageFrameTypeSequence")
+        content = group_item(None, frame, "FrameContentSequence")
         kw: dict[str, Any] = dict(
             frame=k,
             n_frames=n_frames,

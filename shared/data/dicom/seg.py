@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from shared.data.dicom.functional_groups import frame_plane, group_item
 from shared.data.dicom.geometry import VolumeGeometry
 from shared.data.dicom.resample import resample_mask
-from shared.data.dicom.values import floats, number, text
+from shared.data.dicom.values import number, text
 from shared.errors import DicomError
 
 
@@ -33,13 +34,6 @@ class Segmentation:
     segment_labels: dict[int, str]
     frames: list[SegFrame]
     spacing_between: float | None
-
-
-def _fg(shared: Dataset | None, frame: Dataset | None, seq: str) -> Dataset | None:
-    for g in (frame, shared):
-        if g is not None and seq in g and g[seq].value:
-            return g[seq].value[0]
-    return None
 
 
 def parse_seg(ds: Dataset, rel: str) -> Segmentation:
@@ -72,19 +66,14 @@ def parse_seg(ds: Dataset, rel: str) -> Segmentation:
     spacing_between = None
     for k in range(binary.shape[0]):
         fg = per_frame[k] if k < len(per_frame) else None
-        pos, ori, meas = (
-            _fg(shared, fg, s)
-            for s in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
-        )
-        sid = _fg(shared, fg, "SegmentIdentificationSequence")
-        ipp = floats(pos, "ImagePositionPatient", 3) if pos is not None else None
-        iop = floats(ori, "ImageOrientationPatient", 6) if ori is not None else None
-        sp = floats(meas, "PixelSpacing", 2) if meas is not None else None
-        if ipp is None or iop is None or sp is None:
+        plane = frame_plane(shared, fg)
+        sid = group_item(shared, fg, "SegmentIdentificationSequence")
+        if plane is None:
             raise DicomError(
                 f"{rel}: SEG frame {k + 1} lacks PlanePosition / PlaneOrientation / PixelMeasures"
             )
-        if meas is not None and spacing_between is None:
+        ipp, iop, sp, meas = plane
+        if spacing_between is None:
             spacing_between = number(meas, "SpacingBetweenSlices")
         seg_no = int(number(sid, "ReferencedSegmentNumber") or 1) if sid is not None else 1
         frames.append(SegFrame(seg_no, ipp, iop, sp, binary[k]))
