@@ -18,8 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.data.synth.cohort import CohortConfig
+    from simulations.scenarios import Scenario
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,16 +62,25 @@ def run_config_arg(values: dict[str, bool | int | float | str]) -> str:
     return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
-def generate_data(data: Path, scenario, seed: int) -> None:
-    from shared.data.synth.cohort import CohortConfig, generate_cohort
+def scenario_cohort(scenario: Scenario, seed: int) -> CohortConfig:
+    """The synthetic cohort of ``scenario`` at ``seed`` (its sizes, prevalence, scanner options)."""
+    from shared.data.synth.cohort import CohortConfig
 
-    config = CohortConfig(
+    return CohortConfig(
         sites=scenario.sites,
         patients_per_site=scenario.patients,
         seed=seed,
         difficulty=scenario.difficulty,
         npl_fraction=scenario.npl_fraction,
+        npl_fraction_per_site=scenario.npl_per_site,
+        same_scanner=scenario.same_scanner,
     )
+
+
+def generate_data(data: Path, scenario, seed: int) -> None:
+    from shared.data.synth.cohort import generate_cohort
+
+    config = scenario_cohort(scenario, seed)
     print(f"generating {scenario.sites} synthetic hospitals in {data} ...", flush=True)
     generate_cohort(data, config, progress=False)
 

@@ -1,8 +1,9 @@
 """Scenario presets of the local federated simulation (``nasofl-sim run --preset NAME``).
 
 A scenario = how to generate the synthetic hospitals (``shared.data.synth``) + run-config overrides on top of
-the defaults in pyproject.toml ``[tool.flwr.app.config]``. What the generator cannot yet vary per site is said
-in the description (scanner profiles are always drawn per site; per-site prevalence varies by +-0.08 only).
+the defaults in pyproject.toml ``[tool.flwr.app.config]``. Unless a scenario says otherwise, each site draws its
+own scanner and its NPL prevalence spreads +-0.08 around ``npl_fraction``; ``same_scanner`` gives every site
+hospital-a's scanner and protocol (export dialects stay per site), ``npl_per_site`` fixes each site's NPL share.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Scenario:
     npl_fraction: float = SEED_NPL_FRACTION
     difficulty: float = 1.0
     run_config: dict[str, bool | int | float | str] = field(default_factory=dict)
+    same_scanner: bool = False  # -> CohortConfig.same_scanner
+    npl_per_site: tuple[float, ...] | None = None  # -> CohortConfig.npl_fraction_per_site
 
     @property
     def sites(self) -> int:
@@ -57,8 +60,10 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "alike",
-            "3 hospitals of equal size and prevalence (scanner profiles still differ: generator limit)",
+            "3 hospitals x 24 patients, one scanner and protocol for all, 8 NPL each (33%), FedAvg",
             (24, 24, 24),
+            same_scanner=True,
+            npl_per_site=(1 / 3, 1 / 3, 1 / 3),
         ),
         Scenario(
             "scanners",
@@ -68,10 +73,10 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "label-skew",
-            "rarer NPL overall (20%); per-site prevalence spreads by the generator's +-0.08 only, FedProx",
+            "3 hospitals x 24 patients, NPL 10% / 33% / 60% (2 / 8 / 14 patients), FedProx",
             (24, 24, 24),
-            npl_fraction=0.2,
             run_config={"strategy": "fedprox"},
+            npl_per_site=(0.10, 0.33, 0.60),
         ),
         Scenario(
             "unequal",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import numbers
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from shared.data.synth.site_profile import (
     GridPreset,
     SiteProfile,
     draw_site_profiles,
+    site_name,
 )
 from shared.data.synth.study_writer import SiteWriter, write_study
 from shared.errors import ConfigError
@@ -47,7 +49,17 @@ SEED_NPL_FRACTION = 142 / 434
 
 @dataclass(frozen=True)
 class CohortConfig:
-    """What to generate. ``patients_per_site`` may be a single int or one count per site."""
+    """What to generate: one patient count per site in ``patients_per_site``.
+
+    ``npl_fraction``: overall share of NPL patients, split over the sites by each one's drawn prevalence
+    (seed ratio +-0.08). ``npl_fraction_per_site``: one NPL share per site (0..1) instead; a site of n
+    patients then has round(f * n) NPL (halves round up; 0 or 1 gives a one-class site) and ``npl_fraction``
+    is unused. ``same_scanner``: every site has hospital-a's scanner and protocol
+    (``site_profile.SCANNER_FIELDS``: vendor, model, field, grid, tilt, fat saturation, intensity, bias,
+    noise, bit depth), so the pixel values of all sites come from one distribution; each site keeps its own
+    lossless export dialect (file layout, transfer syntax, tags, local codes, ROI naming, mask format), which
+    ingestion undoes. Unset, both options leave the cohort of a seed unchanged.
+    """
 
     sites: int = 3
     patients_per_site: tuple[int, ...] = (70, 70, 70)
@@ -57,6 +69,8 @@ class CohortConfig:
     contoured_fraction: float = 0.2
     min_contoured_per_site: int = 8
     npl_fraction: float = SEED_NPL_FRACTION
+    npl_fraction_per_site: tuple[float, ...] | None = None
+    same_scanner: bool = False
 
     def __post_init__(self) -> None:
         if len(self.patients_per_site) != self.sites:
@@ -71,6 +85,12 @@ class CohortConfig:
             raise ConfigError(f"contoured_fraction={self.contoured_fraction} out of range; expected 0..1")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed} out of range; expected 0 <= seed < 2^32")
+        if not isinstance(self.same_scanner, bool):
+            raise ConfigError(f"same_scanner={self.same_scanner!r} is not a bool; give True or False")
+        if self.npl_fraction_per_site is not None:
+            object.__setattr__(
+                self, "npl_fraction_per_site", check_npl_per_site(self.npl_fraction_per_site, self.sites)
+            )
         ClassContrast(k=self.difficulty)
 
     @classmethod
@@ -118,6 +138,37 @@ def allocate_npl(profiles: list[SiteProfile], counts: tuple[int, ...], fraction:
     return [int(min(max(v, 1 if n > 2 else 0), n - 1)) for v, n in zip(out, counts, strict=True)]
 
 
+def check_npl_per_site(fractions: object, sites: int) -> tuple[float, ...]:
+    """``fractions`` as a tuple of floats, or ConfigError naming ``npl_fraction_per_site``."""
+    if isinstance(fractions, str | bytes) or not hasattr(fractions, "__len__"):
+        raise ConfigError(
+            f"npl_fraction_per_site={fractions!r} is not a sequence; "
+            "give one NPL fraction per site, e.g. (0.1, 0.3, 0.6)"
+        )
+    if len(fractions) != sites:
+        raise ConfigError(
+            f"npl_fraction_per_site has {len(fractions)} entries for sites={sites}; "
+            "give exactly one NPL fraction per site (or leave it unset to use npl_fraction)"
+        )
+    out = []
+    for i, value in enumerate(fractions):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            raise ConfigError(
+                f"npl_fraction_per_site[{i}]={value!r} is out of range; expected a number 0 <= f <= 1 "
+                f"(the share of NPL patients at {site_name(i)})"
+            )
+        out.append(float(value))
+    return tuple(out)
+
+
+def npl_counts(profiles: list[SiteProfile], config: CohortConfig) -> list[int]:
+    """NPL patients per site: ``npl_fraction_per_site`` rounded per site if set, else ``allocate_npl``."""
+    if config.npl_fraction_per_site is None:
+        return allocate_npl(profiles, config.patients_per_site, config.npl_fraction)
+    pairs = zip(config.npl_fraction_per_site, config.patients_per_site, strict=True)
+    return [int(np.floor(f * n + 0.5)) for f, n in pairs]
+
+
 def site_plan(profile: SiteProfile, n: int, n_npl: int, config: CohortConfig) -> list[dict]:
     """Patient ids, labels and contoured flags of one site (deterministic by seed and site)."""
     rng = np.random.default_rng([config.seed, profile.index, 99991])
@@ -161,8 +212,15 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
     """Write every site folder and ``_truth``. Deterministic: the same config writes the same pixel data and UIDs."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    profiles = draw_site_profiles(config.seed, config.sites, config.grid, config.npl_fraction)
-    npl = allocate_npl(profiles, config.patients_per_site, config.npl_fraction)
+    profiles = draw_site_profiles(
+        config.seed,
+        config.sites,
+        config.grid,
+        config.npl_fraction,
+        same_scanner=config.same_scanner,
+        npl_per_site=config.npl_fraction_per_site,
+    )
+    npl = npl_counts(profiles, config)
     contrast = ClassContrast(k=config.difficulty)
     summary = CohortSummary(out_dir=out_dir)
     records: list[dict] = []

@@ -3,12 +3,18 @@
 Site effects never depend on class: they act after the anatomy, and only the NPL prevalence differs per site.
 Quirks that ingestion must handle are spread deterministically over the first sites (so three sites already
 exercise all of them) and drawn at random beyond that.
+
+A profile has two halves. The scanner and protocol (``SCANNER_FIELDS``: vendor and model, field strength,
+grid, tilt, fat saturation, intensity gamma, bias field, SNR, signal level, bit depth and rescale slope, DWI)
+decide the pixel values; ``draw_site_profiles(same_scanner=True)`` gives every site hospital-a's. The export
+dialect (file layout, transfer syntax, slice order and tags, local series codes, contrast-agent tags, ROI
+naming, mask format, patient-ID prefix) is lossless and undone by ingestion, so it stays per site either way.
 """
 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,6 +33,28 @@ LAYOUTS = ("tree", "flat", "by_series")
 TRANSFER_SYNTAXES = ("explicit", "implicit", "jpeg2000")
 ROI_NAMES = ("GTVnx", "GTV-NX", "GTVp", "GTV_nx_MR")
 AGENTS = ("Gd-DTPA", "Magnevist", "Gadovist", "Omniscan", "Dotarem")
+#: SiteProfile fields of the scanner and protocol (what ``same_scanner`` shares); the rest is export dialect.
+SCANNER_FIELDS = (
+    "vendor",
+    "manufacturer",
+    "model",
+    "field_t",
+    "matrix",
+    "pixel_mm",
+    "n_slices",
+    "slice_thickness_mm",
+    "slice_gap_mm",
+    "tilt_deg",
+    "t2_fat_sat",
+    "t1ce_fat_sat",
+    "gamma",
+    "bias_sd",
+    "snr",
+    "muscle_level",
+    "bits_stored",
+    "rescale_slope",
+    "dwi",
+)
 
 
 def site_name(index: int) -> str:
@@ -87,8 +115,8 @@ class SiteProfile:
             raise ConfigError(
                 f"site {self.name}: matrix={self.matrix}, n_slices={self.n_slices}; need >= 16 and >= 3"
             )
-        if not 0.0 < self.npl_prevalence < 1.0:
-            raise ConfigError(f"site {self.name}: npl_prevalence={self.npl_prevalence}; expected 0 < p < 1")
+        if not 0.0 <= self.npl_prevalence <= 1.0:
+            raise ConfigError(f"site {self.name}: npl_prevalence={self.npl_prevalence}; expected 0 <= p <= 1")
 
     @property
     def slice_spacing_mm(self) -> float:
@@ -120,10 +148,22 @@ def draw_site_profiles(
     grid: GridPreset = DEFAULT_GRID,
     base_prevalence: float = 142 / 434,
     equal_prevalence: bool = False,
+    same_scanner: bool = False,
+    npl_per_site: tuple[float, ...] | None = None,
 ) -> list[SiteProfile]:
-    """Draw ``n_sites`` hospital profiles from ``seed`` (deterministic). Quirks rotate over the first sites."""
+    """Draw ``n_sites`` hospital profiles from ``seed`` (deterministic). Quirks rotate over the first sites.
+
+    ``same_scanner``: every site gets hospital-a's ``SCANNER_FIELDS`` (its dialect stays its own).
+    ``npl_per_site``: each site's ``npl_prevalence`` set to these (one per site, 0..1) instead of drawn.
+    Both act after all sites are drawn, so the random draws (and the default profiles) do not change.
+    """
     if n_sites < 1 or n_sites > 52:
         raise ConfigError(f"--sites {n_sites} is out of range; expected 1..52")
+    if npl_per_site is not None and len(npl_per_site) != n_sites:
+        raise ConfigError(
+            f"npl_per_site has {len(npl_per_site)} entries for {n_sites} sites; "
+            "give one NPL fraction per site"
+        )
     profiles = []
     for i in range(n_sites):
         rng = np.random.default_rng([seed, 7919, i])
@@ -181,4 +221,16 @@ def draw_site_profiles(
                 id_prefix="H" + site_name(i).split("-")[1].upper()[:2],
             )
         )
-    return profiles
+    if npl_per_site is not None:
+        profiles = [replace(p, npl_prevalence=float(f)) for p, f in zip(profiles, npl_per_site, strict=True)]
+    return share_scanner(profiles) if same_scanner else profiles
+
+
+def share_scanner(profiles: list[SiteProfile]) -> list[SiteProfile]:
+    """``profiles`` with the first one's ``SCANNER_FIELDS`` everywhere; dialect and prevalence stay."""
+    first = profiles[0]
+    scanner = {name: getattr(first, name) for name in SCANNER_FIELDS}
+    return [first] + [
+        replace(p, **{**scanner, "gamma": dict(first.gamma)}, notes=[*p.notes, f"scanner of {first.name}"])
+        for p in profiles[1:]
+    ]
