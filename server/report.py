@@ -32,14 +32,15 @@ log = logging.getLogger(__name__)
 def _auc_entry(stats: list[Mapping[str, object]]) -> dict[str, Any]:
     pos, neg = summed_histograms(stats)
     if pos.sum() == 0 or neg.sum() == 0:
+        n = int(pos.sum() + neg.sum())
         return {
             "value": None,
             "ci": [None, None],
-            "n_patients": int(pos.sum() + neg.sum()),
+            "n_patients": n,
             "n_npl": int(pos.sum()),
             "n_npc": int(neg.sum()),
             "source": "histogram",
-            "note": "one class absent: AUC undefined",
+            "note": "one class absent: AUC undefined" if n else "no patient (sequence missing or no ROI)",
         }
     return auc_entry_from_histograms(pos.tolist(), neg.tolist())
 
@@ -63,6 +64,7 @@ def build_results(
             "patients": int(info.counts.get("patients", 0)),
             "dice": seg["per_site"].get(info.name, {}).get("dice"),
             "auc": {},
+            "sat_out": dict(study.get("skipped", {}).get(info.name, {})),
         }
         for ds in cfg.datasets:
             if ds in tests and info.name in tests[ds]["sums"]:
@@ -103,13 +105,19 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
         cells = []
         for d in datasets:
             a = e["auc"].get(d)
-            if not a or a.get("value") is None:
+            if a and a.get("n_patients") == 0:
+                cells.append(f"{'no patient':>22}")
+            elif not a or a.get("value") is None:
                 cells.append(f"{'n/a':>22}")
             else:
                 cells.append(
                     f"{_fmt(a['value']) + ' [' + _fmt(a['ci'][0]) + ', ' + _fmt(a['ci'][1]) + ']':>22}"
                 )
         lines.append(f"{name:<16} {e['role']:<9} {e['patients']:>4} {_fmt(e['dice']):>6} " + " ".join(cells))
+    for name, e in results.get("sites", {}).items():
+        for what, reason in e.get("sat_out", {}).items():
+            label = "segmenter" if what == "seg" else dataset_label(what)
+            lines.append(f"{name} sat out the {label} training rounds: {reason}")
     return "\n".join(lines)
 
 

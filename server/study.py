@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,11 @@ from server.checkpoint import Checkpoint, CheckpointStore, stage_key
 from server.config import FederationConfig
 from server.pooled_eval import pool
 from server.round_recorder import RoundRecorder
+from server.round_selection import SELECTION_METRIC, RoundSelection
 from server.run_log import RunLog
+from server.sites import SiteInfo, skip_reason
 from server.strategies import TooFewSitesError, build_strategy
-from server.strategies.base import collect_eval_sums, error_reasons
+from server.strategies.base import collect_eval_sums, error_reasons, unavailable_nodes
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
 from shared.errors import ConfigError
@@ -34,15 +35,6 @@ from shared.records import model_hash, numpy_to_record, record_to_numpy, state_t
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
-
-
-@dataclass
-class SiteInfo:
-    node_id: int
-    name: str
-    role: str  # "train" | "eval-only"
-    counts: dict[str, float] = field(default_factory=dict)
-    roi: dict[str, float] = field(default_factory=dict)
 
 
 def settings_fingerprint(fed: FederationConfig, cfg: PipelineConfig) -> str:
@@ -94,7 +86,10 @@ class Study:
             stop_after_position=fed.debug_stop_after_round,
         )
         self.checkpoint: Checkpoint | None = None
+        self.away: set[int] = set()  # known sites' nodes that went offline, until they are listed again
+        self.skipped: dict[str, dict[str, str]] = {}  # site -> {"seg" or dataset: why it sat out}
         self.seg_hash = ""
+        self.selections: dict[str, RoundSelection] = {}
         self.seg_arrays: Arrays = {}
 
     # ---- sites ------------------------------------------------------------------------------------
@@ -118,6 +113,7 @@ class Study:
         for site, reason in error_reasons(replies, msgs, lambda n: f"node-{n}").items():
             log.warning("query.info: %s failed: %s", site, reason)
             self.run_log.append("site-failed", stage="info", site=site, reason=reason)
+        self.mark_away(unavailable_nodes(replies, msgs), "info", "")
         for r in replies:
             if r.has_error():
                 continue
@@ -139,21 +135,59 @@ class Study:
         return found
 
     def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:
-        """Before each round: a site that (re)joined under a new node id is asked for its info (and ROI)."""
-        new = [n for n in grid.get_node_ids() if n not in self.sites]
-        if not new:
+        """Before each round: note sites that went offline; ask a site that (re)joined for its info (and ROI).
+
+        A SuperNode restarted with the same node key keeps its node id: the SuperLink answers for it with
+        NODE_UNAVAILABLE errors once its heartbeats stop, leaves it out of ``get_node_ids`` while it is
+        offline, and lists it again once it has reconnected.
+        """
+        online = set(grid.get_node_ids())
+        self.mark_away({n for n in self.sites if n not in online}, stage, dataset)
+        ask = sorted(n for n in online if n not in self.sites or n in self.away)
+        if not ask:
             return
-        found = self.query_info(new)
+        known = {s.name for s in self.sites.values()}
+        found = self.query_info(ask)
         if stage == "cls" and found:
             self.query_roi(list(found), found)
         self.sites.update(found)
+        self.away &= set(self.sites) - set(found)
         for n, s in found.items():
-            log.info("site %s joined (node %s, %s)", s.name, n, s.role)
-            self.run_log.append("site-joined", site=s.name, role=s.role, stage=stage, dataset=dataset)
+            rejoined = s.name in known
+            log.info("site %s %s (node %s, %s)", s.name, "rejoined" if rejoined else "joined", n, s.role)
+            self.run_log.append(
+                "site-joined", site=s.name, role=s.role, stage=stage, dataset=dataset, rejoined=rejoined
+            )
+        self.note_skips(stage, dataset, found)
         strategy.site_of_node = {n: s.name for n, s in self.sites.items()}
         strategy.train_nodes = frozenset(self._eligible(stage, dataset))
         strategy.eval_nodes = frozenset(self.sites)
         strategy.eval_only_nodes = frozenset(n for n, s in self.sites.items() if s.role == "eval-only")
+
+    def mark_away(self, nodes: set[int], stage: str, dataset: str) -> None:
+        """Known sites whose node is offline: logged once, asked for their info again when they are back."""
+        for n in sorted(nodes - self.away):
+            if n in self.sites:
+                self.away.add(n)
+                name = self.sites[n].name
+                log.warning("site %s is offline (node %s): it takes part again once it reconnects", name, n)
+                self.run_log.append("site-offline", site=name, stage=stage, dataset=dataset)
+
+    def note_skips(self, stage: str, dataset: str, nodes: Any) -> None:
+        """Say once, in the server log and the run log, why a training site sits out a stage or dataset."""
+        eligible = set(self._eligible(stage, dataset))
+        for n in nodes:
+            site = self.sites[n]
+            key = dataset or stage
+            said = self.skipped.get(site.name, {})
+            if site.role != "train" or n in eligible or n in self.away or key in said:
+                continue
+            reason = skip_reason(site, stage, dataset)
+            self.skipped.setdefault(site.name, {})[key] = reason
+            log.warning("site %s sits out %s: %s", site.name, key, reason)
+            self.run_log.append(
+                "site-skips-dataset", site=site.name, stage=stage, dataset=dataset, reason=reason
+            )
 
     def _eligible(self, stage: str, dataset: str) -> list[int]:
         train = [n for n, s in self.sites.items() if s.role == "train"]
@@ -174,6 +208,7 @@ class Study:
         ).items():
             log.warning("query.roi: %s failed: %s", site, reason)
             self.run_log.append("site-failed", stage="roi", site=site, reason=reason)
+        self.mark_away(unavailable_nodes(replies, msgs), "roi", "")
         for r in replies:
             if not r.has_error() and r.metadata.src_node_id in sites:
                 sites[r.metadata.src_node_id].roi = {
@@ -191,7 +226,7 @@ class Study:
         return record_to_numpy(numpy_to_record(state_to_numpy(model.state_dict()), self.fed.transport_dtype))
 
     def run_stage(self, stage: str, dataset: str, index: int) -> Arrays | None:
-        """Rounds of one stage (or one classifier dataset); returns the final global arrays."""
+        """Rounds of one stage (or one classifier dataset); returns the kept global arrays (``select-round``)."""
         key = stage_key(stage, dataset)
         final = self.store.load_final(key)
         if final is not None:
@@ -199,6 +234,7 @@ class Study:
             return final
         total = self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
         eligible = self._eligible(stage, dataset)
+        self.note_skips(stage, dataset, list(self.sites))
         if len(eligible) < self.fed.min_sites:
             msg = (
                 f"{key}: only {len(eligible)} training site(s) have data for it "
@@ -210,9 +246,13 @@ class Study:
             self.run_log.append("dataset-skipped", stage=stage, dataset=dataset, reason=msg)
             return None
         start_round, arrays, state = 0, self.initial_arrays(stage, dataset, index), {}
+        selection = RoundSelection(self.fed.select_round, SELECTION_METRIC[stage])
+        self.selections[key] = selection
         ck = self.checkpoint
         if ck is not None and ck.stage == stage and ck.dataset == dataset:
             start_round, arrays, state = ck.round, ck.arrays, ck.strategy_state
+            if ck.kept_round:
+                selection.round, selection.value, selection.arrays = ck.kept_round, ck.kept_value, ck.kept_arrays
             log.info("resuming %s after round %s", key, start_round)
             self.run_log.append("resume", stage=stage, dataset=dataset, round=start_round)
         strategy = build_strategy(self.fed)
@@ -230,7 +270,7 @@ class Study:
         strategy.node_refresher = lambda grid: self.refresh_sites(grid, strategy, stage, dataset)
         strategy.load_strategy_state(state)
         if total - start_round <= 0:
-            return arrays
+            return selection.arrays or arrays
         base = {
             P.CFG_STAGE: stage,
             P.CFG_DATASET: dataset,
@@ -246,16 +286,23 @@ class Study:
             if server_round == 0:
                 return None
             true_round = server_round + start_round
+            # said after every round, not at the next refresh: the stage may end with this round
+            self.mark_away(strategy.unavailable, stage, dataset)
+            strategy.unavailable.clear()
             ev = strategy.last_eval
+            round_arrays = record_to_numpy(rec)
+            if selection.offer(true_round, round_arrays, ev.pooled if ev is not None else {}):
+                log.info("%s: round %s is now the kept round (%s)", key, true_round, selection.summary(total))
             self.recorder.end_round(
                 stage=stage,
                 dataset=dataset,
                 round=true_round,
                 position=position0 + true_round,
-                arrays=record_to_numpy(rec),
+                arrays=round_arrays,
                 strategy_state=strategy.strategy_state(),
                 train=strategy.last_train,
                 evaluation=ev,
+                kept=(selection.round, selection.value, selection.arrays),
             )
             return None
 
@@ -268,7 +315,12 @@ class Study:
             evaluate_config=ConfigRecord({**base, P.CFG_SPLIT: "val"}),
             evaluate_fn=end_of_round,
         )
-        return record_to_numpy(result.arrays) if len(result.arrays) else arrays
+        last = record_to_numpy(result.arrays) if len(result.arrays) else arrays
+        kept = selection.arrays or last
+        self.run_log.append(
+            "stage-complete", stage=stage, dataset=dataset, kept=selection.summary(total), model_sha256=model_hash(kept)
+        )
+        return kept
 
     def train_site_names(self) -> list[str]:
         return [s.name for s in self.sites.values() if s.role == "train"]
@@ -358,4 +410,10 @@ class Study:
         tests = {"seg": self.final_test("seg", self.seg_arrays)}
         for dataset, arrays in cls_arrays.items():
             tests[dataset] = self.final_test("cls", arrays, dataset)
-        return {"seg": self.seg_arrays, "cls": cls_arrays, "tests": tests, "sites": self.sites}
+        return {
+            "seg": self.seg_arrays,
+            "cls": cls_arrays,
+            "tests": tests,
+            "sites": self.sites,
+            "skipped": self.skipped,
+        }

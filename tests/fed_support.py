@@ -2,7 +2,8 @@
 
 ``LocalGrid`` implements flwr's ``Grid`` interface: messages built by the real ServerApp code go to the real
 ``client.app.app`` in this process (one ``Context`` per node, kept across messages like a SuperNode keeps
-``context.state``). Every reply is recorded for inspection; nodes can be taken offline. Used where a full
+``context.state``). Every reply is recorded for inspection; nodes can be taken offline (the SuperLink's
+NODE_UNAVAILABLE error then answers for them) and back online under the same node id. Used where a full
 ``flwr run`` would be too slow (resume, reply inspection); ``test_fed_simulation`` runs the real thing.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.config import flatten_dict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -80,7 +82,13 @@ class LocalGrid(Grid):
             msg = self._pending.pop(mid)
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            if node in self.offline:
+            if node in self.offline:  # what the SuperLink answers once the node's heartbeats have stopped
+                reply = Message(
+                    Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"), reply_to=msg
+                )
+                reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+                self.replies.append(reply)
+                out.append(reply)
                 continue
             try:
                 reply = self.client_app(message=msg, context=self.contexts[node])
@@ -94,7 +102,9 @@ class LocalGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.pull_messages(list(self.push_messages(messages)))
+        # in node order, so that a test can script "this node drops after that one trained"
+        ordered = sorted(messages, key=lambda m: m.metadata.dst_node_id)
+        return self.pull_messages(list(self.push_messages(ordered)))
 
 
 def server_context(run_config: dict) -> Context:

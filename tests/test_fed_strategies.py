@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from server.config import federation_from_run_config
 from server.strategies import TooFewSitesError, build_strategy
@@ -124,3 +124,23 @@ def test_sites_without_examples_are_skipped_not_averaged():
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert np.allclose(arrays["w"].numpy(), 3.0) and "skipped" in strategy.last_train.rejected["site-c"]
+
+
+def test_a_disconnected_site_is_told_apart_from_a_failing_one():
+    """The SuperLink answers for a SuperNode that stopped its heartbeats: error code 5 (NODE_UNAVAILABLE) from
+    the SuperLink's own node id; a site whose ClientApp raised answers itself with code 2."""
+    strategy = make_strategy("fedavg")
+    by_node = {m.metadata.dst_node_id: m for m in configure(strategy)}
+    ups = updates({11: 1.0, 12: 3.0})
+    replies = [reply_to(by_node[n], a) for n, a in ups.items()]
+    raised = Message(Error(code=2, reason="SiteFailure: train.seg failed"), reply_to=by_node[13])
+    raised.metadata.__dict__["_src_node_id"] = 13
+    gone = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=by_node[14])
+    gone.metadata.__dict__["_src_node_id"] = 1  # SUPERLINK_NODE_ID
+    arrays, _ = strategy.aggregate_train(1, [*replies, raised, gone])
+    assert np.allclose(arrays["w"].numpy(), 2.0)
+    assert strategy.last_train.contributed == ["site-a", "site-b"]
+    assert set(strategy.last_train.failed) == {"site-c", "site-d"}
+    failed = strategy.last_train.failed
+    assert "code 5" in failed["site-d"] and "code 2" in failed["site-c"]
+    assert strategy.unavailable == {14}, "only the disconnected node is marked offline"

@@ -1,13 +1,16 @@
 """The real ServerApp and ClientApp, in one process (tests.fed_support.LocalGrid), on tiny synthetic hospitals:
-poisoned updates, reply contents, resume, site failures, evaluation-only sites, the min-sites rule."""
+poisoned updates, reply contents, resume, site failures, evaluation-only sites, the min-sites rule, a site
+without one sequence."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
@@ -251,9 +254,9 @@ def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
     assert end["event"] == "end" and end["status"] == "FAILED" and "hospital-b" in end["error"]
 
 
-def test_a_site_joining_late_takes_part_from_the_next_round(cohort, tmp_path):
+def test_a_site_joining_late_or_coming_back_takes_part_from_the_next_round(cohort, tmp_path):
     out = tmp_path / "late"
-    rc = toy_config(cohort, out, **{"seg-rounds": 2, "datasets": "t2", "min-sites": 2})
+    rc = toy_config(cohort, out, **{"seg-rounds": 3, "datasets": "t2", "min-sites": 2})
     grid = LocalGrid(client_app, 3, rc)
     late = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 2][0]
     grid.offline.add(late)
@@ -261,16 +264,89 @@ def test_a_site_joining_late_takes_part_from_the_next_round(cohort, tmp_path):
 
     def client(message, context):
         reply = client_app(message=message, context=context)
-        if message.metadata.message_type == P.TRAIN_SEG:
+        kind = message.metadata.message_type
+        if kind == P.TRAIN_SEG:  # LocalGrid serves nodes in order: a, b, c
             seen["train.seg"] += 1
             if seen["train.seg"] == 2:  # both early sites trained round 1: hospital-c connects now
                 grid.offline.discard(late)
+            elif seen["train.seg"] == 6:  # round 3, a trained: hospital-c drops before its turn
+                grid.offline.add(late)
+        elif kind == P.EVALUATE_SEG and seen["train.seg"] == 7:  # round 3 evaluated: hospital-c is back
+            grid.offline.discard(late)  # (same node id, as a SuperNode restarted with its node key)
         return reply
 
     grid.client_app = client
     server_app(grid, server_context(rc))
-    seg1, seg2, cls = round_lines(out)
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    seg1, seg2, seg3, cls = round_lines(out)
     assert seg1["sites_contributed"] == ["hospital-a", "hospital-b"]
-    assert seg2["sites_contributed"] == list(SITES) and cls["sites_contributed"] == list(SITES)
-    joined = [x for x in read_run_log(out / "run-log.jsonl") if x["event"] == "site-joined"]
-    assert [x["site"] for x in joined] == ["hospital-c"]
+    assert seg2["sites_contributed"] == list(SITES)
+    assert seg3["sites_contributed"] == ["hospital-a", "hospital-b"]
+    assert set(seg3["sites_failed"]) == {"hospital-c"} and "code 5" in seg3["sites_failed"]["hospital-c"]
+    assert cls["sites_contributed"] == list(SITES)
+    lines = read_run_log(out / "run-log.jsonl")
+    events = [(x["event"], x["site"], x.get("rejoined")) for x in lines if x["event"].startswith("site-")]
+    assert events == [
+        ("site-joined", "hospital-c", False),
+        ("site-offline", "hospital-c", None),
+        ("site-joined", "hospital-c", True),
+    ]
+    offline = next(x for x in lines if x["event"] == "site-offline")
+    assert (offline["stage"], offline["dataset"]) == ("seg", "")
+
+
+def drop_sequence(cohort: Path, site: str, sequence: str) -> int:
+    """Delete every file of ``site``'s ``sequence`` series (found by SeriesInstanceUID in ``_truth``)."""
+    truth = json.loads((cohort / "_truth" / "cohort.json").read_text())
+    uids = {p["series_uids"][sequence] for p in truth["patients"] if p["site"] == site}
+    dropped = 0
+    for path in sorted((cohort / site).rglob("*")):
+        if not path.is_file() or path.name == "labels.csv":
+            continue
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if str(header.get("SeriesInstanceUID", "")) in uids:
+            path.unlink()
+            dropped += 1
+    return dropped
+
+
+def test_a_site_without_t1_sits_out_the_t1_datasets_and_says_so(cohort, tmp_path):
+    data = tmp_path / "no-t1"
+    shutil.copytree(cohort, data, ignore=shutil.ignore_patterns("_cache"))  # never touch the shared cohort
+    assert drop_sequence(data, "hospital-c", "t1") >= 7  # one T1 series per patient, one file per slice
+    out = tmp_path / "out"
+    rc = toy_config(data, out, **{"datasets": "t1,t2,t1+t2", "min-sites": 2})
+    grid = run_study(rc)
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    contributed = {(x["stage"], x["dataset"]): x["sites_contributed"] for x in round_lines(out)}
+    assert contributed == {
+        ("seg", ""): list(SITES),  # the segmenter reads t2 + t1ce: hospital-c trains it
+        ("cls", "t1"): ["hospital-a", "hospital-b"],
+        ("cls", "t2"): list(SITES),
+        ("cls", "t1+t2"): ["hospital-a", "hospital-b"],
+    }
+    c_node = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 2][0]
+    c_trained = {
+        str(m.content[P.CONFIG][P.CFG_DATASET])
+        for m in grid.sent
+        if m.metadata.dst_node_id == c_node and m.metadata.message_type == P.TRAIN_CLS
+    }
+    assert c_trained == {"t2"}, "hospital-c was sent training for a dataset it has no sequence for"
+    lines = read_run_log(out / "run-log.jsonl")
+    skips = [x for x in lines if x["event"] == "site-skips-dataset"]
+    assert [(x["site"], x["stage"], x["dataset"], x["reason"]) for x in skips] == [
+        ("hospital-c", "cls", "t1", "no patient with t1"),
+        ("hospital-c", "cls", "t1+t2", "no patient with t1 and t2"),
+    ]
+    assert not [x for x in lines if x["event"] in ("dataset-skipped", "site-failed")]
+    text = (out / "run-log.jsonl").read_text() + (out / "table.txt").read_text()
+    assert not any(pid in text for pid in _patient_strings(data))
+    results = json.loads((out / "results.json").read_text())
+    c = results["sites"]["hospital-c"]
+    assert c["sat_out"] == {"t1": "no patient with t1", "t1+t2": "no patient with t1 and t2"}
+    assert c["auc"]["t1"]["n_patients"] == 0 and c["auc"]["t2"]["n_patients"] > 0
+    assert results["sites"]["hospital-a"]["sat_out"] == {}
+    table = (out / "table.txt").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("hospital-c "))
+    assert row.split().count("no") == 2, row  # "no patient" under T1WI and T1WI+T2WI, a figure under T2WI
+    assert "hospital-c sat out the T1WI training rounds: no patient with t1" in table

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from server.update_check import update_problem
@@ -81,6 +82,7 @@ class StageMixin:
     eval_pooler: EvalPooler | None = None
     last_train: TrainRound | None = None
     last_eval: EvalRound | None = None
+    unavailable: set[int]  # nodes the SuperLink reported offline since the study last looked (it clears it)
     _global_numpy: dict[str, np.ndarray] | None = None
 
     def setup_stage(
@@ -109,6 +111,7 @@ class StageMixin:
         self.eval_pooler = eval_pooler
         self.last_train = None
         self.last_eval = None
+        self.unavailable = set()
 
     # ---- helpers -----------------------------------------------------------------------------------
 
@@ -184,6 +187,7 @@ class StageMixin:
             rec.site_train_seconds[site] = float(metric_recs[0][P.TRAIN_SECONDS])
             good.append((site, msg))
         errors = error_reasons(replies, getattr(self, "_sent_train", []), self._site)
+        self.unavailable |= unavailable_nodes(replies, getattr(self, "_sent_train", []))
         for site in rec.sent_to:
             if site not in answered:
                 reason = errors.get(site, "no reply (timeout or disconnect)")
@@ -223,6 +227,7 @@ class StageMixin:
         for site, reason in error_reasons(replies, getattr(self, "_sent_eval", []), self._site).items():
             if site in failed:
                 failed[site] = reason
+        self.unavailable |= unavailable_nodes(replies, getattr(self, "_sent_eval", []))
         pooled, per_site = self.eval_pooler(sums) if self.eval_pooler else ({}, {})
         self.last_eval = EvalRound(
             true_round, pooled, per_site, sums, failed, getattr(self, "_eval_bytes", 0)
@@ -260,6 +265,19 @@ def error_reasons(
         site = by_id.get(msg.metadata.reply_to_message_id) or site_of(msg.metadata.src_node_id)
         out[site] = f"error reply (code {msg.error.code}): {_short(msg.error.reason)}"
     return out
+
+
+def unavailable_nodes(replies: Iterable[Message], sent: list[Message]) -> set[int]:
+    """Nodes whose instruction got the SuperLink's NODE_UNAVAILABLE error: a SuperNode that stopped sending
+    heartbeats (killed, network lost) for HEARTBEAT_PATIENCE x 30 s, or that deactivated itself on SIGTERM."""
+    dst = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+    return {
+        dst[msg.metadata.reply_to_message_id]
+        for msg in replies
+        if msg.has_error()
+        and msg.error.code == ErrorCode.NODE_UNAVAILABLE
+        and msg.metadata.reply_to_message_id in dst
+    }
 
 
 def collect_eval_sums(
