@@ -5,6 +5,7 @@ Layout of the checkpoint directory (absolute path from run config ``checkpoint-d
     state.json              stage, dataset, round, settings fingerprint, seed, completed stages, time
     current.npz             global arrays of the stage in progress, after ``round``
     strategy.npz            strategy state (FedAdam moments m_t / v_t), may be empty
+    kept.npz                the global arrays of the stage's kept round so far (``select-round``)
     final-seg.npz           the final global segmenter, once stage 1 is complete
     final-cls-<ds>.npz      the final classifier of dataset <ds> ("+" written as "plus")
 
@@ -37,6 +38,9 @@ class Checkpoint:
     completed: list[str] = field(default_factory=list)  # stage keys: "seg", "cls:t1", ...
     arrays: Arrays = field(default_factory=dict)
     strategy_state: dict[str, Arrays] = field(default_factory=dict)
+    kept_round: int = 0  # the round ``select-round`` keeps so far (0: none)
+    kept_value: float = float("nan")
+    kept_arrays: Arrays = field(default_factory=dict)
 
 
 def stage_key(stage: str, dataset: str = "") -> str:
@@ -68,6 +72,9 @@ def load_arrays(path: Path) -> Arrays:
         return {n: data[f"a{i}"] for i, n in enumerate(names)}
 
 
+CHECKPOINT_FILES = ("state.json", "current.npz", "strategy.npz", "kept.npz")
+
+
 class CheckpointStore:
     """Reads and writes the checkpoint directory of one study."""
 
@@ -89,9 +96,16 @@ class CheckpointStore:
         fingerprint: str,
         seed: int,
         completed: list[str],
+        kept: tuple[int, float, Arrays] | None = None,
     ) -> None:
+        """``kept``: (round, pooled validation value, arrays) of the stage's kept round, written when it changed."""
         self.dir.mkdir(parents=True, exist_ok=True)
         save_arrays(self.dir / "current.npz", arrays)
+        kept_round, kept_value = 0, float("nan")
+        if kept is not None:
+            kept_round, kept_value, kept_arrays = kept
+            if kept_round == round:
+                save_arrays(self.dir / "kept.npz", kept_arrays)
         flat = {f"{name}/{k}": v for name, d in strategy_state.items() for k, v in d.items()}
         save_arrays(self.dir / "strategy.npz", flat)
         self._write_state(
@@ -102,6 +116,8 @@ class CheckpointStore:
                 "fingerprint": fingerprint,
                 "seed": seed,
                 "completed": completed,
+                "kept-round": kept_round,
+                "kept-value": None if kept_value != kept_value else kept_value,
                 "saved-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         )
@@ -111,6 +127,18 @@ class CheckpointStore:
         path = self.final_path(key)
         save_arrays(path, arrays)
         return path
+
+    def save_kept_summary(self, key: str, summary: dict) -> None:
+        """Which round a completed stage kept (``select-round``), beside its final arrays."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"final-{_file_tag(key)}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(summary))
+        os.replace(tmp, path)
+
+    def load_kept_summary(self, key: str) -> dict | None:
+        path = self.dir / f"final-{_file_tag(key)}.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def final_path(self, key: str) -> Path:
         return self.dir / f"final-{_file_tag(key)}.npz"
@@ -130,7 +158,14 @@ class CheckpointStore:
             for flat, value in load_arrays(self.dir / "strategy.npz").items():
                 name, _, key = flat.partition("/")
                 strategy_state.setdefault(name, {})[key] = value
+        kept_round = int(state.get("kept-round", 0))
+        kept_path = self.dir / "kept.npz"
+        kept_arrays = load_arrays(kept_path) if kept_round and kept_path.exists() else {}
+        kept_value = state.get("kept-value")
         return Checkpoint(
+            kept_round=kept_round if kept_arrays else 0,
+            kept_value=float("nan") if kept_value is None else float(kept_value),
+            kept_arrays=kept_arrays,
             stage=state["stage"],
             dataset=state["dataset"],
             round=int(state["round"]),
@@ -157,7 +192,7 @@ class CheckpointStore:
         if not self.dir.exists():
             return
         for path in self.dir.iterdir():
-            if path.name in ("state.json", "current.npz", "strategy.npz") or path.name.startswith("final-"):
+            if path.name in CHECKPOINT_FILES or path.name.startswith("final-"):
                 path.unlink()
 
     def _write_state(self, state: dict) -> None:

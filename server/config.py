@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from server.round_selection import SELECT_RULES
 from shared.config import PipelineConfig
 from shared.errors import ConfigError
 from shared.records import TRANSPORT_DTYPES
@@ -46,6 +47,7 @@ class FederationConfig:
     checkpoint_dir: str
     resume: bool
     eval_only_sites: str
+    select_round: str
     debug_stop_after_round: int
 
     def __post_init__(self) -> None:
@@ -76,6 +78,11 @@ class FederationConfig:
                     f"{key}={value!r} is not an absolute path: the ServerApp's working directory is wherever the "
                     "SuperLink started, so give an absolute path"
                 )
+        if self.select_round not in SELECT_RULES:
+            raise ConfigError(
+                f"select-round={self.select_round!r} is not allowed: expected one of {', '.join(SELECT_RULES)} "
+                "(best-val keeps the round with the best pooled validation Dice / AUC, last the final round)"
+            )
         _range("debug-stop-after-round", self.debug_stop_after_round, 0, 1_000_000)
 
     @property

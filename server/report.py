@@ -76,6 +76,7 @@ def build_results(
             "dice": seg["external"].get("dice"),
             "auc": {ds: tests[ds]["external"].get("auc") for ds in cfg.datasets if ds in tests},
         },
+        "kept_rounds": dict(study.get("kept_rounds", {})),
     }
     results = results_json(
         dice=seg["pooled"].get("dice"),
@@ -184,6 +185,14 @@ def model_card(
         f"- segmenter U-Net ({cfg.seg.encoder}) on {'+'.join(cfg.seg.in_sequences)}, {cfg.seg.image_size} px",
         f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px",
         f"- seed {cfg.seed}",
+    ]
+    for key, kept in results.get("kept_rounds", {}).items():
+        value = "n/a" if kept.get("value") is None else f"{kept['value']:.3f}"
+        lines.append(
+            f"- {key}: kept round {kept.get('round')} of {kept.get('of_rounds')} "
+            f"({kept.get('rule')}; {kept.get('metric')} {value})"
+        )
+    lines += [
         "",
         "## Sites (patients)",
         "",

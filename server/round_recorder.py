@@ -47,6 +47,7 @@ class RoundRecorder:
         strategy_state: dict[str, dict[str, np.ndarray]],
         train: TrainRound | None,
         evaluation: EvalRound | None,
+        kept: tuple[int, float, dict[str, np.ndarray]] | None = None,
     ) -> dict[str, Any]:
         """Checkpoint first, then the log line (a crash in between repeats no round, loses one log line)."""
         self.store.save_round(
@@ -58,6 +59,7 @@ class RoundRecorder:
             fingerprint=self.fingerprint,
             seed=self.seed,
             completed=list(self.completed),
+            kept=kept,
         )
         now = time.time()
         train_phase = (train.aggregated_at - train.started) if train and train.aggregated_at else float("nan")
@@ -90,6 +92,7 @@ class RoundRecorder:
             train_metrics=train.train_metrics if train else {},
             eval_pooled=evaluation.pooled if evaluation else {},
             eval_per_site=evaluation.per_site if evaluation else {},
+            kept_round=kept[0] if kept else round,
             settings=self.settings,
         )
         self.history.append(line)

@@ -231,6 +231,12 @@ class Study:
         final = self.store.load_final(key)
         if final is not None:
             log.info("%s already complete in the checkpoint: reusing its final weights", key)
+            kept = self.store.load_kept_summary(key)
+            if kept:
+                value = float("nan") if kept["value"] is None else float(kept["value"])
+                self.selections[key] = RoundSelection(
+                    str(kept["rule"]), SELECTION_METRIC[stage], int(kept["round"]), value
+                )
             return final
         total = self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
         eligible = self._eligible(stage, dataset)
@@ -252,7 +258,8 @@ class Study:
         if ck is not None and ck.stage == stage and ck.dataset == dataset:
             start_round, arrays, state = ck.round, ck.arrays, ck.strategy_state
             if ck.kept_round:
-                selection.round, selection.value, selection.arrays = ck.kept_round, ck.kept_value, ck.kept_arrays
+                selection.round, selection.value = ck.kept_round, ck.kept_value
+                selection.arrays = ck.kept_arrays
             log.info("resuming %s after round %s", key, start_round)
             self.run_log.append("resume", stage=stage, dataset=dataset, round=start_round)
         strategy = build_strategy(self.fed)
@@ -317,10 +324,18 @@ class Study:
         )
         last = record_to_numpy(result.arrays) if len(result.arrays) else arrays
         kept = selection.arrays or last
+        self.store.save_kept_summary(key, selection.summary(total))
         self.run_log.append(
-            "stage-complete", stage=stage, dataset=dataset, kept=selection.summary(total), model_sha256=model_hash(kept)
+            "stage-complete",
+            stage=stage,
+            dataset=dataset,
+            kept=selection.summary(total),
+            model_sha256=model_hash(kept),
         )
         return kept
+
+    def _rounds(self, key: str) -> int:
+        return self.fed.seg_rounds if key == "seg" else self.fed.cls_rounds
 
     def train_site_names(self) -> list[str]:
         return [s.name for s in self.sites.values() if s.role == "train"]
@@ -329,6 +344,9 @@ class Study:
 
     def final_test(self, kind: str, arrays: Arrays, dataset: str = "") -> dict[str, Any]:
         rounds = self.fed.seg_rounds if kind == "seg" else self.fed.cls_rounds
+        kept = self.selections.get(stage_key(kind, dataset))
+        if kept is not None and kept.round:
+            rounds = kept.round  # FedBN: the sites lay their normalisation layers of that round over it
         conf = ConfigRecord(
             {
                 P.CFG_STAGE: kind,
@@ -416,4 +434,5 @@ class Study:
             "tests": tests,
             "sites": self.sites,
             "skipped": self.skipped,
+            "kept_rounds": {key: sel.summary(self._rounds(key)) for key, sel in self.selections.items()},
         }
