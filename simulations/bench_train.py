@@ -54,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="timed epochs per loop")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--no-amp", action="store_true", help="float32 on CUDA too (default: bf16 autocast on CUDA)"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     cfg = PipelineConfig(
-        cls=ClassifierConfig(arch=args.arch, image_size=args.size, batch_size=args.batch), device=args.device
+        cls=ClassifierConfig(arch=args.arch, image_size=args.size, batch_size=args.batch),
+        device=args.device,
+        amp=not args.no_amp,
     )
     rng = np.random.default_rng(0)
     images = rng.normal(0, 1, (args.n, args.channels, args.size, args.size)).astype(np.float32)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
 from shared.roi.datasets import RoiDataset
-from shared.training.device import TrainStats, autocast_for
+from shared.training.device import TrainStats, autocast_for, place_batch, place_model
 from shared.training.schedules import prox_term, snapshot_params, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def train_classifier(
     if len(ds) == 0:
         raise ValueError(f"dataset {ds.name!r} has no ROI slices to train on: check the RoiReport")
     total_epochs = total_epochs or start_epoch + epochs
-    model.to(device).train()
+    place_model(model, device).train()
     if prox_mu > 0 and global_params is None:
         global_params = snapshot_params(model)
     bs = cfg.cls.batch_size
@@ -66,13 +66,15 @@ def train_classifier(
         opt, lambda s: warmup_cosine(s + start_epoch * steps_per_epoch, total_steps, cfg.cls.warmup)
     )
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch)
-    loader = DataLoader(ds, batch_size=bs, shuffle=True, generator=gen, drop_last=drop_last)
+    loader = DataLoader(
+        ds, batch_size=bs, shuffle=True, generator=gen, drop_last=drop_last, pin_memory=device.type == "cuda"
+    )
     losses: list[float] = []
     n_examples = 0
     for epoch in range(start_epoch, start_epoch + epochs):
         epoch_losses: list[float] = []
         for x, y, _ in tqdm(loader, desc=f"{ds.name} epoch {epoch + 1}", disable=not progress, leave=False):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = place_batch(x, device), y.to(device, non_blocking=True)
             with autocast_for(device, cfg.amp):
                 logits = model(x)
             loss = smoothed_bce(logits.float().squeeze(1), y, cfg.cls.label_smoothing)
@@ -97,10 +99,10 @@ def train_classifier(
 @torch.no_grad()
 def slice_scores(model: nn.Module, ds: RoiDataset, cfg: PipelineConfig, device: torch.device) -> np.ndarray:
     """float64 ``(N_slices,)`` probabilities of NPL, in dataset order."""
-    model.to(device).eval()
+    place_model(model, device).eval()
     out: list[np.ndarray] = []
     for start in range(0, len(ds), 64):
-        x = ds.images[start : start + 64].to(device)
+        x = place_batch(ds.images[start : start + 64], device)
         with autocast_for(device, cfg.amp):
             logits = model(x)
         out.append(torch.sigmoid(logits.float().squeeze(1)).cpu().numpy().astype(np.float64))

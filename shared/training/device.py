@@ -27,6 +27,23 @@ def select_device(pref: str) -> torch.device:
     raise ConfigError(f"device={pref!r} is not allowed: expected one of auto, cpu, cuda")
 
 
+def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move ``model`` to ``device``; on CUDA also channels-last memory (faster convolutions under bf16) and
+    cuDNN autotuning (fixed input sizes here). CPU: a plain move, nothing else changes."""
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def place_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An image batch ``(B, C, H, W)`` on ``device`` (channels-last on CUDA, to match :func:`place_model`)."""
+    if device.type == "cuda" and x.dim() == 4:
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return x.to(device)
+
+
 @contextlib.contextmanager
 def autocast_for(device: torch.device, amp: bool) -> Iterator[None]:
     """bfloat16 autocast when ``amp`` and ``device`` is CUDA; a no-op otherwise (CPU autocast is slower here)."""

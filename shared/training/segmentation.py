@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
 from shared.metrics.dice import dice_from_sums, overlap_sums
-from shared.training.device import TrainStats, autocast_for
+from shared.training.device import TrainStats, autocast_for, place_batch, place_model
 from shared.training.schedules import prox_term, snapshot_params
 from shared.training.seg_dataset import SegSliceDataset, patient_input, resize_slices
 
@@ -88,7 +88,7 @@ def train_segmenter(
             f"no patient among {len(patients)} has a tumour mask and the sequences {cfg.seg.in_sequences}: "
             "the segmenter needs masked patients (RTSTRUCT or SEG) to train"
         )
-    model.to(device).train()
+    place_model(model, device).train()
     if prox_mu > 0 and global_params is None:
         global_params = snapshot_params(model)
     loss_fn = segmentation_loss(cfg.seg.loss)
@@ -109,7 +109,7 @@ def train_segmenter(
         )
         epoch_losses: list[float] = []
         for x, y in tqdm(loader, desc=f"seg epoch {epoch + 1}", disable=not progress, leave=False):
-            x, y = x.to(device), y.to(device)
+            x, y = place_batch(x, device), y.to(device)
             with autocast_for(device, cfg.amp):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
@@ -129,7 +129,9 @@ def train_segmenter(
     seconds = time.perf_counter() - t0
     if not losses:
         return TrainStats(float("nan"), float("nan"), float("nan"), 0, seconds, epochs, opt.state_dict())
-    return TrainStats(losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs, opt.state_dict())
+    return TrainStats(
+        losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs, opt.state_dict()
+    )
 
 
 @torch.no_grad()
@@ -137,12 +139,12 @@ def predict_volume(
     model: nn.Module, p: PatientVolumes, cfg: PipelineConfig, device: torch.device
 ) -> np.ndarray:
     """uint8 ``(Z, H, W)`` predicted tumour mask on the patient's grid (logits resized back, threshold 0)."""
-    model.to(device).eval()
+    place_model(model, device).eval()
     vol = torch.from_numpy(patient_input(p, cfg.seg.in_sequences))
     h, w = vol.shape[-2:]
     out = []
     for start in range(0, vol.shape[0], 32):
-        x = resize_slices(vol[start : start + 32], cfg.seg.image_size).to(device)
+        x = place_batch(resize_slices(vol[start : start + 32], cfg.seg.image_size), device)
         with autocast_for(device, cfg.amp):
             logits = model(x).float()
         if (h, w) != tuple(logits.shape[-2:]):
