@@ -64,7 +64,6 @@ class TrainStats:
     n_examples: int
     seconds: float
     epochs: int = 0
-    optimizer_state: dict | None = None  # the local optimizer after training (kept on site, never sent)
 
     def as_metrics(self, prefix: str = "") -> dict[str, float | int]:
         """Flat dict of Python numbers (MetricRecord-safe)."""

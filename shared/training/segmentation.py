@@ -71,7 +71,6 @@ def train_segmenter(
     progress: bool = False,
     start_epoch: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
-    optimizer_state: dict | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on slices of ``patients`` that have a mask and the segmenter's sequences.
 
@@ -93,8 +92,6 @@ def train_segmenter(
         global_params = snapshot_params(model)
     loss_fn = segmentation_loss(cfg.seg.loss)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
     gen = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     n_examples = 0
@@ -128,7 +125,7 @@ def train_segmenter(
             model.train()
     seconds = time.perf_counter() - t0
     if not losses:
-        return TrainStats(float("nan"), float("nan"), float("nan"), 0, seconds, epochs, opt.state_dict())
+        return TrainStats(float("nan"), float("nan"), float("nan"), 0, seconds, epochs)
     return TrainStats(
         losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs, opt.state_dict()
     )
