@@ -90,6 +90,13 @@ SCENARIOS: dict[str, Scenario] = {
             run_config={"strategy": "fedtrimmedavg", "min-sites": 6},
         ),
         Scenario(
+            "large",
+            "3 hospitals x 70 patients (the centralized default preset's cohort), 4 rounds per classifier: for "
+            "`nasofl-sim compare` with about 40 pooled test patients (the default's 14 make AUC ratios noise)",
+            (70, 70, 70),
+            run_config={"cls-rounds": 4},
+        ),
+        Scenario(
             "eval-only",
             "3 training hospitals + hospital-d only evaluates (how the model travels to a new hospital)",
             (24, 24, 24, 20),

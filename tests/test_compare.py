@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from server.config import federation_from_run_config, pipeline_from_run_config
 from shared.errors import ConfigError
 from simulations.compare import (
     centralized_config,
@@ -13,6 +14,7 @@ from simulations.compare import (
     ratios,
     target_verdict,
 )
+from simulations.scenarios import SCENARIOS
 
 
 def _res(dice, wall=100.0, **auc):
@@ -60,3 +62,13 @@ def test_set_values_parse_as_toml():
     assert parse_toml_value("fedbn", "true") is True
     assert parse_toml_value("strategy", '"fedprox"') == "fedprox"
     assert parse_toml_value("strategy", "fedprox") == "fedprox"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_scenario_run_config_is_valid(name):
+    """A preset with a misspelt or out-of-range key would fail only minutes into `nasofl-sim run`."""
+    scenario = SCENARIOS[name]
+    rc = {**default_run_config(), **scenario.run_config}
+    fed = federation_from_run_config(rc)
+    pipeline_from_run_config(rc)
+    assert fed.min_sites <= sum(1 for n in scenario.patients if n > 0)
