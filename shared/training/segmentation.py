@@ -126,9 +126,7 @@ def train_segmenter(
     seconds = time.perf_counter() - t0
     if not losses:
         return TrainStats(float("nan"), float("nan"), float("nan"), 0, seconds, epochs)
-    return TrainStats(
-        losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs, opt.state_dict()
-    )
+    return TrainStats(losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs)
 
 
 @torch.no_grad()
