@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tomllib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -47,6 +47,9 @@ class LocalGrid(Grid):
                 run_config=dict(run_config),
             )
         self.offline: set[int] = set()
+        # a message for which this returns True gets no reply, as when a site misses ``round-timeout-s``
+        self.no_reply_to: Callable[[Message], bool] = lambda msg: False
+        self.timeouts: list[float | None] = []
         self.sent: list[Message] = []
         self.replies: list[Message] = []
         self._pending: dict[str, Message] = {}
@@ -82,6 +85,8 @@ class LocalGrid(Grid):
             msg = self._pending.pop(mid)
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
+            if self.no_reply_to(msg):
+                continue
             if node in self.offline:  # what the SuperLink answers once the node's heartbeats have stopped
                 reply = Message(
                     Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"), reply_to=msg
@@ -102,6 +107,7 @@ class LocalGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        self.timeouts.append(timeout)
         # in node order, so that a test can script "this node drops after that one trained"
         ordered = sorted(messages, key=lambda m: m.metadata.dst_node_id)
         return self.pull_messages(list(self.push_messages(ordered)))

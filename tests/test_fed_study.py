@@ -244,6 +244,26 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     }
 
 
+def test_a_site_missing_the_round_timeout_is_logged_and_the_round_completes(cohort, tmp_path):
+    out = tmp_path / "timeout"
+    rc = toy_config(cohort, out, **{"seg-rounds": 2, "datasets": "t2", "min-sites": 2, "round-timeout-s": 30.0})
+    grid = LocalGrid(client_app, 3, rc)
+    slow = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 1][0]
+    # hospital-b is too slow for round 1 of the segmenter only (its reply never comes within the timeout)
+    grid.no_reply_to = lambda m: (
+        m.metadata.dst_node_id == slow
+        and m.metadata.message_type == P.TRAIN_SEG
+        and int(m.content[P.CONFIG][P.CFG_ROUND]) == 1
+    )
+    server_app(grid, server_context(rc))
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    seg1, seg2, _ = round_lines(out)
+    assert seg1["sites_contributed"] == ["hospital-a", "hospital-c"]
+    assert seg1["sites_failed"] == {"hospital-b": "no reply (timeout or disconnect)"}
+    assert seg2["sites_contributed"] == ["hospital-a", "hospital-b", "hospital-c"], "the slow site is back"
+    assert set(grid.timeouts) == {30.0}, "every exchange waits round-timeout-s at most"
+
+
 def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
     out = tmp_path / "too-few"
     rc = toy_config(cohort, out, **{"min-sites": 3, "debug-fail-sites": "hospital-b:train.seg"})
