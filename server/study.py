@@ -134,21 +134,21 @@ class Study:
         self.sites = {k: v for k, v in self.sites.items() if v.name not in names}
         return found
 
-    def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:
-        """Before each round: note sites that went offline; ask a site that (re)joined for its info (and ROI).
+    def check_sites(self, stage: str, dataset: str, roi: bool) -> dict[int, SiteInfo]:
+        """Note sites that went offline; ask a site that (re)joined for its info (and ROI counts when ``roi``).
 
         A SuperNode restarted with the same node key keeps its node id: the SuperLink answers for it with
         NODE_UNAVAILABLE errors once its heartbeats stop, leaves it out of ``get_node_ids`` while it is
         offline, and lists it again once it has reconnected.
         """
-        online = set(grid.get_node_ids())
+        online = set(self.grid.get_node_ids())
         self.mark_away({n for n in self.sites if n not in online}, stage, dataset)
         ask = sorted(n for n in online if n not in self.sites or n in self.away)
         if not ask:
-            return
+            return {}
         known = {s.name for s in self.sites.values()}
         found = self.query_info(ask)
-        if stage == "cls" and found:
+        if roi and found:
             self.query_roi(list(found), found)
         self.sites.update(found)
         self.away &= set(self.sites) - set(found)
@@ -158,6 +158,13 @@ class Study:
             self.run_log.append(
                 "site-joined", site=s.name, role=s.role, stage=stage, dataset=dataset, rejoined=rejoined
             )
+        return found
+
+    def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:
+        """Before each round: sites that (re)joined take part in it (see :meth:`check_sites`)."""
+        found = self.check_sites(stage, dataset, roi=stage == "cls")
+        if not found:
+            return
         self.note_skips(stage, dataset, found)
         strategy.site_of_node = {n: s.name for n, s in self.sites.items()}
         strategy.train_nodes = frozenset(self._eligible(stage, dataset))
@@ -418,7 +425,8 @@ class Study:
         assert self.seg_arrays is not None  # run_stage raises for seg rather than skipping
         self.store.save_final("seg", self.seg_arrays)
         self.seg_hash = model_hash(self.seg_arrays)
-        self.query_roi(list(self.sites))
+        self.check_sites("roi", "", roi=False)  # a site back since the last round gets the segmenter too
+        self.query_roi([n for n in self.sites if n not in self.away])
         cls_arrays: dict[str, Arrays] = {}
         for i, dataset in enumerate(self.cfg.datasets):
             arrays = self.run_stage("cls", dataset, i + 1)

@@ -246,7 +246,9 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
 
 def test_a_site_missing_the_round_timeout_is_logged_and_the_round_completes(cohort, tmp_path):
     out = tmp_path / "timeout"
-    rc = toy_config(cohort, out, **{"seg-rounds": 2, "datasets": "t2", "min-sites": 2, "round-timeout-s": 30.0})
+    rc = toy_config(
+        cohort, out, **{"seg-rounds": 2, "datasets": "t2", "min-sites": 2, "round-timeout-s": 30.0}
+    )
     grid = LocalGrid(client_app, 3, rc)
     slow = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 1][0]
     # hospital-b is too slow for round 1 of the segmenter only (its reply never comes within the timeout)
@@ -313,6 +315,12 @@ def test_a_site_joining_late_or_coming_back_takes_part_from_the_next_round(cohor
     ]
     offline = next(x for x in lines if x["event"] == "site-offline")
     assert (offline["stage"], offline["dataset"]) == ("seg", "")
+    roi_asked = [
+        m for m in grid.sent if m.metadata.dst_node_id == late and m.metadata.message_type == P.QUERY_ROI
+    ]
+    assert len(roi_asked) == 1, (
+        "back before stage 2: asked for its info, then for its ROI once with the others"
+    )
 
 
 def drop_sequence(cohort: Path, site: str, sequence: str) -> int:
