@@ -3,6 +3,8 @@
 ``Study.run`` is called by ``server.app.main``. Global weights are checkpointed after every round
 (:mod:`server.checkpoint`); with run config ``resume=true`` the study continues after the last checkpointed
 round (same round numbers, same strategy state, so the final arrays equal an uninterrupted run's).
+The sites (who they are, who is offline, who sits out a stage) are kept by ``Study.roster``
+(:class:`server.sites.SiteRoster`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,11 @@ from server.pooled_eval import pool
 from server.round_recorder import RoundRecorder
 from server.round_selection import SELECTION_METRIC, RoundSelection
 from server.run_log import RunLog
-from server.sites import SiteInfo, skip_reason
+from server.sites import SiteRoster
 from server.strategies import TooFewSitesError, build_strategy
-from server.strategies.base import collect_eval_sums, error_reasons, unavailable_nodes
+from server.strategies.base import collect_eval_sums, error_reasons
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
-from shared.errors import ConfigError
 from shared.models import build_classifier, build_segmenter
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
 
@@ -67,7 +67,7 @@ class Study:
         self.fingerprint = settings_fingerprint(fed, cfg)
         self.study_id = self.fingerprint[:12]
         self.store = CheckpointStore(fed.checkpoint_path)
-        self.sites: dict[int, SiteInfo] = {}
+        self.roster = SiteRoster(grid, fed, run_log, self._roi_content)
         self.recorder = RoundRecorder(
             self.store,
             run_log,
@@ -86,141 +86,18 @@ class Study:
             stop_after_position=fed.debug_stop_after_round,
         )
         self.checkpoint: Checkpoint | None = None
-        self.away: set[int] = set()  # known sites' nodes that went offline, until they are listed again
-        self.skipped: dict[str, dict[str, str]] = {}  # site -> {"seg" or dataset: why it sat out}
         self.seg_hash = ""
         self.selections: dict[str, RoundSelection] = {}
         self.seg_arrays: Arrays = {}
 
-    # ---- sites ------------------------------------------------------------------------------------
-
-    def _send(self, messages: list[Message]) -> list[Message]:
-        return list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout_s))
-
-    def wait_for_sites(self) -> list[int]:
-        deadline = time.time() + self.fed.wait_for_sites_s
-        while True:
-            nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.fed.min_sites or time.time() >= deadline:
-                return nodes
-            log.info("waiting for sites: %s connected, min-sites=%s", len(nodes), self.fed.min_sites)
-            time.sleep(2.0)
-
-    def query_info(self, node_ids: list[int]) -> dict[int, SiteInfo]:
-        msgs = [Message(RecordDict(), dst_node_id=n, message_type=P.QUERY_INFO) for n in node_ids]
-        replies = self._send(msgs)
-        found: dict[int, SiteInfo] = {}
-        for site, reason in error_reasons(replies, msgs, lambda n: f"node-{n}").items():
-            log.warning("query.info: %s failed: %s", site, reason)
-            self.run_log.append("site-failed", stage="info", site=site, reason=reason)
-        self.mark_away(unavailable_nodes(replies, msgs), "info", "")
-        for r in replies:
-            if r.has_error():
-                continue
-            info = r.content.config_records[P.INFO]
-            counts = {k: float(v) for k, v in r.content.metric_records[P.METRICS].items()}
-            name, role = str(info["site"]), str(info["role"])
-            if role == "train" and name in self.fed.eval_only_names:
-                role = "eval-only"
-            found[r.metadata.src_node_id] = SiteInfo(r.metadata.src_node_id, name, role, counts)
-        names = [s.name for s in found.values()]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ConfigError(
-                f"site name(s) {', '.join(twice)} answered from more than one node: give each SuperNode its own "
-                "node config data-path (or site-name)"
-            )
-        # a site that rejoined under a new node id replaces its old entry
-        self.sites = {k: v for k, v in self.sites.items() if v.name not in names}
-        return found
-
-    def check_sites(self, stage: str, dataset: str, roi: bool) -> dict[int, SiteInfo]:
-        """Note sites that went offline; ask a site that (re)joined for its info (and ROI counts when ``roi``).
-
-        A SuperNode restarted with the same node key keeps its node id: the SuperLink answers for it with
-        NODE_UNAVAILABLE errors once its heartbeats stop, leaves it out of ``get_node_ids`` while it is
-        offline, and lists it again once it has reconnected.
-        """
-        online = set(self.grid.get_node_ids())
-        self.mark_away({n for n in self.sites if n not in online}, stage, dataset)
-        ask = sorted(n for n in online if n not in self.sites or n in self.away)
-        if not ask:
-            return {}
-        known = {s.name for s in self.sites.values()}
-        found = self.query_info(ask)
-        if roi and found:
-            self.query_roi(list(found), found)
-        self.sites.update(found)
-        self.away &= set(self.sites) - set(found)
-        for n, s in found.items():
-            rejoined = s.name in known
-            log.info("site %s %s (node %s, %s)", s.name, "rejoined" if rejoined else "joined", n, s.role)
-            self.run_log.append(
-                "site-joined", site=s.name, role=s.role, stage=stage, dataset=dataset, rejoined=rejoined
-            )
-        return found
-
-    def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:
-        """Before each round: sites that (re)joined take part in it (see :meth:`check_sites`)."""
-        found = self.check_sites(stage, dataset, roi=stage == "cls")
-        if not found:
-            return
-        self.note_skips(stage, dataset, found)
-        strategy.site_of_node = {n: s.name for n, s in self.sites.items()}
-        strategy.train_nodes = frozenset(self._eligible(stage, dataset))
-        strategy.eval_nodes = frozenset(self.sites)
-        strategy.eval_only_nodes = frozenset(n for n, s in self.sites.items() if s.role == "eval-only")
-
-    def mark_away(self, nodes: set[int], stage: str, dataset: str) -> None:
-        """Known sites whose node is offline: logged once, asked for their info again when they are back."""
-        for n in sorted(nodes - self.away):
-            if n in self.sites:
-                self.away.add(n)
-                name = self.sites[n].name
-                log.warning("site %s is offline (node %s): it takes part again once it reconnects", name, n)
-                self.run_log.append("site-offline", site=name, stage=stage, dataset=dataset)
-
-    def note_skips(self, stage: str, dataset: str, nodes: Any) -> None:
-        """Say once, in the server log and the run log, why a training site sits out a stage or dataset."""
-        eligible = set(self._eligible(stage, dataset))
-        for n in nodes:
-            site = self.sites[n]
-            key = dataset or stage
-            said = self.skipped.get(site.name, {})
-            if site.role != "train" or n in eligible or n in self.away or key in said:
-                continue
-            reason = skip_reason(site, stage, dataset)
-            self.skipped.setdefault(site.name, {})[key] = reason
-            log.warning("site %s sits out %s: %s", site.name, key, reason)
-            self.run_log.append(
-                "site-skips-dataset", site=site.name, stage=stage, dataset=dataset, reason=reason
-            )
-
-    def _eligible(self, stage: str, dataset: str) -> list[int]:
-        train = [n for n, s in self.sites.items() if s.role == "train"]
-        if stage == "seg":
-            return [n for n in train if self.sites[n].counts.get("patients-with-mask", 0) > 0]
-        return [n for n in train if self.sites[n].roi.get(P.roi_metric_key(dataset, "patients-train"), 0) > 0]
-
-    def query_roi(self, node_ids: list[int], sites: dict[int, SiteInfo] | None = None) -> None:
-        sites = sites if sites is not None else self.sites
-        seg = self.seg_arrays
-        content = RecordDict(
-            {P.ARRAYS: as_record(seg), P.CONFIG: ConfigRecord({P.CFG_SEGMENTER_HASH: self.seg_hash})}
+    def _roi_content(self) -> RecordDict:
+        """What ``query.roi`` sends: the final global segmenter and its hash."""
+        return RecordDict(
+            {
+                P.ARRAYS: as_record(self.seg_arrays),
+                P.CONFIG: ConfigRecord({P.CFG_SEGMENTER_HASH: self.seg_hash}),
+            }
         )
-        msgs = [Message(content, dst_node_id=n, message_type=P.QUERY_ROI) for n in node_ids]
-        replies = self._send(msgs)
-        for site, reason in error_reasons(
-            replies, msgs, lambda n: sites[n].name if n in sites else f"node-{n}"
-        ).items():
-            log.warning("query.roi: %s failed: %s", site, reason)
-            self.run_log.append("site-failed", stage="roi", site=site, reason=reason)
-        self.mark_away(unavailable_nodes(replies, msgs), "roi", "")
-        for r in replies:
-            if not r.has_error() and r.metadata.src_node_id in sites:
-                sites[r.metadata.src_node_id].roi = {
-                    k: float(v) for k, v in r.content.metric_records[P.METRICS].items()
-                }
 
     # ---- stages -----------------------------------------------------------------------------------
 
@@ -246,12 +123,13 @@ class Study:
                 )
             return final
         total = self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
-        eligible = self._eligible(stage, dataset)
-        self.note_skips(stage, dataset, list(self.sites))
+        roster = self.roster
+        eligible = roster.eligible(stage, dataset)
+        roster.note_skips(stage, dataset, list(roster.sites))
         if len(eligible) < self.fed.min_sites:
             msg = (
                 f"{key}: only {len(eligible)} training site(s) have data for it "
-                f"({', '.join(self.sites[n].name for n in eligible) or 'none'}), min-sites={self.fed.min_sites}"
+                f"({', '.join(roster.sites[n].name for n in eligible) or 'none'}), min-sites={self.fed.min_sites}"
             )
             if stage == "seg":
                 raise TooFewSitesError(msg)
@@ -272,16 +150,16 @@ class Study:
         strategy = build_strategy(self.fed)
         strategy.setup_stage(
             action=stage,
-            site_of_node={n: s.name for n, s in self.sites.items()},
+            site_of_node=roster.site_of_node(),
             train_nodes=eligible,
-            eval_nodes=list(self.sites),
-            eval_only_nodes=[n for n, s in self.sites.items() if s.role == "eval-only"],
+            eval_nodes=list(roster.sites),
+            eval_only_nodes=roster.eval_only_nodes(),
             min_sites=self.fed.min_sites,
             round_offset=start_round,
             eval_metric_keys=P.EVAL_SEG_METRICS if stage == "seg" else P.EVAL_CLS_METRICS,
-            eval_pooler=lambda sums: pool(stage, sums, self.train_site_names()),
+            eval_pooler=lambda sums: pool(stage, sums, roster.train_site_names()),
         )
-        strategy.node_refresher = lambda grid: self.refresh_sites(grid, strategy, stage, dataset)
+        strategy.node_refresher = lambda grid: roster.refresh_sites(grid, strategy, stage, dataset)
         strategy.load_strategy_state(state)
         if total - start_round <= 0:
             return selection.arrays or arrays
@@ -301,7 +179,7 @@ class Study:
                 return None
             true_round = server_round + start_round
             # said after every round, not at the next refresh: the stage may end with this round
-            self.mark_away(strategy.unavailable, stage, dataset)
+            roster.mark_away(strategy.unavailable, stage, dataset)
             strategy.unavailable.clear()
             ev = strategy.last_eval
             round_arrays = record_to_numpy(rec)
@@ -344,9 +222,6 @@ class Study:
     def _rounds(self, key: str) -> int:
         return self.fed.seg_rounds if key == "seg" else self.fed.cls_rounds
 
-    def train_site_names(self) -> list[str]:
-        return [s.name for s in self.sites.values() if s.role == "train"]
-
     # ---- final federated test ---------------------------------------------------------------------
 
     def final_test(self, kind: str, arrays: Arrays, dataset: str = "") -> dict[str, Any]:
@@ -367,18 +242,19 @@ class Study:
         )
         mtype = P.EVALUATE_SEG if kind == "seg" else P.EVALUATE_CLS
         content = RecordDict({P.ARRAYS: as_record(arrays), P.CONFIG: conf})
-        msgs = [Message(content, dst_node_id=n, message_type=mtype) for n in self.sites]
-        replies = self._send(msgs)
-        site_of = lambda n: self.sites[n].name if n in self.sites else f"node-{n}"  # noqa: E731
+        sites = self.roster.sites
+        msgs = [Message(content, dst_node_id=n, message_type=mtype) for n in sites]
+        replies = self.roster.send(msgs)
+        site_of = lambda n: sites[n].name if n in sites else f"node-{n}"  # noqa: E731
         sums, failed = collect_eval_sums(
             replies,
             site_of,
-            [s.name for s in self.sites.values()],
+            [s.name for s in sites.values()],
             P.EVAL_SEG_METRICS if kind == "seg" else P.EVAL_CLS_METRICS,
         )
         failed.update({s: r for s, r in error_reasons(replies, msgs, site_of).items() if s in failed})
-        train_names = self.train_site_names()
-        external = [s.name for s in self.sites.values() if s.role == "eval-only"]
+        train_names = self.roster.train_site_names()
+        external = [s.name for s in sites.values() if s.role == "eval-only"]
         pooled, per_site = pool(kind, sums, train_names)
         pooled_external, _ = pool(kind, sums, external) if external else ({}, {})
         self.run_log.append(
@@ -410,12 +286,8 @@ class Study:
                 log.warning("resume=true but %s holds no checkpoint: starting afresh", self.store.dir)
         else:
             self.store.clear()
-        nodes = self.wait_for_sites()
-        self.sites = self.query_info(nodes)
-        train = self.train_site_names()
-        self.run_log.append(
-            "sites", sites={s.name: {"role": s.role, **s.counts} for s in self.sites.values()}
-        )
+        self.roster.gather()
+        train = self.roster.train_site_names()
         if len(train) < self.fed.min_sites:
             raise TooFewSitesError(
                 f"{len(train)} training site(s) answered query.info ({', '.join(train) or 'none'}), "
@@ -425,8 +297,10 @@ class Study:
         assert self.seg_arrays is not None  # run_stage raises for seg rather than skipping
         self.store.save_final("seg", self.seg_arrays)
         self.seg_hash = model_hash(self.seg_arrays)
-        self.check_sites("roi", "", roi=False)  # a site back since the last round gets the segmenter too
-        self.query_roi([n for n in self.sites if n not in self.away])
+        self.roster.check_sites(
+            "roi", "", roi=False
+        )  # a site back since the last round gets the segmenter too
+        self.roster.query_roi(self.roster.present())
         cls_arrays: dict[str, Arrays] = {}
         for i, dataset in enumerate(self.cfg.datasets):
             arrays = self.run_stage("cls", dataset, i + 1)
@@ -440,7 +314,7 @@ class Study:
             "seg": self.seg_arrays,
             "cls": cls_arrays,
             "tests": tests,
-            "sites": self.sites,
-            "skipped": self.skipped,
+            "sites": self.roster.sites,
+            "skipped": self.roster.skipped,
             "kept_rounds": {key: sel.summary(self._rounds(key)) for key, sel in self.selections.items()},
         }
