@@ -186,7 +186,7 @@ def model_card(
         f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px",
         f"- seed {cfg.seed}",
     ]
-    for key, kept in results.get("kept_rounds", {}).items():
+    for key, kept in results.get("extra", {}).get("kept_rounds", {}).items():
         value = "n/a" if kept.get("value") is None else f"{kept['value']:.3f}"
         lines.append(
             f"- {key}: kept round {kept.get('round')} of {kept.get('of_rounds')} "

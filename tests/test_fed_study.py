@@ -264,6 +264,11 @@ def test_a_site_missing_the_round_timeout_is_logged_and_the_round_completes(coho
     assert seg1["sites_failed"] == {"hospital-b": "no reply (timeout or disconnect)"}
     assert seg2["sites_contributed"] == ["hospital-a", "hospital-b", "hospital-c"], "the slow site is back"
     assert set(grid.timeouts) == {30.0}, "every exchange waits round-timeout-s at most"
+    # select-round=best-val: the kept round of each stage is named in results.json and the model card
+    kept = json.loads((out / "results.json").read_text())["extra"]["kept_rounds"]
+    assert set(kept) == {"seg", "cls:t2"} and kept["seg"]["round"] in (1, 2) and kept["seg"]["of_rounds"] == 2
+    card = (out / "models" / "MODEL_CARD.md").read_text()
+    assert f"- seg: kept round {kept['seg']['round']} of 2 (best-val; pooled validation dice" in card
 
 
 def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
