@@ -126,6 +126,14 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
+def run_config_string(values: dict[str, bool | int | float | str], sets: dict[str, str]) -> str:
+    """``--run-config`` text: the scenario's values, then the ``--set`` ones (TOML as typed) replacing any key
+    they name (Flower rejects a key given twice)."""
+    kept = {k: v for k, v in values.items() if k not in sets}
+    extra = " ".join(f"{k}={v}" for k, v in sets.items())
+    return (run_config_arg(kept) + " " + extra).strip()
+
+
 def run(args: argparse.Namespace) -> int:
     from simulations.scenarios import get_scenario
 
@@ -145,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--data {str(data)!r} holds no site folder")
     values: dict[str, bool | int | float | str] = dict(scenario.run_config)
     values.update({"sim-data-root": str(data), "out-dir": str(out / "study"), "seed": args.seed})
-    extra = " ".join(f"{k}={v}" for k, v in parse_sets(args.set).items())
     flwr_home = out / ".flwr"
     env = dict(os.environ)
     env.update(
@@ -164,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         "local",
         "--stream",
         "--run-config",
-        (run_config_arg(values) + " " + extra).strip(),
+        run_config_string(values, parse_sets(args.set)),
         "--federation-config",
         f"num-supernodes={n_sites} client-resources-num-cpus=1",
     ]

@@ -72,3 +72,12 @@ def test_every_scenario_run_config_is_valid(name):
     fed = federation_from_run_config(rc)
     pipeline_from_run_config(rc)
     assert fed.min_sites <= sum(1 for n in scenario.patients if n > 0)
+
+
+def test_a_set_value_replaces_the_scenario_value_once():
+    """Flower refuses a run-config string naming a key twice (seen with --preset large --set cls-rounds=8)."""
+    from simulations.run_cmd import parse_sets, run_config_string
+
+    text = run_config_string({"cls-rounds": 4, "seed": 0}, parse_sets(["cls-rounds=8", 'datasets="t1+t2"']))
+    assert text.count("cls-rounds=") == 1 and "cls-rounds=8" in text and 'datasets="t1+t2"' in text
+    assert "seed=0" in text
