@@ -5,7 +5,8 @@ Layout of the checkpoint directory (absolute path from run config ``checkpoint-d
     state.json              stage, dataset, round, settings fingerprint, seed, completed stages, time
     current.npz             global arrays of the stage in progress, after ``round``
     strategy.npz            strategy state (FedAdam moments m_t / v_t), may be empty
-    kept.npz                the global arrays of the stage's kept round so far (``select-round``)
+    kept.npz                the global arrays of the stage's kept round so far (``select-round``), when that
+                            is an earlier round than ``current.npz``'s (kept as a hard link, never rewritten)
     final-seg.npz           the final global segmenter, once stage 1 is complete
     final-cls-<ds>.npz      the final classifier of dataset <ds> ("+" written as "plus")
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,16 +98,18 @@ class CheckpointStore:
         fingerprint: str,
         seed: int,
         completed: list[str],
-        kept: tuple[int, float, Arrays] | None = None,
+        kept: tuple[int, float] | None = None,
     ) -> None:
-        """``kept``: (round, pooled validation value, arrays) of the stage's kept round, written when it changed."""
+        """``kept``: (round, pooled validation value) of the stage's kept round, ``round`` or an earlier one.
+
+        The kept round's arrays are written once, as ``current.npz`` of their round; when a later round replaces
+        that file while the earlier round stays kept, the file is kept as ``kept.npz`` (a hard link, no copy).
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
+        kept_round, kept_value = kept if kept is not None else (0, float("nan"))
+        if kept_round and kept_round != round and self._current_holds(stage, dataset, kept_round):
+            self._keep_current()
         save_arrays(self.dir / "current.npz", arrays)
-        kept_round, kept_value = 0, float("nan")
-        if kept is not None:
-            kept_round, kept_value, kept_arrays = kept
-            if kept_round == round:
-                save_arrays(self.dir / "kept.npz", kept_arrays)
         flat = {f"{name}/{k}": v for name, d in strategy_state.items() for k, v in d.items()}
         save_arrays(self.dir / "strategy.npz", flat)
         self._write_state(
@@ -121,6 +125,23 @@ class CheckpointStore:
                 "saved-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         )
+
+    def _current_holds(self, stage: str, dataset: str, round: int) -> bool:
+        """Whether ``current.npz`` holds the global arrays after ``round`` of this stage (and dataset)."""
+        if not self.state_path.exists():
+            return False
+        state = json.loads(self.state_path.read_text())
+        return (state["stage"], state["dataset"], int(state["round"])) == (stage, dataset, round)
+
+    def _keep_current(self) -> None:
+        """``kept.npz`` := the file now at ``current.npz`` (``save_arrays`` then writes a new current file)."""
+        tmp = self.dir / "kept.npz.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.dir / "current.npz", tmp)
+        except OSError:  # a file system without hard links: copy instead
+            shutil.copyfile(self.dir / "current.npz", tmp)
+        os.replace(tmp, self.dir / "kept.npz")
 
     def save_final(self, key: str, arrays: Arrays) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +181,10 @@ class CheckpointStore:
                 strategy_state.setdefault(name, {})[key] = value
         kept_round = int(state.get("kept-round", 0))
         kept_path = self.dir / "kept.npz"
-        kept_arrays = load_arrays(kept_path) if kept_round and kept_path.exists() else {}
+        if kept_round and kept_round == int(state["round"]):
+            kept_arrays = arrays
+        else:
+            kept_arrays = load_arrays(kept_path) if kept_round and kept_path.exists() else {}
         kept_value = state.get("kept-value")
         return Checkpoint(
             kept_round=kept_round if kept_arrays else 0,

@@ -47,7 +47,7 @@ class RoundRecorder:
         strategy_state: dict[str, dict[str, np.ndarray]],
         train: TrainRound | None,
         evaluation: EvalRound | None,
-        kept: tuple[int, float, dict[str, np.ndarray]] | None = None,
+        kept: tuple[int, float] | None = None,
     ) -> dict[str, Any]:
         """Checkpoint first, then the log line (a crash in between repeats no round, loses one log line)."""
         self.store.save_round(

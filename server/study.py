@@ -122,7 +122,7 @@ class Study:
                     str(kept["rule"]), SELECTION_METRIC[stage], int(kept["round"]), value
                 )
             return final
-        total = self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
+        total = self._rounds(stage)
         roster = self.roster
         eligible = roster.eligible(stage, dataset)
         roster.note_skips(stage, dataset, list(roster.sites))
@@ -194,7 +194,7 @@ class Study:
                 strategy_state=strategy.strategy_state(),
                 train=strategy.last_train,
                 evaluation=ev,
-                kept=(selection.round, selection.value, selection.arrays),
+                kept=(selection.round, selection.value),
             )
             return None
 
@@ -209,23 +209,20 @@ class Study:
         )
         last = record_to_numpy(result.arrays) if len(result.arrays) else arrays
         kept = selection.arrays or last
-        self.store.save_kept_summary(key, selection.summary(total))
+        summary = selection.summary(total)
+        self.store.save_kept_summary(key, summary)
         self.run_log.append(
-            "stage-complete",
-            stage=stage,
-            dataset=dataset,
-            kept=selection.summary(total),
-            model_sha256=model_hash(kept),
+            "stage-complete", stage=stage, dataset=dataset, kept=summary, model_sha256=model_hash(kept)
         )
         return kept
 
-    def _rounds(self, key: str) -> int:
-        return self.fed.seg_rounds if key == "seg" else self.fed.cls_rounds
+    def _rounds(self, stage: str) -> int:
+        return self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
 
     # ---- final federated test ---------------------------------------------------------------------
 
     def final_test(self, kind: str, arrays: Arrays, dataset: str = "") -> dict[str, Any]:
-        rounds = self.fed.seg_rounds if kind == "seg" else self.fed.cls_rounds
+        rounds = self._rounds(kind)
         kept = self.selections.get(stage_key(kind, dataset))
         if kept is not None and kept.round:
             rounds = kept.round  # FedBN: the sites lay their normalisation layers of that round over it
@@ -297,9 +294,8 @@ class Study:
         assert self.seg_arrays is not None  # run_stage raises for seg rather than skipping
         self.store.save_final("seg", self.seg_arrays)
         self.seg_hash = model_hash(self.seg_arrays)
-        self.roster.check_sites(
-            "roi", "", roi=False
-        )  # a site back since the last round gets the segmenter too
+        # a site back since the last round gets the segmenter too
+        self.roster.check_sites("roi", "", roi=False)
         self.roster.query_roi(self.roster.present())
         cls_arrays: dict[str, Arrays] = {}
         for i, dataset in enumerate(self.cfg.datasets):
@@ -316,5 +312,7 @@ class Study:
             "tests": tests,
             "sites": self.roster.sites,
             "skipped": self.roster.skipped,
-            "kept_rounds": {key: sel.summary(self._rounds(key)) for key, sel in self.selections.items()},
+            "kept_rounds": {
+                key: sel.summary(self._rounds(key.partition(":")[0])) for key, sel in self.selections.items()
+            },
         }

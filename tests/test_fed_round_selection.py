@@ -52,8 +52,8 @@ def test_last_keeps_every_new_round():
 def test_kept_round_survives_the_checkpoint(tmp_path):
     store = CheckpointStore(tmp_path / "ck")
     common = dict(stage="seg", dataset="", strategy_state={}, fingerprint="f", seed=0, completed=[])
-    store.save_round(round=1, arrays=arrays(1), kept=(1, 0.3, arrays(1)), **common)
-    store.save_round(round=2, arrays=arrays(2), kept=(1, 0.3, arrays(1)), **common)  # round 1 still kept
+    store.save_round(round=1, arrays=arrays(1), kept=(1, 0.3), **common)
+    store.save_round(round=2, arrays=arrays(2), kept=(1, 0.3), **common)  # round 1 still kept
     ck = store.load_for_resume("f")
     assert (ck.round, ck.kept_round, ck.kept_value) == (2, 1, 0.3)
     assert float(ck.arrays["w"][0]) == 2.0 and float(ck.kept_arrays["w"][0]) == 1.0
