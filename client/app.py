@@ -20,7 +20,8 @@ from flwr.clientapp import ClientApp
 from client import handlers_cls, handlers_seg
 from client.node_data import SiteData, load_site_data, resolve_site
 from shared import protocol as P
-from shared.config import PipelineConfig
+from shared.app_config import check_known_keys
+from shared.config import PipelineConfig, pipeline_keys
 from shared.errors import NasoflError
 from shared.records import numpy_to_record
 from shared.training.device import select_device
@@ -35,7 +36,9 @@ class SiteFailure(RuntimeError):
 
 
 def pipeline_config(run_config) -> PipelineConfig:
-    known = set(PipelineConfig().to_mapping())
+    """The run's pipeline settings; an unknown key is refused here as at the server (one rule everywhere)."""
+    check_known_keys(run_config)
+    known = pipeline_keys()
     return PipelineConfig.from_mapping({k: v for k, v in run_config.items() if k in known})
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from server.round_selection import SELECT_RULES
-from shared.config import PipelineConfig
+from shared.app_config import coerce, unknown_key_error
+from shared.config import PipelineConfig, pipeline_keys
 from shared.errors import ConfigError
 from shared.records import TRANSPORT_DTYPES
 
@@ -114,28 +115,9 @@ def federation_keys() -> dict[str, type]:
     }
 
 
-def _coerce(key: str, raw: Any, typ: type) -> Any:
-    if typ is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "false"):
-            return raw.lower() == "true"
-    elif typ is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-    elif typ is float:
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return float(raw)
-    elif typ is str and isinstance(raw, str):
-        return raw
-    raise ConfigError(f"{key}={raw!r} has the wrong type: expected {typ.__name__}")
-
-
 def split_run_config(run_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """-> (pipeline keys, federation keys, client-only keys); an unknown key raises ConfigError naming it."""
-    pipeline_known = set(PipelineConfig().to_mapping())
+    pipeline_known = set(pipeline_keys())
     fed_known = federation_keys()
     pipe: dict[str, Any] = {}
     fed: dict[str, Any] = {}
@@ -148,10 +130,7 @@ def split_run_config(run_config: Mapping[str, Any]) -> tuple[dict[str, Any], dic
         elif key in CLIENT_KEYS:
             client[key] = value
         else:
-            known = sorted(pipeline_known | set(fed_known) | set(CLIENT_KEYS))
-            hint = difflib.get_close_matches(key, known, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"unknown run-config key {key!r}{extra}")
+            raise unknown_key_error(key, pipeline_known | set(fed_known) | set(CLIENT_KEYS))
     return pipe, fed, client
 
 
@@ -165,7 +144,7 @@ def federation_from_run_config(run_config: Mapping[str, Any]) -> FederationConfi
                 f"run config lacks key {key!r}: add it to [tool.flwr.app.config] in pyproject.toml or pass "
                 f"--run-config '{key}=...'"
             )
-        kwargs[key.replace("-", "_")] = _coerce(key, fed[key], typ)
+        kwargs[key.replace("-", "_")] = coerce(key, fed[key], typ)
     return FederationConfig(**kwargs)
 
 

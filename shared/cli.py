@@ -36,6 +36,38 @@ def build_parser(
     return parser
 
 
+#: nasofl's top-level packages (pyproject.toml [tool.hatch.build.targets.wheel])
+TOP_LEVEL_PACKAGES: tuple[str, ...] = ("server", "client", "shared", "simulations")
+
+
+def top_level_clashes(distribution: str = "nasofl") -> dict[str, list[str]]:
+    """{package: [other distributions]} for each of nasofl's top-level names another installed distribution
+    also provides (one would shadow the other's files in site-packages)."""
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    out = {}
+    for name in TOP_LEVEL_PACKAGES:
+        others = sorted({d for d in owners.get(name, []) if d.lower().replace("_", "-") != distribution})
+        if others:
+            out[name] = others
+    return out
+
+
+def check_top_level_packages() -> None:
+    """ConfigError when another installed distribution provides ``server``, ``client``, ``shared`` or
+    ``simulations``: nasofl's code could be silently replaced by that distribution's."""
+    from shared.errors import ConfigError
+
+    clashes = top_level_clashes()
+    if clashes:
+        listed = "; ".join(f"{pkg!r} also from {', '.join(dists)}" for pkg, dists in clashes.items())
+        raise ConfigError(
+            f"another installed distribution provides a top-level package nasofl needs ({listed}): install nasofl "
+            "in its own virtual environment (python3.11 -m venv .venv) or uninstall the other distribution"
+        )
+
+
 def run_cli(
     prog: str, description: str, commands: dict[str, tuple[str, str]], argv: Sequence[str] | None
 ) -> int:
@@ -50,6 +82,7 @@ def run_cli(
         parser.print_help()
         return EXIT_USAGE
     try:
+        check_top_level_packages()
         return int(importlib.import_module(args._module).run(args) or 0)
     except NasoflError as err:
         print(f"{prog} {args.command}: error: {err}", file=sys.stderr)

@@ -3,15 +3,18 @@
 Built once at the edge (Flower ``run_config``, a preset, the CLI) with :meth:`PipelineConfig.from_mapping`,
 which reads flat dashed keys such as ``"seg-encoder"`` or ``"datasets" = "t1,t2,t1ce,t1+t2"``.
 Nothing below the edge reads raw mappings. Every check names the key, the value and the allowed range.
+The dataclasses have no defaults: every key comes from ``[tool.flwr.app.config]`` in pyproject.toml
+(:func:`shared.app_config.app_defaults`, or :meth:`PipelineConfig.defaults`), the one place defaults live.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from shared.app_config import ConfigValue, app_defaults, coerce, unknown_key_error
 from shared.data.patient import SEQUENCES
 from shared.errors import ConfigError
 
@@ -20,8 +23,6 @@ SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-
-ConfigValue = bool | int | float | str
 
 
 def _check_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
@@ -54,13 +55,13 @@ def parse_dataset_name(name: str) -> tuple[str, ...]:
 class SegmenterConfig:
     """U-Net tumour segmenter (segmentation-models-pytorch)."""
 
-    encoder: str = "resnet34"
-    in_sequences: tuple[str, ...] = ("t2", "t1ce")
-    image_size: int = 96
-    lr: float = 1e-3
-    batch_size: int = 8
-    loss: str = "dice"
-    slices_per_patient: int = 8
+    encoder: str
+    in_sequences: tuple[str, ...]
+    image_size: int
+    lr: float
+    batch_size: int
+    loss: str
+    slices_per_patient: int
 
     def __post_init__(self) -> None:
         _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
@@ -91,16 +92,16 @@ class ClassifierConfig:
     torch hub cache: offline it fails with a clear message) or ``"file:<path>"`` (a local state dict).
     """
 
-    arch: str = "resnet101"
-    weights: str = "random"
-    image_size: int = 64
-    slices_per_patient: int = 4
-    lr: float = 1e-3
-    batch_size: int = 16
-    warmup: float = 0.1
-    label_smoothing: float = 0.1
-    weight_decay: float = 1e-4
-    aggregation: str = "mean"
+    arch: str
+    weights: str
+    image_size: int
+    slices_per_patient: int
+    lr: float
+    batch_size: int
+    warmup: float
+    label_smoothing: float
+    weight_decay: float
+    aggregation: str
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -125,16 +126,16 @@ class ClassifierConfig:
 class PipelineConfig:
     """The whole two-stage pipeline. ``datasets``: classifier inputs, e.g. ``("t1", "t2", "t1ce", "t1+t2")``."""
 
-    seg: SegmenterConfig = field(default_factory=SegmenterConfig)
-    cls: ClassifierConfig = field(default_factory=ClassifierConfig)
-    datasets: tuple[str, ...] = ("t1", "t2", "t1ce", "t1+t2")
-    seg_epochs: int = 4
-    cls_epochs: int = 3
-    roi_margin: int = 4
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    hist_bins: int = 1000
+    seg: SegmenterConfig
+    cls: ClassifierConfig
+    datasets: tuple[str, ...]
+    seg_epochs: int
+    cls_epochs: int
+    roi_margin: int
+    device: str
+    amp: bool
+    seed: int
+    hist_bins: int
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -159,32 +160,46 @@ class PipelineConfig:
     def from_mapping(cls, d: Mapping[str, ConfigValue], base: PipelineConfig | None = None) -> PipelineConfig:
         """Build from flat dashed keys (``"seg-encoder"``, ``"cls-arch"``, ``"datasets"``, ...).
 
-        Keys absent from ``d`` keep the value of ``base`` (defaults when None). Unknown keys raise
-        ConfigError with a "did you mean" hint; values are coerced to the field's type.
+        Without ``base`` every pipeline key must be in ``d`` (a missing key names pyproject.toml); with ``base``,
+        keys absent from ``d`` keep its values. Unknown keys raise ConfigError with a "did you mean" hint;
+        values go through :func:`shared.app_config.coerce`.
         """
-        base = base or cls()
-        known = _known_keys()
+        known = pipeline_keys()
+        for key in d:
+            if key not in known:
+                raise unknown_key_error(key, known, "pipeline setting")
+        if base is None:
+            missing = [k for k in known if k not in d]
+            if missing:
+                raise ConfigError(
+                    f"pipeline settings lack key {missing[0]!r}: add it to [tool.flwr.app.config] in pyproject.toml "
+                    "(where every default lives) or start from PipelineConfig.defaults()"
+                )
+            kw: dict[str, dict[str, Any]] = {"seg": {}, "cls": {}, "": {}}
+            for key, (section, name, typ) in known.items():
+                kw[section][name] = coerce(key, d[key], typ)
+            return cls(seg=SegmenterConfig(**kw["seg"]), cls=ClassifierConfig(**kw["cls"]), **kw[""])
         seg_kw: dict[str, Any] = {}
         cls_kw: dict[str, Any] = {}
         top_kw: dict[str, Any] = {}
         for key, raw in d.items():
-            if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
-                extra = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise ConfigError(
-                    f"unknown pipeline setting {key!r}{extra} (known: {', '.join(sorted(known))})"
-                )
             section, name, typ = known[key]
-            value = _coerce(key, raw, typ)
-            {"seg": seg_kw, "cls": cls_kw, "": top_kw}[section][name] = value
+            {"seg": seg_kw, "cls": cls_kw, "": top_kw}[section][name] = coerce(key, raw, typ)
         seg = replace(base.seg, **seg_kw) if seg_kw else base.seg
         clf = replace(base.cls, **cls_kw) if cls_kw else base.cls
         return replace(base, seg=seg, cls=clf, **top_kw)
 
+    @classmethod
+    def defaults(cls, changes: Mapping[str, ConfigValue] | None = None) -> PipelineConfig:
+        """The defaults of pyproject.toml's ``[tool.flwr.app.config]``, with optional flat-key ``changes``."""
+        known = pipeline_keys()
+        base = cls.from_mapping({k: v for k, v in app_defaults().items() if k in known})
+        return cls.from_mapping(changes, base) if changes else base
+
     def to_mapping(self) -> dict[str, ConfigValue]:
         """Flat dashed keys -> bool/int/float/str (tuples joined by commas); inverse of :meth:`from_mapping`."""
         out: dict[str, ConfigValue] = {}
-        for key, (section, name, _typ) in _known_keys().items():
+        for key, (section, name, _typ) in pipeline_keys().items():
             obj = {"seg": self.seg, "cls": self.cls, "": self}[section]
             value = getattr(obj, name)
             out[key] = ",".join(value) if isinstance(value, tuple) else value
@@ -194,8 +209,8 @@ class PipelineConfig:
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
 
 
-def _known_keys() -> dict[str, tuple[str, str, type]]:
-    """dashed key -> (section, field name, python type)."""
+def pipeline_keys() -> dict[str, tuple[str, str, type]]:
+    """Every pipeline run-config key: dashed key -> (section, field name, python type)."""
     out: dict[str, tuple[str, str, type]] = {}
     for section, klass in (("seg", SegmenterConfig), ("cls", ClassifierConfig), ("", PipelineConfig)):
         for f in fields(klass):
@@ -205,30 +220,3 @@ def _known_keys() -> dict[str, tuple[str, str, type]]:
             key = (f"{section}-" if section else "") + f.name.replace("_", "-")
             out[key] = (section, f.name, typ)
     return out
-
-
-def _coerce(key: str, raw: ConfigValue, typ: type) -> Any:
-    try:
-        if typ is tuple:
-            if isinstance(raw, str):
-                return tuple(p.strip() for p in raw.split(",") if p.strip())
-            return tuple(raw)  # type: ignore[arg-type]
-        if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
-                return raw.lower() in ("true", "1", "yes")
-            if isinstance(raw, int) and raw in (0, 1):
-                return bool(raw)
-            raise ValueError(raw)
-        if typ is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError(raw)
-            return int(raw)
-        if typ is float:
-            if isinstance(raw, bool):
-                raise ValueError(raw)
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={raw!r} has the wrong type: expected {typ.__name__}") from None

@@ -5,7 +5,7 @@ Usage::
     python -m simulations.bench_ingest [SITE_DIR ...] [--patients N] [--repeat R]
 
 Without SITE_DIR, synthetic hospitals are written to a temporary folder with
-``shared.data.synth`` (3 sites, N patients each). For each site it prints: MR slices, files,
+``simulations.synth`` (3 sites, N patients each). For each site it prints: MR slices, files,
 seconds and slices/s for (a) ``dcmread`` of every file, (b) ``dcmread`` + ``pixel_array``, and
 (c) ``load_site`` with an empty cache (index, classification, geometry, pixels, resampling, masks),
 then (d) ``load_site`` again with the warm cache; the ratio column is (c) / (b). Best of R runs.
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     sites = args.sites
     if not sites:
-        from shared.data.synth.cohort import CohortConfig, generate_cohort
+        from simulations.synth.cohort import CohortConfig, generate_cohort
 
         tmp = tempfile.TemporaryDirectory()
         generate_cohort(

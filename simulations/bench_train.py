@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.config import ClassifierConfig, PipelineConfig
+from shared.config import PipelineConfig
 from shared.models import build_classifier
 from shared.roi.datasets import RoiDataset
 from shared.training.classification import train_classifier
@@ -61,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    cfg = PipelineConfig(
-        cls=ClassifierConfig(arch=args.arch, image_size=args.size, batch_size=args.batch),
-        device=args.device,
-        amp=not args.no_amp,
+    cfg = PipelineConfig.defaults(
+        {
+            "cls-arch": args.arch,
+            "cls-image-size": args.size,
+            "cls-batch-size": args.batch,
+            "device": args.device,
+            "amp": not args.no_amp,
+        }
     )
     rng = np.random.default_rng(0)
     images = rng.normal(0, 1, (args.n, args.channels, args.size, args.size)).astype(np.float32)

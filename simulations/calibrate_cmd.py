@@ -25,8 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from shared.data.synth.calibration import calibrate
     from shared.errors import ConfigError
+    from simulations.synth.calibration import calibrate
 
     if args.patients < 30 * args.sites:
         raise ConfigError(

@@ -27,19 +27,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from shared.errors import ConfigError
+    from shared.app_config import parse_sets
     from shared.reporting.table import format_seed_table
     from simulations.centralized import run_centralized
     from simulations.cohort_loading import load_or_generate
     from simulations.presets import preset_config
 
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cls-arch=resnet18")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    cfg = preset_config(args.preset, overrides)
+    cfg = preset_config(args.preset, parse_sets(args.set))
     out = Path(args.out)
     progress = not args.no_progress and sys.stderr.isatty()
     patients, source = load_or_generate(

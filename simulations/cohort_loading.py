@@ -67,8 +67,8 @@ def load_or_generate(
     """Patients from ``data_dir``, or from synthetic hospitals generated into ``out/cohort`` (reused if there)."""
     source: dict[str, Any] = {}
     if data_dir is None:
-        from shared.data.synth.cohort import CohortConfig, generate_cohort
-        from shared.data.synth.site_profile import GridPreset
+        from simulations.synth.cohort import CohortConfig, generate_cohort
+        from simulations.synth.site_profile import GridPreset
 
         TOY_GRID = GridPreset(**TOY_GRID_ARGS)
 

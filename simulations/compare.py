@@ -7,7 +7,8 @@ Fairness rules (what makes the ratios mean something):
 - the same number of passes over the data: a federated stage of R rounds x E local epochs is compared
   with E x R centralized epochs;
 - centralized and single-site runs use the same training loops as the ClientApp (``shared.training``);
-  they select the epoch on validation, the federated run reports its last round (no server-side selection).
+  they select the epoch on validation, as the federated study selects its round on pooled validation
+  (``select-round = "best-val"``, the default; ``"last"`` keeps the final round).
 - evaluation-only sites never train: they are left out of the centralized pool and of the single-site runs.
 
 Single-site runs are evaluated on that site's own test split; federated and centralized on the pooled
@@ -17,29 +18,12 @@ test splits of all training sites (the federated report also has per-site rows).
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS_ORDER = ("t1", "t2", "t1ce", "t1+t2")
-
-
-def default_run_config() -> dict[str, Any]:
-    """The run-config defaults of ``[tool.flwr.app.config]`` (the single place they live)."""
-    with open(REPO / "pyproject.toml", "rb") as fh:
-        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
-
-
-def parse_toml_value(key: str, raw: str) -> Any:
-    """``--set key=value`` in TOML syntax (``3``, ``true``, ``"fedprox"``); a bare word is a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
 
 
 def centralized_config(run_config: Mapping[str, Any]):

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from client.node_data import site_folders
+    from shared.app_config import app_defaults, check_known_keys, parse_sets
     from shared.data.site import load_site
     from shared.errors import ConfigError
     from shared.reporting.results import write_results
@@ -37,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from simulations.centralized import run_centralized
     from simulations.compare import (
         centralized_config,
-        default_run_config,
         format_compare_table,
-        parse_toml_value,
         ratios,
         target_verdict,
     )
@@ -52,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve() if args.data else out / "data"
     if not args.data and not (data.exists() and any(data.iterdir())):
         run_cmd.generate_data(data, scenario, args.seed)
-    sets = run_cmd.parse_sets(args.set)
-    run_config = {**default_run_config(), **scenario.run_config, "seed": args.seed}
-    run_config.update({k: parse_toml_value(k, v) for k, v in sets.items()})
+    sets = parse_sets(args.set)
+    check_known_keys(sets)
+    run_config = {**app_defaults(), **scenario.run_config, "seed": args.seed, **sets}
     cfg, fed = centralized_config(run_config)
     eval_only = fed.eval_only_names
     progress = not args.no_progress and sys.stderr.isatty()

@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.app_config import ConfigValue, app_defaults, check_known_keys, parse_sets
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shared.data.synth.cohort import CohortConfig
     from simulations.scenarios import Scenario
-
-REPO = Path(__file__).resolve().parents[1]
+    from simulations.synth.cohort import CohortConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra run-config override in TOML syntax, e.g. --set strategy='\"fedadam\"' --set seg-rounds=2",
+        help="run-config override (TOML value; a bare word is a string), e.g. --set strategy=fedadam "
+        "--set seg-rounds=2 (repeatable; every key of pyproject.toml's [tool.flwr.app.config])",
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
 
@@ -64,7 +64,7 @@ def run_config_arg(values: dict[str, bool | int | float | str]) -> str:
 
 def scenario_cohort(scenario: Scenario, seed: int) -> CohortConfig:
     """The synthetic cohort of ``scenario`` at ``seed`` (its sizes, prevalence, scanner options)."""
-    from shared.data.synth.cohort import CohortConfig
+    from simulations.synth.cohort import CohortConfig
 
     return CohortConfig(
         sites=scenario.sites,
@@ -78,7 +78,7 @@ def scenario_cohort(scenario: Scenario, seed: int) -> CohortConfig:
 
 
 def generate_data(data: Path, scenario, seed: int) -> None:
-    from shared.data.synth.cohort import generate_cohort
+    from simulations.synth.cohort import generate_cohort
 
     config = scenario_cohort(scenario, seed)
     print(f"generating {scenario.sites} synthetic hospitals in {data} ...", flush=True)
@@ -116,22 +116,20 @@ def stop_superlink(flwr_home: Path) -> None:
             pass
 
 
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
+def run_config_string(values: dict[str, ConfigValue], sets: dict[str, ConfigValue]) -> str:
+    """``--run-config`` text: the scenario's values, then the ``--set`` ones replacing any key they name (Flower
+    rejects a key given twice)."""
+    return run_config_arg({**values, **sets})
 
 
-def run_config_string(values: dict[str, bool | int | float | str], sets: dict[str, str]) -> str:
-    """``--run-config`` text: the scenario's values, then the ``--set`` ones (TOML as typed) replacing any key
-    they name (Flower rejects a key given twice)."""
-    kept = {k: v for k, v in values.items() if k not in sets}
-    extra = " ".join(f"{k}={v}" for k, v in sets.items())
-    return (run_config_arg(kept) + " " + extra).strip()
+def validate_run_config(values: dict[str, ConfigValue]) -> None:
+    """Refuse an unknown key (with "did you mean") or a bad value, naming the key, before Flower is started."""
+    from server.config import federation_from_run_config, pipeline_from_run_config
+
+    check_known_keys(values)
+    merged = {**app_defaults(), **values}
+    federation_from_run_config(merged)
+    pipeline_from_run_config(merged)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--data {str(data)!r} holds no site folder")
     values: dict[str, bool | int | float | str] = dict(scenario.run_config)
     values.update({"sim-data-root": str(data), "out-dir": str(out / "study"), "seed": args.seed})
+    sets = parse_sets(args.set)
+    validate_run_config({**values, **sets})
+    from simulations.app_folder import build_app_folder
+
+    app_dir = build_app_folder(out / "app")
     flwr_home = out / ".flwr"
     env = dict(os.environ)
     env.update(
@@ -167,11 +170,11 @@ def run(args: argparse.Namespace) -> int:
     cmd = [
         flwr,
         "run",
-        str(REPO),
+        str(app_dir),
         "local",
         "--stream",
         "--run-config",
-        run_config_string(values, parse_sets(args.set)),
+        run_config_string(values, sets),
         "--federation-config",
         f"num-supernodes={n_sites} client-resources-num-cpus=1",
     ]

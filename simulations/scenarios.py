@@ -1,6 +1,6 @@
 """Scenario presets of the local federated simulation (``nasofl-sim run --preset NAME``).
 
-A scenario = how to generate the synthetic hospitals (``shared.data.synth``) + run-config overrides on top of
+A scenario = how to generate the synthetic hospitals (``simulations.synth``) + run-config overrides on top of
 the defaults in pyproject.toml ``[tool.flwr.app.config]``. Unless a scenario says otherwise, each site draws its
 own scanner and its NPL prevalence spreads +-0.08 around ``npl_fraction``; ``same_scanner`` gives every site
 hospital-a's scanner and protocol (export dialects stay per site), ``npl_per_site`` fixes each site's NPL share.
@@ -38,7 +38,6 @@ _TOY = {
     "seg-image-size": 32,
     "seg-slices-per-patient": 4,
     "cls-arch": "resnet18",
-    "cls-image-size": 32,
     "cls-slices-per-patient": 2,
     "hist-bins": 100,
     "datasets": "t2,t1+t2",

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from shared.data.synth.cohort import CohortConfig, generate_cohort
     from shared.errors import ConfigError
+    from simulations.synth.cohort import CohortConfig, generate_cohort
 
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()):

@@ -1,6 +1,6 @@
 """Hand-made patients for tests and benchmarks: a head-like disc with a bright ellipse tumour.
 
-Not the phantom of the design spec (``shared.data.synth``): just enough structure for a segmenter to find the
+Not the phantom of the design spec (``simulations.synth``): just enough structure for a segmenter to find the
 tumour and a classifier to separate the classes (NPL tumours are brighter on T2 and T1CE, with noise).
 """
 

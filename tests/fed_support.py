@@ -9,7 +9,6 @@ NODE_UNAVAILABLE error then answers for them) and back online under the same nod
 
 from __future__ import annotations
 
-import tomllib
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,13 +19,14 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from shared.app_config import app_defaults
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def default_run_config() -> dict:
     """The run-config defaults of pyproject.toml, flattened as Flower does."""
-    with open(REPO / "pyproject.toml", "rb") as fh:
-        return flatten_dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    return flatten_dict(app_defaults())
 
 
 class LocalGrid(Grid):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from server.config import federation_from_run_config, pipeline_from_run_config
+from shared.app_config import app_defaults as default_run_config
+from shared.app_config import parse_cli_value
 from shared.errors import ConfigError
 from simulations.compare import (
     centralized_config,
-    default_run_config,
     format_compare_table,
-    parse_toml_value,
     ratios,
     target_verdict,
 )
@@ -58,10 +58,11 @@ def test_ratios_and_table():
 
 
 def test_set_values_parse_as_toml():
-    assert parse_toml_value("seg-rounds", "3") == 3
-    assert parse_toml_value("fedbn", "true") is True
-    assert parse_toml_value("strategy", '"fedprox"') == "fedprox"
-    assert parse_toml_value("strategy", "fedprox") == "fedprox"
+    assert parse_cli_value("3") == 3
+    assert parse_cli_value("true") is True
+    assert parse_cli_value('"fedprox"') == "fedprox"
+    assert parse_cli_value("fedprox") == "fedprox"
+    assert parse_cli_value("t1,t2") == "t1,t2"
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -76,7 +77,8 @@ def test_every_scenario_run_config_is_valid(name):
 
 def test_a_set_value_replaces_the_scenario_value_once():
     """Flower refuses a run-config string naming a key twice (seen with --preset large --set cls-rounds=8)."""
-    from simulations.run_cmd import parse_sets, run_config_string
+    from shared.app_config import parse_sets
+    from simulations.run_cmd import run_config_string
 
     text = run_config_string({"cls-rounds": 4, "seed": 0}, parse_sets(["cls-rounds=8", 'datasets="t1+t2"']))
     assert text.count("cls-rounds=") == 1 and "cls-rounds=8" in text and 'datasets="t1+t2"' in text

@@ -67,9 +67,9 @@ def join(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
-    from shared.data.synth.cohort import CohortConfig, generate_cohort
-    from shared.data.synth.site_profile import GridPreset
     from simulations.cohort_loading import TOY_GRID_ARGS
+    from simulations.synth.cohort import CohortConfig, generate_cohort
+    from simulations.synth.site_profile import GridPreset
 
     generate_cohort(
         tmp_path / "data",

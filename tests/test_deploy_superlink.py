@@ -75,9 +75,9 @@ def tail(path: Path, n: int = 4000) -> str:
 
 
 def make_hospitals(data: Path) -> None:
-    from shared.data.synth.cohort import CohortConfig, generate_cohort
-    from shared.data.synth.site_profile import GridPreset
     from simulations.cohort_loading import TOY_GRID_ARGS
+    from simulations.synth.cohort import CohortConfig, generate_cohort
+    from simulations.synth.site_profile import GridPreset
 
     config = CohortConfig(sites=3, patients_per_site=(6, 6, 6), seed=11, grid=GridPreset(**TOY_GRID_ARGS))
     generate_cohort(data, config, progress=False)

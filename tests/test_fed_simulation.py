@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_toy_simulation_runs_both_stages_with_flwr_run(tmp_path):
-    from shared.data.synth.cohort import CohortConfig, generate_cohort
+    from simulations.synth.cohort import CohortConfig, generate_cohort
 
     data = tmp_path / "hospitals"
     generate_cohort(data, CohortConfig(sites=2, patients_per_site=(6, 6), seed=11), progress=False)

@@ -30,7 +30,7 @@ SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    from shared.data.synth.cohort import CohortConfig, generate_cohort
+    from simulations.synth.cohort import CohortConfig, generate_cohort
 
     root = tmp_path_factory.mktemp("fedcohort")
     generate_cohort(root, CohortConfig(sites=3, patients_per_site=(7, 7, 7), seed=5), progress=False)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from shared.config import ClassifierConfig
+from shared.config import PipelineConfig
 from shared.explain.gradcam import core_periphery_share, grad_cam, save_overlay
 from shared.models import build_classifier
+
+DEFAULTS = PipelineConfig.defaults()
 
 
 class BrightSquareNet(nn.Module):
@@ -50,7 +54,7 @@ def test_cam_peaks_on_the_bright_square() -> None:
 
 def test_cam_on_resnet_shape_and_overlay(tmp_path) -> None:
     torch.manual_seed(0)
-    model = build_classifier(ClassifierConfig(arch="resnet18"), in_channels=2)
+    model = build_classifier(replace(DEFAULTS.cls, arch="resnet18"), in_channels=2)
     with torch.no_grad():  # zero-init residuals give a flat CAM: perturb so gradients flow
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from shared.data.site import load_site
-from shared.data.synth.cohort import CohortConfig, generate_cohort
-from shared.data.synth.site_profile import GridPreset
 from shared.pseudonym import pseudonym
+from simulations.synth.cohort import CohortConfig, generate_cohort
+from simulations.synth.site_profile import GridPreset
 
 
 @pytest.fixture(scope="module")

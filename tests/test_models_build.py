@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 from torchvision.models import resnet18
 
-from shared.config import ClassifierConfig, SegmenterConfig
+from shared.config import PipelineConfig
 from shared.errors import ConfigError
 from shared.models import build_classifier, build_segmenter, make_dp_compatible, weights_origin
 from shared.training.classification import smoothed_bce
 from shared.training.segmentation import segmentation_loss
 
+DEFAULTS = PipelineConfig.defaults()
+
 torch.set_num_threads(1)
 
 
 def test_segmenter_shape_and_loss() -> None:
-    cfg = SegmenterConfig(encoder="resnet18", in_sequences=("t2", "t1ce", "t1"), image_size=32)
+    cfg = replace(DEFAULTS.seg, encoder="resnet18", in_sequences=("t2", "t1ce", "t1"), image_size=32)
     model = build_segmenter(cfg)
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
@@ -35,7 +39,7 @@ def test_segmenter_shape_and_loss() -> None:
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet101"])
 def test_classifier_single_logit(arch: str) -> None:
-    model = build_classifier(ClassifierConfig(arch=arch), in_channels=2)
+    model = build_classifier(replace(DEFAULTS.cls, arch=arch), in_channels=2)
     assert model.conv1.in_channels == 2
     out = model(torch.randn(2, 2, 32, 32))
     assert out.shape == (2, 1)
@@ -60,25 +64,25 @@ def test_file_weights_average_the_rgb_stem(tmp_path) -> None:
     ref = resnet18(weights=None)
     path = tmp_path / "r18.pth"
     torch.save(ref.state_dict(), path)
-    cfg = ClassifierConfig(arch="resnet18", weights=f"file:{path}")
+    cfg = replace(DEFAULTS.cls, arch="resnet18", weights=f"file:{path}")
     model = build_classifier(cfg, in_channels=2)
     expected = ref.conv1.weight.mean(dim=1, keepdim=True).repeat(1, 2, 1, 1) * 1.5
     torch.testing.assert_close(model.conv1.weight, expected)
     torch.testing.assert_close(model.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
     assert weights_origin(cfg) == "file:r18.pth"
-    assert weights_origin(ClassifierConfig()) == "random (zero-init residuals)"
-    assert weights_origin(ClassifierConfig(weights="imagenet")).startswith("imagenet:ResNet101_Weights")
+    assert weights_origin(DEFAULTS.cls) == "random (zero-init residuals)"
+    assert weights_origin(replace(DEFAULTS.cls, weights="imagenet")).startswith("imagenet:ResNet101_Weights")
 
 
 def test_missing_weight_file_names_the_option(tmp_path) -> None:
     with pytest.raises(ConfigError, match="cls-weights"):
-        build_classifier(ClassifierConfig(arch="resnet18", weights=f"file:{tmp_path / 'none.pth'}"), 1)
+        build_classifier(replace(DEFAULTS.cls, arch="resnet18", weights=f"file:{tmp_path / 'none.pth'}"), 1)
 
 
 def test_dp_variant_validates_and_takes_a_dp_sgd_step() -> None:
-    model = make_dp_compatible(build_classifier(ClassifierConfig(arch="resnet18"), in_channels=2))
+    model = make_dp_compatible(build_classifier(replace(DEFAULTS.cls, arch="resnet18"), in_channels=2))
     assert ModuleValidator.validate(model, strict=False) == []
-    seg = build_segmenter(SegmenterConfig(encoder="resnet18", image_size=32), dp=True)
+    seg = build_segmenter(replace(DEFAULTS.seg, encoder="resnet18", image_size=32), dp=True)
     assert ModuleValidator.validate(seg, strict=False) == []
     assert seg(torch.randn(1, 2, 32, 32)).shape == (1, 1, 32, 32)
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shared.config import ClassifierConfig, PipelineConfig
+from shared.config import PipelineConfig
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
 from shared.roi.datasets import build_roi_datasets
 from simulations.toy_patients import make_toy_patient
 
-CFG = PipelineConfig(cls=ClassifierConfig(arch="resnet18", image_size=16, slices_per_patient=2), roi_margin=2)
+CFG = PipelineConfig.defaults(
+    {
+        "cls-arch": "resnet18",
+        "cls-image-size": 16,
+        "cls-slices-per-patient": 2,
+        "roi-margin": 2,
+        "datasets": "t1,t2,t1ce,t1+t2",
+    }
+)
 
 
 def test_largest_component_and_slices() -> None:

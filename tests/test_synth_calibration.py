@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from shared.data.synth.calibration import CalibrationResult, calibrate, cv_auc
-from shared.data.synth.latents import ClassContrast, draw_latents
+from simulations.synth.calibration import CalibrationResult, calibrate, cv_auc
+from simulations.synth.latents import ClassContrast, draw_latents
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from shared.data.synth.cohort import CohortConfig, allocate_npl, generate_cohort, site_plan
-from shared.data.synth.site_profile import GridPreset, draw_site_profiles
 from shared.errors import ConfigError
+from simulations.synth.cohort import CohortConfig, allocate_npl, generate_cohort, site_plan
+from simulations.synth.site_profile import GridPreset, draw_site_profiles
 
 TINY_GRID = GridPreset(matrix=40, pixel_mm=(4.6, 4.8), n_slices=(6, 6), thickness_mm=(6.0,), gap_mm=(0.0,))
 

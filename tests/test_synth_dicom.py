@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from matplotlib.path import Path as PolyPath
 
-from shared.data.synth.cohort import CohortConfig, generate_cohort
-from shared.data.synth.site_profile import GridPreset
+from simulations.synth.cohort import CohortConfig, generate_cohort
+from simulations.synth.site_profile import GridPreset
 
 TINY_GRID = GridPreset(
     matrix=48, pixel_mm=(4.0, 4.2), n_slices=(9, 9), thickness_mm=(5.0,), gap_mm=(0.0, 1.0)

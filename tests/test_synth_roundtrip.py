@@ -9,9 +9,9 @@ import pytest
 
 from shared.data.patient import LABELS
 from shared.data.site import load_site
-from shared.data.synth.cohort import CohortConfig, generate_cohort
-from shared.data.synth.site_profile import GridPreset
 from shared.pseudonym import DEFAULT_SALT, pseudonym
+from simulations.synth.cohort import CohortConfig, generate_cohort
+from simulations.synth.site_profile import GridPreset
 
 TINY_GRID = GridPreset(
     matrix=48, pixel_mm=(4.0, 4.2), n_slices=(9, 9), thickness_mm=(5.0,), gap_mm=(0.0, 1.0)

@@ -11,16 +11,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from shared.data.synth.cohort import CohortConfig, generate_cohort, npl_counts
-from shared.data.synth.site_profile import (
+from shared.errors import ConfigError
+from simulations.run_cmd import scenario_cohort
+from simulations.scenarios import SCENARIOS
+from simulations.synth.cohort import CohortConfig, generate_cohort, npl_counts
+from simulations.synth.site_profile import (
     SCANNER_FIELDS,
     GridPreset,
     SiteProfile,
     draw_site_profiles,
 )
-from shared.errors import ConfigError
-from simulations.run_cmd import scenario_cohort
-from simulations.scenarios import SCENARIOS
 
 TINY_GRID = GridPreset(matrix=40, pixel_mm=(4.6, 4.8), n_slices=(6, 6), thickness_mm=(6.0,), gap_mm=(0.0,))
 #: a grid whose draws differ per site (pixel size, slice count, thickness, gap), unlike TINY_GRID

@@ -2,46 +2,62 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from shared.config import ClassifierConfig, PipelineConfig, SegmenterConfig
+from shared.config import PipelineConfig
+from shared.data.normalise import body_zscore
 from shared.errors import ConfigError
 from shared.models import build_classifier, build_segmenter
 from shared.roi.datasets import RoiDataset
 from shared.training.classification import aggregate_patient_scores, patient_scores, train_classifier
 from shared.training.device import select_device
 from shared.training.schedules import prox_term, snapshot_params, warmup_cosine
-from shared.training.seg_dataset import body_zscore
 from shared.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
 from simulations.toy_patients import make_toy_cohort, make_toy_patient
 
 torch.set_num_threads(1)
 
-TINY = PipelineConfig(
-    seg=SegmenterConfig(encoder="resnet18", image_size=32, batch_size=8, slices_per_patient=4, lr=3e-3),
-    cls=ClassifierConfig(arch="resnet18", image_size=32, slices_per_patient=2, batch_size=8),
-    device="cpu",
+TINY = PipelineConfig.defaults(
+    {
+        "seg-encoder": "resnet18",
+        "seg-image-size": 32,
+        "seg-batch-size": 8,
+        "seg-slices-per-patient": 4,
+        "seg-lr": 3e-3,
+        "seg-loss": "dice",
+        "seg-epochs": 4,
+        "cls-arch": "resnet18",
+        "cls-image-size": 32,
+        "cls-slices-per-patient": 2,
+        "cls-batch-size": 8,
+        "cls-epochs": 3,
+        "device": "cpu",
+    }
 )
 
 
 def test_config_round_trip_and_messages() -> None:
-    cfg = PipelineConfig.from_mapping({"seg-encoder": "resnet18", "datasets": "t1ce,t1+t2", "amp": "false"})
+    cfg = PipelineConfig.defaults({"seg-encoder": "resnet18", "datasets": "t1ce,t1+t2", "amp": "false"})
     assert cfg.seg.encoder == "resnet18" and cfg.datasets == ("t1ce", "t1+t2") and cfg.amp is False
     assert PipelineConfig.from_mapping(cfg.to_mapping()) == cfg
     with pytest.raises(ConfigError, match="did you mean 'cls-arch'"):
-        PipelineConfig.from_mapping({"cls-arc": "resnet18"})
+        PipelineConfig.defaults({"cls-arc": "resnet18"})
     with pytest.raises(ConfigError, match=r"cls-lr=-1.0 .*\(0.0, 1.0\]"):
-        PipelineConfig.from_mapping({"cls-lr": -1.0})
+        PipelineConfig.defaults({"cls-lr": -1.0})
     with pytest.raises(ConfigError, match="did you mean 'resnet101'"):
-        ClassifierConfig(arch="resnet10")
+        replace(TINY.cls, arch="resnet10")
     with pytest.raises(ConfigError, match="t3"):
-        PipelineConfig(datasets=("t1+t3",))
+        replace(TINY, datasets=("t1+t3",))
     with pytest.raises(ConfigError, match="multiple of 32"):
-        SegmenterConfig(image_size=50)
+        replace(TINY.seg, image_size=50)
     with pytest.raises(ConfigError, match="wrong type"):
-        PipelineConfig.from_mapping({"seg-epochs": "many"})
+        PipelineConfig.defaults({"seg-epochs": "many"})
+    with pytest.raises(ConfigError, match="lack key 'seg-encoder'.*pyproject.toml"):
+        PipelineConfig.from_mapping({"seed": 1})
 
 
 def test_select_device_cpu() -> None:

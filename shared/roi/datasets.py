@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from shared.config import PipelineConfig, parse_dataset_name
+from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
-from shared.training.seg_dataset import body_zscore
 
 log = logging.getLogger(__name__)
 

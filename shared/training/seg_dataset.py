@@ -13,21 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
-
-
-def body_zscore(volume: np.ndarray) -> np.ndarray:
-    """float32 ``(Z, H, W)`` (any shape) z-scored with body statistics; constant input gives zeros."""
-    v = np.asarray(volume, dtype=np.float32)
-    hi = float(np.percentile(v, 99.0))
-    lo = float(v.min())
-    body = v > lo + 0.05 * (hi - lo)
-    sel = v[body] if body.sum() > 16 else v.ravel()
-    mean = float(sel.mean())
-    std = float(sel.std())
-    if std < 1e-6:
-        return np.zeros_like(v)
-    return (v - mean) / std
 
 
 def resize_slices(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from shared.data.synth import anatomy as A
-from shared.data.synth.latents import Latents, cue_score, flag
+from simulations.synth import anatomy as A
+from simulations.synth.latents import Latents, cue_score, flag
 
 #: (p NPC, p NPL) of each invasion / extension flag (section 5.3 table).
 FLAG_RATES: dict[str, tuple[float, float]] = {

@@ -23,8 +23,8 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from shared.data.synth.sampling import SeriesGeometry
-from shared.data.synth.site_profile import SiteProfile
+from simulations.synth.sampling import SeriesGeometry
+from simulations.synth.site_profile import SiteProfile
 
 # The openjpeg encoder logs one INFO line per tile; that drowns the progress bar.
 logging.getLogger("openjpeg").setLevel(logging.WARNING)

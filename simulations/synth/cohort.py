@@ -4,7 +4,7 @@ Layout of ``OUT_DIR``:
 
 - ``<site>/`` for each hospital ("hospital-a", "hospital-b", ...): DICOM files (naming per site, see
   ``study_writer``), ``labels.csv`` (``patient_id,diagnosis`` with NPC / NPL) and, at one site,
-  ``site_mapping.json`` (format in ``shared.data.synth``'s package docstring).
+  ``site_mapping.json`` (format in ``simulations.synth``'s package docstring).
 - ``_truth/<site>/<patient_id>.npz`` (never read by ingestion): per written sequence ``<seq>_series_uid``,
   ``<seq>_image`` (float32 (Z, H, W) real-world values, slices sorted along the normal), ``<seq>_iop`` (6,),
   ``<seq>_ipp0`` (3,) first slice, ``<seq>_spacing`` (slice, row, column) mm, ``<seq>_affine`` (4, 4) voxel
@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared.data.synth.dicom_series import StudyInfo, make_uid
-from shared.data.synth.latents import ClassContrast
-from shared.data.synth.sampling import synthesize_patient
-from shared.data.synth.site_mapping import write_site_mapping
-from shared.data.synth.site_profile import (
+from shared.errors import ConfigError
+from simulations.synth.dicom_series import StudyInfo, make_uid
+from simulations.synth.latents import ClassContrast
+from simulations.synth.sampling import synthesize_patient
+from simulations.synth.site_mapping import write_site_mapping
+from simulations.synth.site_profile import (
     DEFAULT_GRID,
     PAPER_GRID,
     GridPreset,
@@ -40,8 +41,7 @@ from shared.data.synth.site_profile import (
     draw_site_profiles,
     site_name,
 )
-from shared.data.synth.study_writer import SiteWriter, write_study
-from shared.errors import ConfigError
+from simulations.synth.study_writer import SiteWriter, write_study
 
 log = logging.getLogger(__name__)
 SEED_NPL_FRACTION = 142 / 434

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.data.synth.dicom_series import LOCAL_CODES
-from shared.data.synth.site_profile import SiteProfile
+from simulations.synth.dicom_series import LOCAL_CODES
+from simulations.synth.site_profile import SiteProfile
 
 
 def site_mapping(profile: SiteProfile) -> dict:

@@ -17,9 +17,9 @@ from pydicom.uid import (
     RTStructureSetStorage,
 )
 
-from shared.data.synth.dicom_series import StudyInfo, make_uid
-from shared.data.synth.sampling import SeriesGeometry
-from shared.data.synth.site_profile import SiteProfile
+from simulations.synth.dicom_series import StudyInfo, make_uid
+from simulations.synth.sampling import SeriesGeometry
+from simulations.synth.site_profile import SiteProfile
 
 
 def slice_polygons(mask2d: np.ndarray) -> list[np.ndarray]:

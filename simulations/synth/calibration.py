@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from shared.data.synth.latents import ClassContrast
-from shared.data.synth.sampling import PatientPhantom, synthesize_patient
-from shared.data.synth.site_profile import VENDOR_ORDER, GridPreset, SiteProfile, draw_site_profiles
-from shared.data.synth.tumour import FLAG_RATES
+from simulations.synth.latents import ClassContrast
+from simulations.synth.sampling import PatientPhantom, synthesize_patient
+from simulations.synth.site_profile import VENDOR_ORDER, GridPreset, SiteProfile, draw_site_profiles
+from simulations.synth.tumour import FLAG_RATES
 
 SEQUENCES = ("t1", "t2", "t1ce")
 DATASETS: dict[str, tuple[str, ...]] = {

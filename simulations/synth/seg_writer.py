@@ -10,8 +10,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from shared.data.synth.dicom_series import StudyInfo, make_uid
-from shared.data.synth.site_profile import SiteProfile
+from simulations.synth.dicom_series import StudyInfo, make_uid
+from simulations.synth.site_profile import SiteProfile
 
 
 def segmentation(

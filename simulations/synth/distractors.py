@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data.synth import anatomy as A
-from shared.data.synth.intensity import ratio_lut
-from shared.data.synth.sampling import PatientPhantom, SeriesGeometry
-from shared.data.synth.site_profile import SiteProfile
+from simulations.synth import anatomy as A
+from simulations.synth.intensity import ratio_lut
+from simulations.synth.sampling import PatientPhantom, SeriesGeometry
+from simulations.synth.site_profile import SiteProfile
 
 LOCALISER_MATRIX = 64
 LOCALISER_PIXEL_MM = 4.0

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.data.synth import anatomy as A
-from shared.data.synth.intensity import column, log_signal
-from shared.data.synth.latents import ClassContrast, Latents, draw_latents
-from shared.data.synth.site_profile import SiteProfile
-from shared.data.synth.tumour import TextureField, TumourParams, draw_tumour, paint_lesions
+from simulations.synth import anatomy as A
+from simulations.synth.intensity import column, log_signal
+from simulations.synth.latents import ClassContrast, Latents, draw_latents
+from simulations.synth.site_profile import SiteProfile
+from simulations.synth.tumour import TextureField, TumourParams, draw_tumour, paint_lesions
 
 SUBSAMPLES = (-1.0 / 3.0, 0.0, 1.0 / 3.0)  # fractions of the slice thickness along the normal
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.synth.dicom_series import (
+from simulations.synth.dicom_series import (
     SeriesSpec,
     StudyInfo,
     acquisition_time,
@@ -25,11 +25,11 @@ from shared.data.synth.dicom_series import (
     save,
     set_slice,
 )
-from shared.data.synth.distractors import dwi_image, localiser_images
-from shared.data.synth.rtstruct_writer import rtstruct
-from shared.data.synth.sampling import PatientPhantom, SeriesGeometry
-from shared.data.synth.seg_writer import segmentation
-from shared.data.synth.site_profile import SiteProfile
+from simulations.synth.distractors import dwi_image, localiser_images
+from simulations.synth.rtstruct_writer import rtstruct
+from simulations.synth.sampling import PatientPhantom, SeriesGeometry
+from simulations.synth.seg_writer import segmentation
+from simulations.synth.site_profile import SiteProfile
 
 MR_SEQUENCES = ("t1", "t2", "t1ce")
 

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from shared.data.synth import anatomy as A
-from shared.data.synth.latents import Latents
-from shared.data.synth.tumour import TextureField, TumourParams
+from simulations.synth import anatomy as A
+from simulations.synth.latents import Latents
+from simulations.synth.tumour import TextureField, TumourParams
 
 COLUMNS = ("t1", "t2", "t2fs", "t1ce_fs", "t1ce")
 TISSUE_RATIO: dict[str, tuple[float, float, float, float, float]] = {
