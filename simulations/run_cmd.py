@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from shared.app_config import ConfigValue, app_defaults, check_known_keys, parse_sets
 from shared.errors import ConfigError
+from simulations.progress import StudyProgress
 
 if TYPE_CHECKING:
     from simulations.scenarios import Scenario
@@ -132,6 +133,23 @@ def validate_run_config(values: dict[str, ConfigValue]) -> None:
     pipeline_from_run_config(merged)
 
 
+def follow(proc: subprocess.Popen, progress: StudyProgress, timeout: float) -> int:
+    """Wait for ``proc`` while printing the study's progress; exit code, or 124 after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            progress.poll()
+            if time.time() >= deadline:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return 124
+
+
 def run(args: argparse.Namespace) -> int:
     from simulations.scenarios import get_scenario
 
@@ -181,15 +199,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"scenario {scenario.name}: {scenario.description}\n$ {' '.join(cmd)}", flush=True)
     t0 = time.time()
     log_path = out / "flwr-run.log"
+    print(f"Flower's log: {log_path}; progress below comes from the study's run log", flush=True)
+    progress = StudyProgress(out / "study" / "run-log.jsonl")
     try:
         with open(log_path, "w") as log_file:
-            proc = subprocess.run(
-                cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, timeout=args.timeout, cwd=str(out)
+            rc = follow(
+                subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(out)),
+                progress,
+                args.timeout,
             )
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        rc = 124
     finally:
+        progress.close()
         stop_superlink(flwr_home)
     wall = time.time() - t0
     study = out / "study"

@@ -40,6 +40,11 @@ def test_toy_simulation_runs_both_stages_with_flwr_run(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "AUC T2WI" in proc.stdout and "per site" in proc.stdout
+    # progress while it ran (not a TTY: plain lines), from the study's run log
+    assert "study started: 1 segmenter rounds, then 1 rounds for each of t2, t1+t2 (3 in all)" in proc.stdout
+    assert "segmenter round 1/1 | 2 site(s) replied" in proc.stdout
+    assert "classifier t1+t2 round 1/1 | 2 site(s) replied" in proc.stdout and "elapsed" in proc.stdout
+    assert "study COMPLETED" in proc.stdout
     assert superlink_pids(out / ".flwr") == [], "the background SuperLink must be stopped"
     study = out / "study"
     results = json.loads((study / "results.json").read_text())
