@@ -141,18 +141,19 @@ def query_info(msg: Message, context: Context, data: SiteData) -> Message:
     blocking = len(getattr(report, "blocking", []) or [])
     warnings = sum(1 for p in getattr(report, "problems", []) if getattr(p, "severity", "") == "warning")
     counts = {
-        "patients": len(patients),
-        "patients-npc": sum(1 for p in patients if p.label == 0),
-        "patients-npl": sum(1 for p in patients if p.label == 1),
-        "patients-unlabelled": sum(1 for p in patients if p.label is None),
-        "patients-with-mask": sum(1 for p in patients if p.mask is not None),
-        "patients-train": sum(1 for p in patients if p.split == "train"),
-        "patients-val": sum(1 for p in patients if p.split == "val"),
-        "patients-test": sum(1 for p in patients if p.split == "test"),
-        "blocking-problems": blocking,
-        "warnings": warnings,
+        P.PATIENTS: len(patients),
+        P.PATIENTS_NPC: sum(1 for p in patients if p.label == 0),
+        P.PATIENTS_NPL: sum(1 for p in patients if p.label == 1),
+        P.PATIENTS_UNLABELLED: sum(1 for p in patients if p.label is None),
+        P.PATIENTS_WITH_MASK: sum(1 for p in patients if p.mask is not None),
+        P.PATIENTS_TRAIN: sum(1 for p in patients if p.split == "train"),
+        P.PATIENTS_VAL: sum(1 for p in patients if p.split == "val"),
+        P.PATIENTS_TEST: sum(1 for p in patients if p.split == "test"),
+        P.BLOCKING_PROBLEMS: blocking,
+        P.WARNINGS: warnings,
     }
-    info = ConfigRecord({"site": data.site.name, "role": "eval-only" if data.site.eval_only else "train"})
+    role = P.ROLE_EVAL_ONLY if data.site.eval_only else P.ROLE_TRAIN
+    info = ConfigRecord({P.INFO_SITE: data.site.name, P.INFO_ROLE: role})
     return Message(RecordDict({P.INFO: info, P.METRICS: MetricRecord(counts)}), reply_to=msg)
 
 

@@ -40,28 +40,26 @@ def query_roi(
         masks = predict_masks(model, data.patients, cfg, device)
         datasets, report = build_roi_datasets(masks, data.patients, cfg.datasets, cfg)
         counts = {
-            "missing-sequence": dict(report.missing_sequence),
-            "empty-prediction": int(report.empty_mask),
+            P.ROI_MISSING_SEQUENCE: dict(report.missing_sequence),
+            P.ROI_EMPTY_PREDICTION: int(report.empty_mask),
         }
         save_roi(data.site.cache_dir, key, datasets, counts)
         for line in report.lines():
             log.info("site %s ROI: %s", data.site.name, line)
     counts = roi_report(data.site.cache_dir, key)
-    missing = counts.get("missing-sequence", {})
-    empty = int(counts.get("empty-prediction", 0))
+    missing = counts.get(P.ROI_MISSING_SEQUENCE, {})
+    empty = int(counts.get(P.ROI_EMPTY_PREDICTION, 0))
     out: dict[str, int | float] = {}
     for name in cfg.datasets:
         ds = load_roi(data.site.cache_dir, key, name)
         counts = {s: sum(1 for x in ds.split if x == s) for s in ("train", "val", "test")}
-        out[P.roi_metric_key(name, "patients-train")] = counts["train"]
-        out[P.roi_metric_key(name, "patients-val")] = counts["val"]
-        out[P.roi_metric_key(name, "patients-test")] = (
-            len(ds.patients) if data.site.eval_only else counts["test"]
-        )
-        out[P.roi_metric_key(name, "missing-sequence")] = int(missing.get(name, 0))
-        out[P.roi_metric_key(name, "empty-prediction")] = empty
+        out[P.roi_metric_key(name, P.ROI_TRAIN)] = counts["train"]
+        out[P.roi_metric_key(name, P.ROI_VAL)] = counts["val"]
+        out[P.roi_metric_key(name, P.ROI_TEST)] = len(ds.patients) if data.site.eval_only else counts["test"]
+        out[P.roi_metric_key(name, P.ROI_MISSING_SEQUENCE)] = int(missing.get(name, 0))
+        out[P.roi_metric_key(name, P.ROI_EMPTY_PREDICTION)] = empty
         if data.site.eval_only:
-            out[P.roi_metric_key(name, "patients-train")] = 0
+            out[P.roi_metric_key(name, P.ROI_TRAIN)] = 0
     return out
 
 

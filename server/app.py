@@ -65,7 +65,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         study = Study(grid, fed, cfg, run_log)
         outcome = study.run()
-        paths = write_report(outcome, cfg, fed.to_mapping(), study.recorder.history, out, time.time() - t0)
+        paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0)
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         log.error("STUDY FAILED: %s", message)

@@ -32,7 +32,7 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass
 class Checkpoint:
-    stage: str  # "seg" | "cls"
+    stage: str  # a StageKind's wire value: P.STAGE_SEG | P.STAGE_CLS
     dataset: str  # "" for seg
     round: int  # rounds completed in this stage (and dataset)
     fingerprint: str
@@ -43,10 +43,6 @@ class Checkpoint:
     kept_round: int = 0  # the round ``select-round`` keeps so far (0: none)
     kept_value: float = float("nan")
     kept_arrays: Arrays = field(default_factory=dict)
-
-
-def stage_key(stage: str, dataset: str = "") -> str:
-    return stage if not dataset else f"{stage}:{dataset}"
 
 
 def _file_tag(key: str) -> str:

@@ -9,7 +9,7 @@ Per-site figures are computed the same way from each site's own statistics. Pure
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -95,10 +95,15 @@ def cls_roc(stats: Iterable[Mapping[str, object]]) -> tuple[np.ndarray, np.ndarr
 
 
 def pool(
-    kind: str, sums: SiteSums, pooled_sites: Iterable[str] | None = None
+    figures: Callable[[list[Mapping[str, object]]], dict[str, float]],
+    sums: SiteSums,
+    pooled_sites: Iterable[str] | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """``kind`` "seg" | "cls" -> (pooled figures over ``pooled_sites`` (all when None), per-site figures)."""
-    figures = seg_figures if kind == "seg" else cls_figures
+    """(``figures`` of the sites in ``pooled_sites`` (all when None) pooled, ``figures`` of each site alone).
+
+    ``figures`` is :func:`seg_figures` or :func:`cls_figures` (a stage knows which: ``server.stage.Stage``).
+    Sites are summed in name order, never in reply arrival order.
+    """
     chosen = set(sums) if pooled_sites is None else set(pooled_sites) & set(sums)
     pooled = figures([sums[s] for s in sorted(chosen)]) if chosen else {}
     per_site = {site: figures([sums[site]]) for site in sorted(sums)}

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.config import FederationConfig
+from server.outcome import StudyOutcome
 from server.pooled_eval import cls_roc, summed_histograms
+from shared import protocol as P
 from shared.config import PipelineConfig
 from shared.models import weights_origin
 from shared.reporting import (
@@ -46,47 +49,46 @@ def _auc_entry(stats: list[Mapping[str, object]]) -> dict[str, Any]:
 
 
 def build_results(
-    study: Mapping[str, Any], cfg: PipelineConfig, federation: Mapping[str, Any], wall_seconds: float
+    study: StudyOutcome, cfg: PipelineConfig, fed: FederationConfig, wall_seconds: float
 ) -> dict[str, Any]:
-    tests = study["tests"]
-    seg = tests["seg"]
-    train_sites = seg["train_sites"]
+    tests = study.classifier_tests
+    seg = study.segmenter_test
     auc = {}
     for ds in cfg.datasets:
         if ds in tests:
-            auc[ds] = _auc_entry([tests[ds]["sums"][s] for s in train_sites if s in tests[ds]["sums"]])
+            auc[ds] = _auc_entry(tests[ds].train_sums())
         else:
             auc[ds] = {"value": None, "ci": [None, None], "n_patients": 0, "note": "dataset not trained"}
     sites: dict[str, Any] = {}
-    for info in sorted(study["sites"].values(), key=lambda s: s.name):
+    for info in sorted(study.sites.values(), key=lambda s: s.name):
         entry: dict[str, Any] = {
             "role": info.role,
-            "patients": int(info.counts.get("patients", 0)),
-            "dice": seg["per_site"].get(info.name, {}).get("dice"),
+            "patients": int(info.counts.get(P.PATIENTS, 0)),
+            "dice": seg.per_site.get(info.name, {}).get("dice"),
             "auc": {},
-            "sat_out": dict(study.get("skipped", {}).get(info.name, {})),
+            "sat_out": dict(study.skipped.get(info.name, {})),
         }
         for ds in cfg.datasets:
-            if ds in tests and info.name in tests[ds]["sums"]:
-                entry["auc"][ds] = _auc_entry([tests[ds]["sums"][info.name]])
+            if ds in tests and info.name in tests[ds].sums:
+                entry["auc"][ds] = _auc_entry([tests[ds].sums[info.name]])
         sites[info.name] = entry
     extra = {
-        "federation": dict(federation),
+        "federation": fed.to_mapping(),
         "eval_only_pooled": {
-            "dice": seg["external"].get("dice"),
-            "auc": {ds: tests[ds]["external"].get("auc") for ds in cfg.datasets if ds in tests},
+            "dice": seg.external.get("dice"),
+            "auc": {ds: tests[ds].external.get("auc") for ds in cfg.datasets if ds in tests},
         },
-        "kept_rounds": dict(study.get("kept_rounds", {})),
+        "kept_rounds": dict(study.kept_rounds),
     }
     results = results_json(
-        dice=seg["pooled"].get("dice"),
+        dice=seg.pooled.get("dice"),
         auc=auc,
         settings=cfg.to_mapping(),
         weights_origin=weights_origin(cfg.cls),
         classifier_arch=cfg.cls.arch,
         wall_seconds=wall_seconds,
         mode="federated",
-        dice_n_patients=int(seg["pooled"].get("num-patients", 0) or 0),
+        dice_n_patients=int(seg.pooled.get("num-patients", 0) or 0),
         extra=extra,
     )
     results["sites"] = json.loads(json.dumps(sites, default=lambda o: None).replace("NaN", "null"))
@@ -117,7 +119,7 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
         lines.append(f"{name:<16} {e['role']:<9} {e['patients']:>4} {_fmt(e['dice']):>6} " + " ".join(cells))
     for name, e in results.get("sites", {}).items():
         for what, reason in e.get("sat_out", {}).items():
-            label = "segmenter" if what == "seg" else dataset_label(what)
+            label = "segmenter" if what == P.STAGE_SEG else dataset_label(what)
             lines.append(f"{name} sat out the {label} training rounds: {reason}")
     return "\n".join(lines)
 
@@ -129,7 +131,7 @@ def _num(value: Any) -> float:
 
 def _curves(history: list[dict[str, Any]], out: Path, datasets: tuple[str, ...]) -> list[Path]:
     paths = []
-    seg = [h for h in history if h.get("stage") == "seg"]
+    seg = [h for h in history if h.get("stage") == P.STAGE_SEG]
     if seg:
         series = {
             "val Dice (pooled)": [_num(h["eval_pooled"].get("dice")) for h in seg],
@@ -138,7 +140,7 @@ def _curves(history: list[dict[str, Any]], out: Path, datasets: tuple[str, ...])
         paths.append(plot_curves(series, out / "rounds-seg.png", xlabel="round", title="stage 1: segmenter"))
     series = {}
     for ds in datasets:
-        rows = [h for h in history if h.get("stage") == "cls" and h.get("dataset") == ds]
+        rows = [h for h in history if h.get("stage") == P.STAGE_CLS and h.get("dataset") == ds]
         if rows:
             series[f"val AUC {dataset_label(ds)}"] = [_num(h["eval_pooled"].get("auc")) for h in rows]
     if series:
@@ -154,12 +156,12 @@ def _curves(history: list[dict[str, Any]], out: Path, datasets: tuple[str, ...])
     return paths
 
 
-def _save_models(study: Mapping[str, Any], out: Path) -> dict[str, str]:
+def _save_models(study: StudyOutcome, out: Path) -> dict[str, str]:
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
     saved = {}
-    items = [("segmenter", study["seg"])] + [
-        (f"classifier-{d.replace('+', 'plus')}", a) for d, a in study["cls"].items()
+    items = [("segmenter", study.segmenter)] + [
+        (f"classifier-{d.replace('+', 'plus')}", a) for d, a in study.classifiers.items()
     ]
     for name, arrays in items:
         path = models / f"{name}.pt"
@@ -169,7 +171,7 @@ def _save_models(study: Mapping[str, Any], out: Path) -> dict[str, str]:
 
 
 def model_card(
-    results: Mapping[str, Any], cfg: PipelineConfig, federation: Mapping[str, Any], saved: Mapping[str, str]
+    results: Mapping[str, Any], cfg: PipelineConfig, fed: FederationConfig, saved: Mapping[str, str]
 ) -> str:
     lines = [
         "# nasofl federated models: model card",
@@ -178,10 +180,10 @@ def model_card(
         "",
         "## Training",
         "",
-        f"- strategy {federation.get('strategy')}, FedBN {federation.get('fedbn')}, "
-        f"{federation.get('seg-rounds')} segmenter rounds x {cfg.seg_epochs} local epoch(s), "
-        f"{federation.get('cls-rounds')} classifier rounds x {cfg.cls_epochs} local epoch(s), min-sites "
-        f"{federation.get('min-sites')}",
+        f"- strategy {fed.strategy}, FedBN {fed.fedbn}, "
+        f"{fed.seg_rounds} segmenter rounds x {cfg.seg_epochs} local epoch(s), "
+        f"{fed.cls_rounds} classifier rounds x {cfg.cls_epochs} local epoch(s), min-sites "
+        f"{fed.min_sites}",
         f"- segmenter U-Net ({cfg.seg.encoder}) on {'+'.join(cfg.seg.in_sequences)}, {cfg.seg.image_size} px",
         f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px",
         f"- seed {cfg.seed}",
@@ -215,15 +217,15 @@ def model_card(
 
 
 def write_report(
-    study: Mapping[str, Any],
+    study: StudyOutcome,
     cfg: PipelineConfig,
-    federation: Mapping[str, Any],
+    fed: FederationConfig,
     history: list[dict[str, Any]],
     out: Path,
     wall_seconds: float,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    results = build_results(study, cfg, federation, wall_seconds)
+    results = build_results(study, cfg, fed, wall_seconds)
     paths = {"results": write_results(results, out / "results.json")}
     table = format_seed_table(results) + "\n\nper site (test split; eval-only sites: all their patients)\n"
     table += site_table(results, cfg.datasets) + "\n"
@@ -231,10 +233,10 @@ def write_report(
     paths["table"] = out / "table.txt"
     curves = {}
     for ds in cfg.datasets:
-        t = study["tests"].get(ds)
+        t = study.classifier_tests.get(ds)
         if t is None:
             continue
-        roc = cls_roc([t["sums"][s] for s in t["train_sites"] if s in t["sums"]])
+        roc = cls_roc(t.train_sums())
         value = results["auc"][ds].get("value")
         if roc is not None and value is not None:
             curves[ds] = (roc[0], roc[1], float(value))
@@ -245,7 +247,7 @@ def write_report(
     for p in _curves(history, out, cfg.datasets):
         paths[p.stem] = p
     saved = _save_models(study, out)
-    (out / "models" / "MODEL_CARD.md").write_text(model_card(results, cfg, federation, saved))
+    (out / "models" / "MODEL_CARD.md").write_text(model_card(results, cfg, fed, saved))
     paths["model_card"] = out / "models" / "MODEL_CARD.md"
     log.info("report written to %s", out)
     return paths

@@ -15,9 +15,6 @@ import numpy as np
 
 SELECT_RULES: tuple[str, ...] = ("best-val", "last")
 
-#: pooled validation figure each stage is selected on (higher is better)
-SELECTION_METRIC: dict[str, str] = {"seg": "dice", "cls": "auc"}
-
 Arrays = dict[str, np.ndarray]
 
 

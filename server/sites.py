@@ -11,14 +11,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from server.config import FederationConfig
 from server.run_log import RunLog
-from server.strategies.base import error_reasons, unavailable_nodes
+from server.stage import Stage
+from server.strategies.base import Participants, error_reasons, unavailable_nodes
 from shared import protocol as P
 from shared.config import parse_dataset_name
 from shared.errors import ConfigError
@@ -30,21 +30,22 @@ log = logging.getLogger(__name__)
 class SiteInfo:
     node_id: int
     name: str
-    role: str  # "train" | "eval-only"
+    role: str  # P.ROLE_TRAIN | P.ROLE_EVAL_ONLY
     counts: dict[str, float] = field(default_factory=dict)
     roi: dict[str, float] = field(default_factory=dict)
 
 
-def skip_reason(site: SiteInfo, stage: str, dataset: str) -> str:
-    """Why a training site has no data for a stage or dataset, from its counts (never a patient id)."""
-    if stage == "seg":
+def skip_reason(site: SiteInfo, stage: Stage) -> str:
+    """Why a training site has no data for a stage, from its counts (never a patient id)."""
+    if stage.is_segmenter:
         return "no patient with a tumour mask"
     if not site.roi:
         return "no ROI counts: query.roi failed at this site (see its site-failed line)"
+    dataset = stage.dataset
     sequences = " and ".join(parse_dataset_name(dataset))
-    missing = int(site.roi.get(P.roi_metric_key(dataset, "missing-sequence"), 0))
-    empty = int(site.roi.get(P.roi_metric_key(dataset, "empty-prediction"), 0))
-    labelled = int(site.counts.get("patients-npc", 0) + site.counts.get("patients-npl", 0))
+    missing = int(site.roi.get(P.roi_metric_key(dataset, P.ROI_MISSING_SEQUENCE), 0))
+    empty = int(site.roi.get(P.roi_metric_key(dataset, P.ROI_EMPTY_PREDICTION), 0))
+    labelled = int(site.counts.get(P.PATIENTS_NPC, 0) + site.counts.get(P.PATIENTS_NPL, 0))
     if missing and missing >= labelled:
         return f"no patient with {sequences}"
     return (
@@ -57,8 +58,8 @@ class SiteRoster:
     """The sites of one study and the messages that ask them about themselves.
 
     ``sites`` maps node id to :class:`SiteInfo`; ``away`` holds known sites' nodes that went offline, until they
-    are listed again; ``skipped`` maps site name to ``{"seg" or dataset: why it sat out}`` (``Study.run``
-    returns it as ``"skipped"``). ``roi_content`` builds the ``query.roi`` content (the segmenter and its hash)
+    are listed again; ``skipped`` maps site name to ``{"seg" or dataset: why it sat out}`` (the study's outcome
+    carries it). ``roi_content`` builds the ``query.roi`` content (the segmenter and its hash)
     each time that query is sent.
     """
 
@@ -105,9 +106,9 @@ class SiteRoster:
                 continue
             info = r.content.config_records[P.INFO]
             counts = {k: float(v) for k, v in r.content.metric_records[P.METRICS].items()}
-            name, role = str(info["site"]), str(info["role"])
-            if role == "train" and name in self.fed.eval_only_names:
-                role = "eval-only"
+            name, role = str(info[P.INFO_SITE]), str(info[P.INFO_ROLE])
+            if role == P.ROLE_TRAIN and name in self.fed.eval_only_names:
+                role = P.ROLE_EVAL_ONLY
             found[r.metadata.src_node_id] = SiteInfo(r.metadata.src_node_id, name, role, counts)
         names = [s.name for s in found.values()]
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -143,20 +144,31 @@ class SiteRoster:
         return [n for n in self.sites if n not in self.away]
 
     def train_site_names(self) -> list[str]:
-        return [s.name for s in self.sites.values() if s.role == "train"]
+        return [s.name for s in self.sites.values() if s.role == P.ROLE_TRAIN]
 
     def site_of_node(self) -> dict[int, str]:
         return {n: s.name for n, s in self.sites.items()}
 
     def eval_only_nodes(self) -> list[int]:
-        return [n for n, s in self.sites.items() if s.role == "eval-only"]
+        return [n for n, s in self.sites.items() if s.role == P.ROLE_EVAL_ONLY]
 
-    def eligible(self, stage: str, dataset: str) -> list[int]:
-        """Training sites with data for the stage: a tumour mask (``seg``) or a training ROI for ``dataset``."""
-        train = [n for n, s in self.sites.items() if s.role == "train"]
-        if stage == "seg":
-            return [n for n in train if self.sites[n].counts.get("patients-with-mask", 0) > 0]
-        return [n for n in train if self.sites[n].roi.get(P.roi_metric_key(dataset, "patients-train"), 0) > 0]
+    def eval_only_site_names(self) -> list[str]:
+        return [s.name for s in self.sites.values() if s.role == P.ROLE_EVAL_ONLY]
+
+    def eligible(self, stage: Stage) -> list[int]:
+        """Training sites with data for the stage (a tumour mask; a training ROI of the classifier's dataset)."""
+        return [
+            n for n, s in self.sites.items() if s.role == P.ROLE_TRAIN and stage.has_data(s.counts, s.roi)
+        ]
+
+    def participants(self, stage: Stage) -> Participants:
+        """Who trains and who evaluates in ``stage``'s rounds, as the roster stands now."""
+        return Participants(
+            site_of_node=self.site_of_node(),
+            train_nodes=frozenset(self.eligible(stage)),
+            eval_nodes=frozenset(self.sites),
+            eval_only_nodes=frozenset(self.eval_only_nodes()),
+        )
 
     # ---- sites that leave, come back or sit out ---------------------------------------------------
 
@@ -186,16 +198,14 @@ class SiteRoster:
             )
         return found
 
-    def refresh_sites(self, grid: Grid, strategy: Any, stage: str, dataset: str) -> None:
-        """Before each round: sites that (re)joined take part in it (see :meth:`check_sites`)."""
-        found = self.check_sites(stage, dataset, roi=stage == "cls")
+    def refresh(self, stage: Stage) -> Participants | None:
+        """Before each round: sites that (re)joined take part in it (see :meth:`check_sites`); None when no
+        site joined (the strategy keeps its participants)."""
+        found = self.check_sites(stage.kind.value, stage.dataset, roi=not stage.is_segmenter)
         if not found:
-            return
-        self.note_skips(stage, dataset, found)
-        strategy.site_of_node = self.site_of_node()
-        strategy.train_nodes = frozenset(self.eligible(stage, dataset))
-        strategy.eval_nodes = frozenset(self.sites)
-        strategy.eval_only_nodes = frozenset(self.eval_only_nodes())
+            return None
+        self.note_skips(stage, found)
+        return self.participants(stage)
 
     def mark_away(self, nodes: set[int], stage: str, dataset: str) -> None:
         """Known sites whose node is offline: logged once, asked for their info again when they are back."""
@@ -206,18 +216,22 @@ class SiteRoster:
                 log.warning("site %s is offline (node %s): it takes part again once it reconnects", name, n)
                 self.run_log.append("site-offline", site=name, stage=stage, dataset=dataset)
 
-    def note_skips(self, stage: str, dataset: str, nodes: Iterable[int]) -> None:
-        """Say once, in the server log and the run log, why a training site sits out a stage or dataset."""
-        eligible = set(self.eligible(stage, dataset))
+    def note_skips(self, stage: Stage, nodes: Iterable[int]) -> None:
+        """Say once, in the server log and the run log, why a training site sits out a stage."""
+        eligible = set(self.eligible(stage))
+        key = stage.dataset or stage.kind.value
         for n in nodes:
             site = self.sites[n]
-            key = dataset or stage
             said = self.skipped.get(site.name, {})
-            if site.role != "train" or n in eligible or n in self.away or key in said:
+            if site.role != P.ROLE_TRAIN or n in eligible or n in self.away or key in said:
                 continue
-            reason = skip_reason(site, stage, dataset)
+            reason = skip_reason(site, stage)
             self.skipped.setdefault(site.name, {})[key] = reason
             log.warning("site %s sits out %s: %s", site.name, key, reason)
             self.run_log.append(
-                "site-skips-dataset", site=site.name, stage=stage, dataset=dataset, reason=reason
+                "site-skips-dataset",
+                site=site.name,
+                stage=stage.kind.value,
+                dataset=stage.dataset,
+                reason=reason,
             )

@@ -1,4 +1,7 @@
-"""The whole federated study in one ``flwr run``: info -> stage 1 -> ROI -> stage 2 per dataset -> final test.
+"""The whole federated study in one ``flwr run``: info -> segmenter -> ROI -> a classifier per dataset -> final test.
+
+The stages are values (:class:`server.stage.Stage`, built once by :func:`server.stage.study_stages`);
+``Study.run`` loops over them and hands the report a typed :class:`server.outcome.StudyOutcome`.
 
 ``Study.run`` is called by ``server.app.main``. Global weights are checkpointed after every round
 (:mod:`server.checkpoint`); with run config ``resume=true`` the study continues after the last checkpointed
@@ -12,25 +15,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from server.checkpoint import Checkpoint, CheckpointStore, stage_key
+from server.checkpoint import Checkpoint, CheckpointStore
 from server.config import FederationConfig
-from server.pooled_eval import pool
+from server.outcome import FinalTest, StudyOutcome
 from server.round_recorder import RoundRecorder
-from server.round_selection import SELECTION_METRIC, RoundSelection
+from server.round_selection import RoundSelection
 from server.run_log import RunLog
 from server.sites import SiteRoster
+from server.stage import Stage, study_stages
 from server.strategies import TooFewSitesError, build_strategy
 from server.strategies.base import collect_eval_sums, error_reasons
 from shared import protocol as P
-from shared.config import PipelineConfig, parse_dataset_name
-from shared.models import build_classifier, build_segmenter
+from shared.config import PipelineConfig
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class Study:
         self.grid, self.fed, self.cfg, self.run_log = grid, fed, cfg, run_log
         self.fingerprint = settings_fingerprint(fed, cfg)
         self.study_id = self.fingerprint[:12]
+        self.stages = study_stages(fed.seg_rounds, fed.cls_rounds, cfg)
         self.store = CheckpointStore(fed.checkpoint_path)
         self.roster = SiteRoster(grid, fed, run_log, self._roi_content)
         self.recorder = RoundRecorder(
@@ -101,17 +104,14 @@ class Study:
 
     # ---- stages -----------------------------------------------------------------------------------
 
-    def initial_arrays(self, stage: str, dataset: str, index: int) -> Arrays:
-        torch.manual_seed(self.cfg.seed + index)
-        if stage == "seg":
-            model = build_segmenter(self.cfg.seg)
-        else:
-            model = build_classifier(self.cfg.cls, len(parse_dataset_name(dataset)))
+    def initial_arrays(self, stage: Stage) -> Arrays:
+        torch.manual_seed(self.cfg.seed + stage.index)
+        model = stage.build_model(self.cfg)
         return record_to_numpy(numpy_to_record(state_to_numpy(model.state_dict()), self.fed.transport_dtype))
 
-    def run_stage(self, stage: str, dataset: str, index: int) -> Arrays | None:
-        """Rounds of one stage (or one classifier dataset); returns the kept global arrays (``select-round``)."""
-        key = stage_key(stage, dataset)
+    def run_stage(self, stage: Stage) -> Arrays | None:
+        """Rounds of one stage; returns the kept global arrays (``select-round``), None when it was skipped."""
+        key = stage.key
         final = self.store.load_final(key)
         if final is not None:
             log.info("%s already complete in the checkpoint: reusing its final weights", key)
@@ -119,77 +119,73 @@ class Study:
             if kept:
                 value = float("nan") if kept["value"] is None else float(kept["value"])
                 self.selections[key] = RoundSelection(
-                    str(kept["rule"]), SELECTION_METRIC[stage], int(kept["round"]), value
+                    str(kept["rule"]), stage.selection_metric, int(kept["round"]), value
                 )
             return final
-        total = self._rounds(stage)
         roster = self.roster
-        eligible = roster.eligible(stage, dataset)
-        roster.note_skips(stage, dataset, list(roster.sites))
+        eligible = roster.eligible(stage)
+        roster.note_skips(stage, list(roster.sites))
         if len(eligible) < self.fed.min_sites:
             msg = (
                 f"{key}: only {len(eligible)} training site(s) have data for it "
                 f"({', '.join(roster.sites[n].name for n in eligible) or 'none'}), min-sites={self.fed.min_sites}"
             )
-            if stage == "seg":
+            if stage.is_segmenter:
                 raise TooFewSitesError(msg)
             log.warning("%s: dataset skipped", msg)
-            self.run_log.append("dataset-skipped", stage=stage, dataset=dataset, reason=msg)
+            self.run_log.append("dataset-skipped", stage=stage.kind.value, dataset=stage.dataset, reason=msg)
             return None
-        start_round, arrays, state = 0, self.initial_arrays(stage, dataset, index), {}
-        selection = RoundSelection(self.fed.select_round, SELECTION_METRIC[stage])
+        start_round, arrays, state = 0, self.initial_arrays(stage), {}
+        selection = RoundSelection(self.fed.select_round, stage.selection_metric)
         self.selections[key] = selection
         ck = self.checkpoint
-        if ck is not None and ck.stage == stage and ck.dataset == dataset:
+        if ck is not None and ck.stage == stage.kind.value and ck.dataset == stage.dataset:
             start_round, arrays, state = ck.round, ck.arrays, ck.strategy_state
             if ck.kept_round:
                 selection.round, selection.value = ck.kept_round, ck.kept_value
                 selection.arrays = ck.kept_arrays
             log.info("resuming %s after round %s", key, start_round)
-            self.run_log.append("resume", stage=stage, dataset=dataset, round=start_round)
+            self.run_log.append("resume", stage=stage.kind.value, dataset=stage.dataset, round=start_round)
         strategy = build_strategy(self.fed)
         strategy.setup_stage(
-            action=stage,
-            site_of_node=roster.site_of_node(),
-            train_nodes=eligible,
-            eval_nodes=list(roster.sites),
-            eval_only_nodes=roster.eval_only_nodes(),
+            action=stage.action,
+            participants=roster.participants(stage),
+            refresh=lambda grid: roster.refresh(stage),
             min_sites=self.fed.min_sites,
             round_offset=start_round,
-            eval_metric_keys=P.EVAL_SEG_METRICS if stage == "seg" else P.EVAL_CLS_METRICS,
-            eval_pooler=lambda sums: pool(stage, sums, roster.train_site_names()),
+            eval_metric_keys=stage.eval_metric_keys,
+            eval_pooler=lambda sums: stage.pool(sums, roster.train_site_names()),
         )
-        strategy.node_refresher = lambda grid: roster.refresh_sites(grid, strategy, stage, dataset)
         strategy.load_strategy_state(state)
+        total = stage.rounds
         if total - start_round <= 0:
             return selection.arrays or arrays
         base = {
-            P.CFG_STAGE: stage,
-            P.CFG_DATASET: dataset,
+            P.CFG_STAGE: stage.kind.value,
+            P.CFG_DATASET: stage.dataset,
             P.CFG_STUDY: self.study_id,
             P.CFG_KEEP_LOCAL_NORM: self.fed.fedbn,
             P.CFG_TOTAL_ROUNDS: total,
             P.CFG_TRANSPORT_DTYPE: self.fed.transport_dtype,
             P.CFG_SEGMENTER_HASH: self.seg_hash,
         }
-        position0 = 0 if stage == "seg" else self.fed.seg_rounds + index * self.fed.cls_rounds
 
         def end_of_round(server_round: int, rec: ArrayRecord) -> MetricRecord | None:
             if server_round == 0:
                 return None
             true_round = server_round + start_round
             # said after every round, not at the next refresh: the stage may end with this round
-            roster.mark_away(strategy.unavailable, stage, dataset)
+            roster.mark_away(strategy.unavailable, stage.kind.value, stage.dataset)
             strategy.unavailable.clear()
             ev = strategy.last_eval
             round_arrays = record_to_numpy(rec)
             if selection.offer(true_round, round_arrays, ev.pooled if ev is not None else {}):
                 log.info("%s: round %s is now the kept round (%s)", key, true_round, selection.summary(total))
             self.recorder.end_round(
-                stage=stage,
-                dataset=dataset,
+                stage=stage.kind.value,
+                dataset=stage.dataset,
                 round=true_round,
-                position=position0 + true_round,
+                position=stage.position0 + true_round,
                 arrays=round_arrays,
                 strategy_state=strategy.strategy_state(),
                 train=strategy.last_train,
@@ -212,24 +208,25 @@ class Study:
         summary = selection.summary(total)
         self.store.save_kept_summary(key, summary)
         self.run_log.append(
-            "stage-complete", stage=stage, dataset=dataset, kept=summary, model_sha256=model_hash(kept)
+            "stage-complete",
+            stage=stage.kind.value,
+            dataset=stage.dataset,
+            kept=summary,
+            model_sha256=model_hash(kept),
         )
         return kept
 
-    def _rounds(self, stage: str) -> int:
-        return self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
-
     # ---- final federated test ---------------------------------------------------------------------
 
-    def final_test(self, kind: str, arrays: Arrays, dataset: str = "") -> dict[str, Any]:
-        rounds = self._rounds(kind)
-        kept = self.selections.get(stage_key(kind, dataset))
+    def final_test(self, stage: Stage, arrays: Arrays) -> FinalTest:
+        rounds = stage.rounds
+        kept = self.selections.get(stage.key)
         if kept is not None and kept.round:
             rounds = kept.round  # FedBN: the sites lay their normalisation layers of that round over it
         conf = ConfigRecord(
             {
-                P.CFG_STAGE: kind,
-                P.CFG_DATASET: dataset,
+                P.CFG_STAGE: stage.kind.value,
+                P.CFG_DATASET: stage.dataset,
                 P.CFG_SPLIT: "test",
                 P.CFG_ROUND: rounds,
                 P.CFG_STUDY: self.study_id,
@@ -237,46 +234,34 @@ class Study:
                 P.CFG_SEGMENTER_HASH: self.seg_hash,
             }
         )
-        mtype = P.EVALUATE_SEG if kind == "seg" else P.EVALUATE_CLS
         content = RecordDict({P.ARRAYS: as_record(arrays), P.CONFIG: conf})
         sites = self.roster.sites
-        msgs = [Message(content, dst_node_id=n, message_type=mtype) for n in sites]
+        msgs = [Message(content, dst_node_id=n, message_type=stage.evaluate_type) for n in sites]
         replies = self.roster.send(msgs)
         site_of = lambda n: sites[n].name if n in sites else f"node-{n}"  # noqa: E731
         sums, failed = collect_eval_sums(
-            replies,
-            site_of,
-            [s.name for s in sites.values()],
-            P.EVAL_SEG_METRICS if kind == "seg" else P.EVAL_CLS_METRICS,
+            replies, site_of, [s.name for s in sites.values()], stage.eval_metric_keys
         )
         failed.update({s: r for s, r in error_reasons(replies, msgs, site_of).items() if s in failed})
         train_names = self.roster.train_site_names()
-        external = [s.name for s in sites.values() if s.role == "eval-only"]
-        pooled, per_site = pool(kind, sums, train_names)
-        pooled_external, _ = pool(kind, sums, external) if external else ({}, {})
+        external = self.roster.eval_only_site_names()
+        pooled, per_site = stage.pool(sums, train_names)
+        pooled_external, _ = stage.pool(sums, external) if external else ({}, {})
         self.run_log.append(
             "final-test",
-            stage=kind,
-            dataset=dataset,
+            stage=stage.kind.value,
+            dataset=stage.dataset,
             pooled=pooled,
             per_site=per_site,
             pooled_eval_only_sites=pooled_external,
             failed=failed,
             model_sha256=model_hash(arrays),
         )
-        return {
-            "pooled": pooled,
-            "per_site": per_site,
-            "external": pooled_external,
-            "failed": failed,
-            "sums": sums,
-            "train_sites": train_names,
-            "eval_only_sites": external,
-        }
+        return FinalTest(pooled, per_site, pooled_external, failed, sums, train_names, external)
 
     # ---- the whole study --------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> StudyOutcome:
         if self.fed.resume:
             self.checkpoint = self.store.load_for_resume(self.fingerprint)
             if self.checkpoint is None:
@@ -290,29 +275,32 @@ class Study:
                 f"{len(train)} training site(s) answered query.info ({', '.join(train) or 'none'}), "
                 f"min-sites={self.fed.min_sites}: check that every hospital's SuperNode is connected"
             )
-        self.seg_arrays = self.run_stage("seg", "", 0)
-        assert self.seg_arrays is not None  # run_stage raises for seg rather than skipping
-        self.store.save_final("seg", self.seg_arrays)
-        self.seg_hash = model_hash(self.seg_arrays)
+        segmenter, *classifiers = self.stages
+        seg_arrays = self.run_stage(segmenter)
+        if seg_arrays is None:  # run_stage raises TooFewSitesError for the segmenter rather than skipping
+            raise TooFewSitesError("the segmenter stage was skipped: no site can train it")
+        self.seg_arrays = seg_arrays
+        self.store.save_final(segmenter.key, seg_arrays)
+        self.seg_hash = model_hash(seg_arrays)
         # a site back since the last round gets the segmenter too
         self.roster.check_sites("roi", "", roi=False)
         self.roster.query_roi(self.roster.present())
-        cls_arrays: dict[str, Arrays] = {}
-        for i, dataset in enumerate(self.cfg.datasets):
-            arrays = self.run_stage("cls", dataset, i + 1)
+        trained: dict[str, tuple[Stage, Arrays]] = {}
+        for stage in classifiers:
+            arrays = self.run_stage(stage)
             if arrays is not None:
-                cls_arrays[dataset] = arrays
-                self.store.save_final(stage_key("cls", dataset), arrays)
-        tests = {"seg": self.final_test("seg", self.seg_arrays)}
-        for dataset, arrays in cls_arrays.items():
-            tests[dataset] = self.final_test("cls", arrays, dataset)
-        return {
-            "seg": self.seg_arrays,
-            "cls": cls_arrays,
-            "tests": tests,
-            "sites": self.roster.sites,
-            "skipped": self.roster.skipped,
-            "kept_rounds": {
-                key: sel.summary(self._rounds(key.partition(":")[0])) for key, sel in self.selections.items()
+                trained[stage.dataset] = (stage, arrays)
+                self.store.save_final(stage.key, arrays)
+        return StudyOutcome(
+            segmenter=seg_arrays,
+            classifiers={d: a for d, (_, a) in trained.items()},
+            segmenter_test=self.final_test(segmenter, seg_arrays),
+            classifier_tests={d: self.final_test(st, a) for d, (st, a) in trained.items()},
+            sites=self.roster.sites,
+            skipped=self.roster.skipped,
+            kept_rounds={
+                st.key: self.selections[st.key].summary(st.rounds)
+                for st in self.stages
+                if st.key in self.selections
             },
-        }
+        )

@@ -5,11 +5,11 @@ not a silently missing metric. Every reply of one message type carries EXACTLY t
 keys from every site (Flower 1.42 ends the run on inconsistent replies), and only aggregate
 values: counts, sums, losses, fixed-bin histograms. Never per-patient values, ids or images.
 
-Flow of one study (``server/app.py``):
+Flow of one study (``server/study.py``, one :class:`server.stage.Stage` after the other):
 
 1. ``query.info``      server -> every site: empty content. Reply: ConfigRecord ``info`` with
-   ``site`` (site name, never a patient id) and ``role`` ("train" or "eval-only"), MetricRecord
-   ``metrics`` with the counts below (``INFO_METRICS``).
+   ``INFO_SITE`` (site name, never a patient id) and ``INFO_ROLE`` (``ROLE_TRAIN`` or ``ROLE_EVAL_ONLY``),
+   MetricRecord ``metrics`` with the counts below (``INFO_METRICS``).
 2. ``train.seg`` / ``evaluate.seg``   stage 1 rounds on patients with masks.
 3. ``query.roi``       server -> every site: the final global segmenter in ArrayRecord ``arrays``,
    ConfigRecord ``config`` with ``segmenter-hash``. The site predicts masks for all its patients,
@@ -36,7 +36,9 @@ INFO = "info"
 
 # --- ConfigRecord keys sent by the server ----------------------------------------------------
 CFG_ROUND = "server-round"  # injected by Flower's strategies
-CFG_STAGE = "stage"  # "seg" | "cls"
+CFG_STAGE = "stage"  # STAGE_SEG | STAGE_CLS
+STAGE_SEG = "seg"  # the wire value of server.stage.StageKind.SEG
+STAGE_CLS = "cls"
 CFG_DATASET = "dataset"  # "t1" | "t2" | "t1ce" | "t1+t2" ... (stage 2 only)
 CFG_SPLIT = "split"  # evaluation split: "val" | "test"
 CFG_LOCAL_EPOCHS = "local-epochs"
@@ -78,23 +80,50 @@ HIST_NEG = "hist-neg"  # list[int]: patient-level scores of NPC patients
 
 EVAL_CLS_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, HIST_POS, HIST_NEG, EVAL_LOSS, EVAL_SECONDS)
 
-# query.info: counts only
+# --- query.info: ConfigRecord INFO keys and values, then counts only ---------------------------
+INFO_SITE = "site"
+INFO_ROLE = "role"
+ROLE_TRAIN = "train"
+ROLE_EVAL_ONLY = "eval-only"
+ROLES = (ROLE_TRAIN, ROLE_EVAL_ONLY)
+
+PATIENTS = "patients"  # ingested patients
+PATIENTS_NPC = "patients-npc"
+PATIENTS_NPL = "patients-npl"
+PATIENTS_UNLABELLED = "patients-unlabelled"
+PATIENTS_WITH_MASK = "patients-with-mask"
+PATIENTS_TRAIN = "patients-train"
+PATIENTS_VAL = "patients-val"
+PATIENTS_TEST = "patients-test"
+BLOCKING_PROBLEMS = "blocking-problems"
+WARNINGS = "warnings"
+
 INFO_METRICS = (
-    "patients",  # ingested patients
-    "patients-npc",
-    "patients-npl",
-    "patients-unlabelled",
-    "patients-with-mask",
-    "patients-train",
-    "patients-val",
-    "patients-test",
-    "blocking-problems",
-    "warnings",
+    PATIENTS,
+    PATIENTS_NPC,
+    PATIENTS_NPL,
+    PATIENTS_UNLABELLED,
+    PATIENTS_WITH_MASK,
+    PATIENTS_TRAIN,
+    PATIENTS_VAL,
+    PATIENTS_TEST,
+    BLOCKING_PROBLEMS,
+    WARNINGS,
 )
 
-# query.roi: per dataset, flattened as "<dataset>/<key>" (e.g. "t1+t2/patients-train")
-ROI_KEYS = ("patients-train", "patients-val", "patients-test", "missing-sequence", "empty-prediction")
+# --- query.roi: per dataset, flattened as "<dataset>/<key>" (e.g. "t1+t2/patients-train") ----------
+ROI_TRAIN = PATIENTS_TRAIN
+ROI_VAL = PATIENTS_VAL
+ROI_TEST = PATIENTS_TEST
+ROI_MISSING_SEQUENCE = "missing-sequence"
+ROI_EMPTY_PREDICTION = "empty-prediction"
+ROI_KEYS = (ROI_TRAIN, ROI_VAL, ROI_TEST, ROI_MISSING_SEQUENCE, ROI_EMPTY_PREDICTION)
+
+SPLITS = ("train", "val", "test")
 
 
 def roi_metric_key(dataset: str, key: str) -> str:
+    """``("t1+t2", ROI_TRAIN)`` -> ``"t1+t2/patients-train"``; ``key`` must be one of ``ROI_KEYS``."""
+    if key not in ROI_KEYS:
+        raise ValueError(f"{key!r} is not a query.roi key: expected one of {ROI_KEYS}")
     return f"{dataset}/{key}"

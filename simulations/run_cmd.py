@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,20 @@ def validate_run_config(values: dict[str, ConfigValue]) -> None:
     pipeline_from_run_config(merged)
 
 
+def flwr_command() -> str:
+    """Flower's ``flwr`` command of this environment (beside this Python), else the one on PATH."""
+    beside = Path(sys.executable).with_name("flwr")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("flwr")
+    if found is None:
+        raise ConfigError(
+            f"Flower's `flwr` command is neither beside {sys.executable} nor on PATH: install nasofl's dependencies "
+            "in this environment (pip install nasofl) or activate its virtual environment"
+        )
+    return found
+
+
 def follow(proc: subprocess.Popen, progress: StudyProgress, timeout: float) -> int:
     """Wait for ``proc`` while printing the study's progress; exit code, or 124 after ``timeout`` seconds."""
     deadline = time.time() + timeout
@@ -184,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
         }
     )
-    flwr = str(Path(sys.executable).with_name("flwr"))
+    flwr = flwr_command()
     cmd = [
         flwr,
         "run",

@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from server.config import federation_from_run_config
 from server.strategies import TooFewSitesError, build_strategy
+from server.strategies.base import Participants
 from shared import protocol as P
 from tests.fed_support import LocalGrid, default_run_config
 
@@ -24,10 +25,12 @@ def make_strategy(name: str, min_sites: int = 2, **extra):
     strategy = build_strategy(federation_from_run_config(rc))
     strategy.setup_stage(
         action="seg",
-        site_of_node=NODES,
-        train_nodes=[11, 12, 13, 14],
-        eval_nodes=list(NODES),
-        eval_only_nodes=[15],
+        participants=Participants(
+            site_of_node=NODES,
+            train_nodes=frozenset([11, 12, 13, 14]),
+            eval_nodes=frozenset(NODES),
+            eval_only_nodes=frozenset([15]),
+        ),
         min_sites=min_sites,
     )
     return strategy

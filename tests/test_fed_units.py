@@ -10,7 +10,7 @@ import torch
 
 from server.checkpoint import CheckpointStore, load_arrays, save_arrays
 from server.config import federation_from_run_config, split_run_config
-from server.pooled_eval import pool
+from server.pooled_eval import cls_figures, pool, seg_figures
 from server.run_log import RunLog, read_run_log
 from server.update_check import update_problem
 from shared import protocol as P
@@ -63,7 +63,7 @@ def test_pooled_auc_from_histograms_matches_pooled_scores_within_binning_bound()
         sums[f"site-{i}"] = {P.HIST_POS: pos, P.HIST_NEG: neg, P.NUM_EXAMPLES: n, P.EVAL_LOSS: 0.5}
         all_s.append(s)
         all_y.append(y)
-    pooled, per_site = pool("cls", sums)
+    pooled, per_site = pool(cls_figures, sums)
     s, y = np.concatenate(all_s), np.concatenate(all_y)
     exact = auc(s, y)
     pos, neg = score_histograms(s, y, 50)
@@ -95,10 +95,10 @@ def test_pooled_dice_is_from_summed_sums_and_respects_the_pooled_set():
             P.EVAL_LOSS: 1.0,
         },
     }
-    pooled, per_site = pool("seg", sums)
+    pooled, per_site = pool(seg_figures, sums)
     assert pooled["dice"] == pytest.approx(2 * 30 / (50 + 50))
     assert per_site["a"]["dice"] == pytest.approx(60 / 90)
-    only_a, _ = pool("seg", sums, ["a"])
+    only_a, _ = pool(seg_figures, sums, ["a"])
     assert only_a["dice"] == pytest.approx(60 / 90)
 
 

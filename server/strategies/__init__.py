@@ -9,7 +9,8 @@ from server.strategies.base import EvalRound, StageMixin, TooFewSitesError, Trai
 def build_strategy(fed: FederationConfig) -> StageMixin:
     """A fresh strategy object for one stage (or one classifier dataset).
 
-    Flower's own minimums are set to 1 so that sampling never blocks waiting for nodes (notes §5.3);
+    Flower's own minimums are set to 1 so that sampling never blocks waiting for nodes (Flower samples only
+    among connected nodes and would wait for the configured minimum to connect);
     nasofl enforces ``min-sites`` itself on the checked replies (:class:`TooFewSitesError`).
     """
     common = dict(

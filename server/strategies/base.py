@@ -67,43 +67,60 @@ class EvalRound:
 EvalPooler = Callable[[dict[str, dict[str, object]]], tuple[dict[str, float], dict[str, dict[str, float]]]]
 
 
-class StageMixin:
-    """Mixin for a Flower Message-API strategy; call :meth:`setup_stage` before ``start``."""
+@dataclass(frozen=True)
+class Participants:
+    """Who takes part in a stage's rounds: node -> site name, the nodes that train (training sites with data
+    for the stage), the nodes that evaluate (every known site) and the evaluation-only ones."""
 
-    action: str = "default"
     site_of_node: dict[int, str]
     train_nodes: frozenset[int]
     eval_nodes: frozenset[int]
-    eval_only_nodes: frozenset[int]
-    round_offset: int = 0
-    min_sites: int = 1
-    train_metric_keys: tuple[str, ...] = ()
-    eval_metric_keys: tuple[str, ...] = ()
-    eval_pooler: EvalPooler | None = None
-    last_train: TrainRound | None = None
-    last_eval: EvalRound | None = None
+    eval_only_nodes: frozenset[int] = frozenset()
+
+
+#: called before each round; returns new participants when sites joined or came back, else None
+ParticipantsRefresh = Callable[[Grid], Participants | None]
+
+
+class StageMixin:
+    """Mixin for a Flower Message-API strategy; call :meth:`setup_stage` before ``start``."""
+
+    action: str
+    participants: Participants
+    refresh: ParticipantsRefresh | None
+    round_offset: int
+    min_sites: int
+    train_metric_keys: tuple[str, ...]
+    eval_metric_keys: tuple[str, ...]
+    eval_pooler: EvalPooler | None
+    last_train: TrainRound | None
+    last_eval: EvalRound | None
     unavailable: set[int]  # nodes the SuperLink reported offline since the study last looked (it clears it)
-    _global_numpy: dict[str, np.ndarray] | None = None
+    _global_numpy: dict[str, np.ndarray] | None
+    _sent_train: list[Message]  # the grid stamps message ids on these objects when it pushes them
+    _sent_eval: list[Message]
+    _eval_bytes: int
 
     def setup_stage(
         self,
         *,
         action: str,
-        site_of_node: dict[int, str],
-        train_nodes: Iterable[int],
-        eval_nodes: Iterable[int],
-        eval_only_nodes: Iterable[int] = (),
+        participants: Participants,
         min_sites: int,
+        refresh: ParticipantsRefresh | None = None,
         round_offset: int = 0,
         train_metric_keys: tuple[str, ...] = P.TRAIN_METRICS,
         eval_metric_keys: tuple[str, ...] = (),
         eval_pooler: EvalPooler | None = None,
     ) -> None:
+        """Everything the strategy needs for one stage, as arguments (it reads nothing else of the study).
+
+        ``action``: message action (``train.<action>`` / ``evaluate.<action>``); ``refresh``: asked before each
+        round whether sites (re)joined; ``round_offset``: rounds already done (resume).
+        """
         self.action = action
-        self.site_of_node = dict(site_of_node)
-        self.train_nodes = frozenset(train_nodes)
-        self.eval_nodes = frozenset(eval_nodes)
-        self.eval_only_nodes = frozenset(eval_only_nodes)
+        self.participants = participants
+        self.refresh = refresh
         self.min_sites = min_sites
         self.round_offset = round_offset
         self.train_metric_keys = train_metric_keys
@@ -112,11 +129,15 @@ class StageMixin:
         self.last_train = None
         self.last_eval = None
         self.unavailable = set()
+        self._global_numpy = None
+        self._sent_train = []
+        self._sent_eval = []
+        self._eval_bytes = 0
 
     # ---- helpers -----------------------------------------------------------------------------------
 
     def _site(self, node_id: int) -> str:
-        return self.site_of_node.get(node_id, f"node-{node_id}")
+        return self.participants.site_of_node.get(node_id, f"node-{node_id}")
 
     def _retype(self, messages: Iterable[Message], category: str, keep: frozenset[int]) -> list[Message]:
         out = []
@@ -134,11 +155,13 @@ class StageMixin:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         true_round = server_round + self.round_offset
-        if getattr(self, "node_refresher", None) is not None:
-            self.node_refresher(grid)  # a site that rejoined under a new node id takes part again
+        if self.refresh is not None:
+            refreshed = self.refresh(grid)  # a site that joined or came back takes part from this round
+            if refreshed is not None:
+                self.participants = refreshed
         msgs = super().configure_train(true_round, arrays, config, grid)  # type: ignore[misc]
-        msgs = self._retype(msgs, "train", self.train_nodes)
-        self._sent_train = msgs  # the grid stamps message ids on these objects when it pushes them
+        msgs = self._retype(msgs, "train", self.participants.train_nodes)
+        self._sent_train = msgs
         self._global_numpy = record_to_numpy(arrays)
         rec = TrainRound(round=true_round)
         rec.sent_to = sorted(self._site(m.metadata.dst_node_id) for m in msgs)
@@ -186,8 +209,8 @@ class StageMixin:
                 continue
             rec.site_train_seconds[site] = float(metric_recs[0][P.TRAIN_SECONDS])
             good.append((site, msg))
-        errors = error_reasons(replies, getattr(self, "_sent_train", []), self._site)
-        self.unavailable |= unavailable_nodes(replies, getattr(self, "_sent_train", []))
+        errors = error_reasons(replies, self._sent_train, self._site)
+        self.unavailable |= unavailable_nodes(replies, self._sent_train)
         for site in rec.sent_to:
             if site not in answered:
                 reason = errors.get(site, "no reply (timeout or disconnect)")
@@ -212,41 +235,36 @@ class StageMixin:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         true_round = server_round + self.round_offset
         msgs = super().configure_evaluate(true_round, arrays, config, grid)  # type: ignore[misc]
-        msgs = self._retype(msgs, "evaluate", self.eval_nodes)
+        msgs = self._retype(msgs, "evaluate", self.participants.eval_nodes)
         self._sent_eval = msgs
-        self._eval_sent = sorted(self._site(m.metadata.dst_node_id) for m in msgs)
         self._eval_bytes = int(arrays.count_bytes()) * len(msgs)
         return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         true_round = server_round + self.round_offset
         replies = list(replies)
-        sums, failed = collect_eval_sums(
-            replies, self._site, getattr(self, "_eval_sent", []), self.eval_metric_keys
-        )
-        for site, reason in error_reasons(replies, getattr(self, "_sent_eval", []), self._site).items():
+        sent_to = sorted(self._site(m.metadata.dst_node_id) for m in self._sent_eval)
+        sums, failed = collect_eval_sums(replies, self._site, sent_to, self.eval_metric_keys)
+        for site, reason in error_reasons(replies, self._sent_eval, self._site).items():
             if site in failed:
                 failed[site] = reason
-        self.unavailable |= unavailable_nodes(replies, getattr(self, "_sent_eval", []))
+        self.unavailable |= unavailable_nodes(replies, self._sent_eval)
         pooled, per_site = self.eval_pooler(sums) if self.eval_pooler else ({}, {})
-        self.last_eval = EvalRound(
-            true_round, pooled, per_site, sums, failed, getattr(self, "_eval_bytes", 0)
-        )
+        self.last_eval = EvalRound(true_round, pooled, per_site, sums, failed, self._eval_bytes)
         return MetricRecord({k: float(v) for k, v in pooled.items() if v == v}) if pooled else None
 
-    # ---- strategy state (FedAdam moments) for checkpoints -----------------------------------------
+    # ---- strategy state for checkpoints (FedAdam overrides both) -----------------------------------
 
     def strategy_state(self) -> dict[str, dict[str, np.ndarray]]:
-        state = {}
-        for name in ("m_t", "v_t"):
-            value = getattr(self, name, None)
-            if value:
-                state[name] = {k: np.asarray(v) for k, v in value.items()}
-        return state
+        """Server-side optimiser state to checkpoint after each round; none for averaging strategies."""
+        return {}
 
     def load_strategy_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        for name, value in state.items():
-            setattr(self, name, {k: np.asarray(v) for k, v in value.items()})
+        if state:
+            raise ValueError(
+                f"the checkpoint holds server optimiser state ({', '.join(sorted(state))}) but strategy "
+                f"{type(self).__name__} keeps none: resume with the strategy the checkpoint was written with"
+            )
 
 
 def error_reasons(

@@ -1,0 +1,44 @@
+"""What a finished study hands its report: typed, so the report reads fields, not dictionary keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.sites import SiteInfo
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FinalTest:
+    """The federated test of one stage's kept model: pooled over the training sites, per site, and pooled over
+    the evaluation-only sites (``external``); ``sums`` are the sites' raw statistics (counts, histograms)."""
+
+    pooled: dict[str, float]
+    per_site: dict[str, dict[str, float]]
+    external: dict[str, float]
+    failed: dict[str, str]
+    sums: dict[str, dict[str, object]]
+    train_sites: list[str]
+    eval_only_sites: list[str]
+
+    def train_sums(self) -> list[dict[str, object]]:
+        """The training sites' statistics that arrived, in site-name order."""
+        return [self.sums[s] for s in sorted(self.train_sites) if s in self.sums]
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """``segmenter``: kept segmenter arrays; ``classifiers``: dataset -> kept arrays (datasets that trained);
+    ``segmenter_test`` / ``classifier_tests``: final tests; ``sites``: node id -> SiteInfo; ``skipped``: site ->
+    {stage or dataset: why it sat out}; ``kept_rounds``: stage key -> the kept-round summary."""
+
+    segmenter: Arrays
+    classifiers: dict[str, Arrays]
+    segmenter_test: FinalTest
+    classifier_tests: dict[str, FinalTest]
+    sites: dict[int, SiteInfo]
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    kept_rounds: dict[str, dict[str, object]] = field(default_factory=dict)
