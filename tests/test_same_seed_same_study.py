@@ -57,7 +57,7 @@ def test_two_runs_with_one_seed_give_identical_arrays_and_figures(tmp_path):
     _study(cohort, first, LocalGrid)
     _study(cohort, second, ReversedArrivalGrid)
     finals = sorted(p.name for p in (first / "checkpoints").glob("final-*.npz"))
-    assert finals == ["final-cls-t1+t2.npz", "final-seg.npz"]
+    assert finals == ["final-cls-t1plust2.npz", "final-seg.npz"]
     for name in finals:
         a, b = load_arrays(first / "checkpoints" / name), load_arrays(second / "checkpoints" / name)
         assert list(a) == list(b)
