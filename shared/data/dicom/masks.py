@@ -10,6 +10,7 @@ import pydicom
 
 from shared.data.dicom.geometry import VolumeGeometry
 from shared.data.dicom.header import RTSTRUCT_STORAGE, SEG_STORAGE, InstanceHeader
+from shared.data.dicom.pixels import with_transfer_syntax
 from shared.data.dicom.resample import resample_mask
 from shared.data.dicom.rtstruct import parse_rtstruct, rasterise, select_roi
 from shared.data.dicom.seg import parse_seg, segment_mask, select_segment
@@ -64,7 +65,7 @@ def mask_from_objects(
         try:
             with warnings.catch_warnings():  # pydicom warnings may quote element values (names)
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(site_dir / h.path, force=True)
+                ds = with_transfer_syntax(pydicom.dcmread(site_dir / h.path, force=True))
         except Exception as err:
             problems.append(
                 Problem("warning", "unreadable", h.path, f"cannot read ({type(err).__name__})", patient)
