@@ -120,3 +120,88 @@ def test_edge_slices_of_image_and_rtstruct_mask_survive_rounded_positions(tmp_pa
     for seq in ("t1", "t1ce"):
         assert np.mean(pv.images[seq][0] == 0) < 0.05, seq
     assert pv.mask is not None and pv.mask[0].sum() > 0
+
+
+# 3 -------------------------------------------------------------------------------------------------
+def resave(path, **values) -> None:
+    ds = pydicom.dcmread(path)
+    for k, v in values.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_invalid_geometry_values_rejected_by_name(tmp_path):
+    site = tmp_path / "site"
+    p = write_patient(site, "P1", diagnosis_mask=False)
+    for path, _ in p["t1"]:
+        resave(path, PixelSpacing=[0, 0])  # every slice: the series cannot be placed
+    t2 = sorted(p["t2"], key=lambda f: f[1].ImagePositionPatient[2])
+    resave(t2[5][0], ImagePositionPatient=[-12.0, float("nan"), 10.0])
+    t1ce = sorted(p["t1ce"], key=lambda f: f[1].ImagePositionPatient[2])
+    resave(t1ce[6][0], ImageOrientationPatient=[0, 0, 0, 0, 0, 0])
+    write_labels(site, [("P1", "NPC")])
+    cohort = load_site(site)
+    codes = by_code(cohort.report)
+    rejected = [q for q in codes["invalid_geometry"] if q.file.startswith("P1/t1/")]
+    assert len(rejected) == 1 and "PixelSpacing 0\\0" in rejected[0].message and "t1 series 1" in rejected[0].message
+    dropped = {q.file: q.message for q in codes["invalid_geometry"]}
+    assert "ImagePositionPatient -12\\nan\\10 is not finite" in dropped[t2[5][0].relative_to(site).as_posix()]
+    assert "not two orthogonal unit vectors" in dropped[t1ce[6][0].relative_to(site).as_posix()]
+    assert "series_split" not in codes  # the broken slice is dropped, not taken for another orientation
+    (pv,) = cohort.patients
+    assert "t1" not in pv.images and np.isfinite(pv.images["t2"]).all() and pv.images["t2"].shape[0] == 8
+
+
+def test_mask_lost_or_shrunk_on_resampling_is_warned(tmp_path):
+    site = tmp_path / "site"
+    study = generate_uid()
+    write_series(site / "P1" / "t2", "P1", study, tr=4000, te=100, series_number=2, acq_time="100500")
+    # T1 / T1CE slab 20 mm above the T2 slab (z -10..18 mm): overlapping by 8 mm only
+    for name, number, time in (("t1", 1, "100000"), ("t1c", 3, "102000")):
+        files = write_series(site / "P1" / name, "P1", study, tr=500, te=12, series_number=number,
+                             acq_time=time, origin=(-12.0, -15.0, 10.0))  # fmt: skip
+    by_z = sorted(files, key=lambda f: f[1].ImagePositionPatient[2])
+    contours = [(square(0, 0, 4, float(ds.ImagePositionPatient[2])), ds.SOPInstanceUID) for _, ds in by_z]
+    write_rtstruct(site / "P1" / "rs_all.dcm", "P1", study, [("GTVnx", "GTV", contours)])
+    write_rtstruct(site / "P1" / "rs_far.dcm", "P1", study, [("GTVp", "GTV", contours[-2:])])
+    write_labels(site, [("P1", "NPC")])
+    for name, code, phrase in (("rs_far.dcm", "empty_mask", "nothing left on the reference grid"),
+                               ("rs_all.dcm", "mask_shrunk", "left on the reference grid")):  # fmt: skip
+        other = site / "P1" / ("rs_all.dcm" if name == "rs_far.dcm" else "rs_far.dcm")
+        hidden = other.rename(tmp_path / other.name)
+        (q,) = by_code(load_site(site).report)[code]
+        assert q.file == f"P1/{name}" and phrase in q.message
+        hidden.rename(other)
+
+
+# 4 -------------------------------------------------------------------------------------------------
+def test_resent_slice_with_the_same_sop_uid_at_another_position_is_reported_and_dropped(tmp_path):
+    site = tmp_path / "site"
+    p = write_patient(site, "P1")
+    t2 = sorted(p["t2"], key=lambda f: f[1].ImagePositionPatient[2])
+    ds = pydicom.dcmread(t2[3][0])
+    ds.ImagePositionPatient = [-12.0, -15.0, 40.0]  # re-sent with the position of a slice beyond the stack
+    ds.save_as(site / "P1" / "t2" / "resent.dcm", enforce_file_format=True)
+    write_labels(site, [("P1", "NPC")])
+    cohort = load_site(site)
+    dup = by_code(cohort.report)["duplicate_sop_uid"]
+    assert {q.file for q in dup} == {"P1/t2/resent.dcm", t2[3][0].relative_to(site).as_posix()}
+    assert "40.00 mm" in dup[0].message
+    (pv,) = cohort.patients
+    assert pv.images["t2"].shape[0] == 8  # not stretched to 40 mm by the extra slice
+
+
+# 5 -------------------------------------------------------------------------------------------------
+def test_constant_volume_is_not_usable(tmp_path):
+    site = tmp_path / "site"
+    p = write_patient(site, "P1")
+    for path, _ in p["t1ce"]:
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.zeros((ds.Rows, ds.Columns), np.uint16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    write_labels(site, [("P1", "NPC")])
+    cohort = load_site(site)
+    (q,) = by_code(cohort.report)["constant_volume"]
+    assert q.file.startswith("P1/t1c/") and "every voxel of the 8 slices is 0" in q.message
+    (pv,) = cohort.patients
+    assert "t1ce" not in pv.images

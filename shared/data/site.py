@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -96,7 +96,10 @@ def load_site(
     scrubber = Scrubber()
     by_patient: dict[str, list[InstanceHeader]] = defaultdict(list)
     for entry in entries.values():
-        report.extend(entry.problems)
+        patient = pseudonym(entry.patient_id, salt) if entry.patient_id else ""
+        report.extend([replace(p, patient=p.patient or patient) for p in entry.problems])
+        if entry.patient_id:
+            scrubber.add(entry.patient_id, patient)
         for h in entry.headers:
             pid = _patient_of(h)
             by_patient[pid].append(h)
@@ -123,13 +126,11 @@ def load_site(
             ) as err:  # a bug or an input nobody foresaw: skip the patient, keep the site going
                 log.warning("patient %s: ingestion failed (%s); patient skipped", pseudo, type(err).__name__)
                 report.add("warning", "ingest_error", "", f"ingestion failed ({type(err).__name__}: "
-                           f"{scrubber.scrub(str(err))[:200]}); patient skipped. Please report this.", pseudo)  # fmt: skip
+                           f"{scrubber.scrub(str(err), strict=True)[:200]}); patient skipped. Please report this.", pseudo)  # fmt: skip
                 report.patients.append(
                     PatientSummary(pseudo, pid, CLASS_NAMES.get(labels.get(pid), "-"), "-", False)
                 )
                 continue
-            result.problems = [p.scrubbed(scrubber) for p in result.problems]
-            result.summary.sequences = {k: scrubber.scrub(v) for k, v in result.summary.sequences.items()}
             if cache:
                 cache.save(pseudo, key, result)
         else:
@@ -167,7 +168,7 @@ def load_site(
     for row in report.patients:
         row.split = splits.get(row.pseudonym, "-")
     _site_level_checks(report, usable, labels)
-    report.scrub(scrubber)
+    report.scrubber = scrubber
     log.info(
         "site %s: %d patients ingested (%d labelled), %d blocking problem(s), %d warning(s)",
         report.site_name, len(usable), sum(lab is not None for _, lab, _ in usable),

@@ -47,6 +47,40 @@ def _contour_host(contours, loaded: list[LoadedSeries]) -> LoadedSeries:
     return max(loaded, key=plane_hits)  # first max = reference series on ties
 
 
+#: A mask that keeps less than this share of its volume when put on the reference grid is reported.
+MIN_KEPT_VOLUME = 0.5
+
+
+def _volume_ml(mask: np.ndarray, geom: VolumeGeometry) -> float:
+    dz, dr, dc = geom.spacing_zyx
+    return float(mask.sum()) * dz * dr * dc / 1000.0
+
+
+def seg_volume_ml(seg, number: int) -> float:
+    frames = [f for f in seg.frames if f.segment == number]
+    if not frames:
+        return 0.0
+    step = seg.spacing_between or 1.0
+    if seg.spacing_between is None and len(frames) > 1:
+        n = np.cross(np.asarray(frames[0].iop[:3]), np.asarray(frames[0].iop[3:]))
+        d = np.sort([float(n @ np.asarray(f.ipp)) for f in frames])
+        steps = np.diff(d)
+        step = float(np.min(steps[steps > 1e-3])) if np.any(steps > 1e-3) else 1.0
+    return sum(float(f.mask.sum()) * f.spacing[0] * f.spacing[1] * step for f in frames) / 1000.0
+
+
+def _lost_on_resampling(source_ml: float, on_grid: np.ndarray, grid: VolumeGeometry) -> str:
+    """'' when the mask kept its volume on the reference grid, else what was lost (for the report)."""
+    kept_ml = _volume_ml(on_grid, grid)
+    if source_ml <= 0 or kept_ml >= MIN_KEPT_VOLUME * source_ml:
+        return ""
+    if kept_ml == 0:
+        return (f"{source_ml:.2f} ml drawn, nothing left on the reference grid (the contours lie outside the "
+                "reference series, or the geometry of a series is wrong); no mask used")  # fmt: skip
+    return (f"{source_ml:.2f} ml drawn, {kept_ml:.2f} ml left on the reference grid ({kept_ml / source_ml:.0%}): "
+            "check that the contours lie inside the reference series")  # fmt: skip
+
+
 def mask_from_objects(
     site_dir: Path,
     objects: list[InstanceHeader],
@@ -90,7 +124,14 @@ def mask_from_objects(
                     Problem("warning", "empty_mask", h.path, f"ROI {roi.name!r} gives an empty mask", patient)
                 )
                 continue
-            return resample_mask(mask, host.geometry, reference), f"rtstruct:{roi.name}", problems
+            on_grid = resample_mask(mask, host.geometry, reference)
+            lost = _lost_on_resampling(_volume_ml(mask, host.geometry), on_grid, reference)
+            if lost:
+                code = "mask_shrunk" if on_grid.any() else "empty_mask"
+                problems.append(Problem("warning", code, h.path, f"ROI {roi.name!r}: {lost}", patient))
+                if not on_grid.any():
+                    continue
+            return on_grid, f"rtstruct:{roi.name}", problems
         try:
             seg = parse_seg(ds, h.path)
         except DicomError as err:
@@ -101,6 +142,9 @@ def mask_from_objects(
             problems.append(Problem("warning", "no_tumour_roi", h.path, note, patient))
             continue
         mask = segment_mask(seg, number, reference)
+        lost = _lost_on_resampling(seg_volume_ml(seg, number), mask, reference)
+        if lost and mask.any():
+            problems.append(Problem("warning", "mask_shrunk", h.path, f"tumour segment: {lost}", patient))
         if not mask.any():
             problems.append(
                 Problem("warning", "empty_mask", h.path, "tumour segment is empty on the grid", patient)

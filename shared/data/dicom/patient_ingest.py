@@ -122,7 +122,7 @@ def ingest_patient(
                 )
             except DicomError as err:
                 msg = str(err)
-                code = (
+                code = err.code or (
                     "unsupported_transfer_syntax"
                     if "unsupported transfer syntax" in msg
                     else "series_rejected"
