@@ -109,10 +109,14 @@ def mask_from_objects(
             ss = parse_rtstruct(ds)
             roi, note = select_roi(ss.rois, patterns)
             if roi is None:
-                problems.append(Problem("warning", "no_tumour_roi", h.path, note, patient))
+                code = "malformed_contour" if "no contour is usable" in note else "no_tumour_roi"
+                problems.append(Problem("warning", code, h.path, note, patient))
                 continue
             if note:
                 problems.append(Problem("warning", "several_tumour_rois", h.path, note, patient))
+            if roi.malformed:
+                msg = f"ROI {roi.name!r}: {len(roi.malformed)} contour(s) skipped: {'; '.join(roi.malformed[:3])}"
+                problems.append(Problem("warning", "malformed_contour", h.path, msg, patient))
             host = _contour_host(roi.closed_planar, loaded)
             mask, unmatched = rasterise(roi.closed_planar, host.geometry, host.sop_to_slice)
             for msg in unmatched:

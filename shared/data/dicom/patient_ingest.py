@@ -112,8 +112,13 @@ def ingest_patient(
         while cands:
             chosen, note = choose(cands)
             if note and first:
+                # a warning only when the choice is a toss-up (another ORIGINAL/DERIVED series of the same
+                # orientation); coronal / sagittal or derived companions of an axial original are expected
+                rank = next((c.derived, g.is_axial) for g, c in cands if g is chosen)
+                tie = any((c.derived, g.is_axial) == rank for g, c in cands if g is not chosen)
+                severity = "warning" if tie else "info"
                 problems.append(
-                    Problem("warning", "several_candidates", chosen.first.path, f"{seq}: {note}", pseudonym)
+                    Problem(severity, "several_candidates", chosen.first.path, f"{seq}: {note}", pseudonym)
                 )
             first = False
             try:
