@@ -12,7 +12,6 @@ import shutil
 
 import numpy as np
 import pydicom
-import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import generate_uid
 from scipy.spatial.transform import Rotation
@@ -143,7 +142,11 @@ def test_invalid_geometry_values_rejected_by_name(tmp_path):
     cohort = load_site(site)
     codes = by_code(cohort.report)
     rejected = [q for q in codes["invalid_geometry"] if q.file.startswith("P1/t1/")]
-    assert len(rejected) == 1 and "PixelSpacing 0\\0" in rejected[0].message and "t1 series 1" in rejected[0].message
+    assert (
+        len(rejected) == 1
+        and "PixelSpacing 0\\0" in rejected[0].message
+        and "t1 series 1" in rejected[0].message
+    )
     dropped = {q.file: q.message for q in codes["invalid_geometry"]}
     assert "ImagePositionPatient -12\\nan\\10 is not finite" in dropped[t2[5][0].relative_to(site).as_posix()]
     assert "not two orthogonal unit vectors" in dropped[t1ce[6][0].relative_to(site).as_posix()]
@@ -205,3 +208,170 @@ def test_constant_volume_is_not_usable(tmp_path):
     assert q.file.startswith("P1/t1c/") and "every voxel of the 8 slices is 0" in q.message
     (pv,) = cohort.patients
     assert "t1ce" not in pv.images
+
+
+# 6 -------------------------------------------------------------------------------------------------
+def test_scrubber_whole_tokens_real_paths_locally_pseudonyms_outside(tmp_path, capsys):
+    from client.app import _scrub
+    from client.cli import main as site_cli
+    from client.node_data import SiteData
+
+    site = tmp_path / "hospital"
+    # PatientID "01": file names IM0001.dcm...; name parts that are ordinary words; folders named after
+    # a name part ("test_files") and after the id ("01")
+    files = write_series(site / "test_files" / "01" / "t2", "01", generate_uid(), tr=4000, te=100,
+                         patient_name="Test^Patient")  # fmt: skip
+    for k, (path, _) in enumerate(files):
+        path.rename(path.with_name(f"IM{k + 1:04d}.dcm"))
+    victim = path.with_name("IM0003.dcm")
+    victim.write_bytes(victim.read_bytes()[:-40])  # truncated: reported with its path
+    other = write_patient(site, "HOSP-7", folder="HOSP-7_20230101")
+    other["t2"][0][0].write_bytes(b"cut")  # a file reported inside the folder named after the id
+    write_labels(site, [("01", "NPC"), ("HOSP-7", "NPL")])
+    report = load_site(site).report
+    table = report.format_table(show_ids=True)
+    (bad,) = [p for p in report.problems if p.code == "bad_pixels"]
+    assert {p.file for p in report.problems if p.code == "not_dicom"} == {"HOSP-7_20230101/t2/002_000.dcm"}
+    assert bad.file == "test_files/01/t2/IM0003.dcm" and (site / bad.file).exists()
+    assert all((site / p.file).exists() for p in report.problems if p.file), "reported path not on disk"
+    assert "[test_files/01/t2/IM0003.dcm]" in table
+    public = report.to_json()
+    p01, p7 = pseudonym("01"), pseudonym("HOSP-7")
+    assert f"test_files/{p01}/t2/IM0003.dcm" in public  # id as a folder: pseudonymised, file name intact
+    assert "HOSP-7" not in public and f"{p7}_20230101/" in public
+    assert "no RTSTRUCT or SEG object for this patient" in public  # "Patient" is a name part, not an id
+    default = report.format_table()
+    assert "HOSP-7" not in default and "/01/" not in default and "IM0003.dcm" in default
+    # what goes to the server: strict (ids anywhere, every name part), absolute paths removed
+    data = SiteData(None, [], report)
+    sent = _scrub(f"failed on HOSP-7x/IM0001.dcm for Test^Patient at {site}/x", data)
+    assert "HOSP-7" not in sent and "Test" not in sent and "Patient" not in sent and str(site) not in sent
+    assert site_cli(["validate", str(site), "--show-ids", "--no-progress"]) == 0
+    assert "[test_files/01/t2/IM0003.dcm]" in capsys.readouterr().out
+
+
+# 7 -------------------------------------------------------------------------------------------------
+def test_labels_row_without_images_names_its_line_and_raw_id_only_locally(tmp_path):
+    site = tmp_path / "site"
+    write_patient(site, "P1")
+    write_patient(site, "P2")
+    write_labels(site, [("P1", "NPC"), ("P2", "NPL"), ("HOSP-404", "NPC")])
+    report = load_site(site).report
+    (q,) = [p for p in report.problems if p.code == "label_without_data"]
+    assert q.file == "labels.csv" and q.message.startswith("line 4:") and q.patient == pseudonym("HOSP-404")
+    assert "line 4:" in report.to_json() and "HOSP-404" not in report.to_json()
+    assert "HOSP-404" not in report.format_table()
+    assert "line 4:" in report.format_table() and "patient_id 'HOSP-404'" in report.format_table(
+        show_ids=True
+    )
+
+
+# 8 -------------------------------------------------------------------------------------------------
+def write_ybr_422_secondary_capture(path, patient_id: str) -> None:
+    """Uncompressed YBR_FULL_422 secondary capture: 2 bytes per pixel (chroma shared by pixel pairs)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "OT", patient_id, "Doe^Jane"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "100000", "1", ""
+    ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 20, 1
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = 64, 64, 3, 0
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(range(256)) * 32  # 64 x 64 x 2 bytes; 64 x 64 x 3 without the subsampling
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_valid_dicomdir_and_ybr_422_are_not_truncated_but_a_cut_file_is(tmp_path):
+    from pydicom.fileset import FileSet
+
+    staging = tmp_path / "staging"
+    p = write_patient(staging, "P1")
+    write_ybr_422_secondary_capture(staging / "sc.dcm", "P1")
+    fs = FileSet()
+    for path in sorted(staging.rglob("*.dcm")):
+        if path.name != "rs.dcm":
+            fs.add(path)
+    site = tmp_path / "cd"
+    fs.write(site)  # CD-style export: DICOMDIR + DICOM/<generated names>
+    shutil.copy(staging / "P1" / "rs.dcm", site / "rs.dcm")
+    assert (site / "DICOMDIR").exists()
+    write_labels(site, [("P1", "NPC")])
+    victim = sorted(f for f in (site / "PT000000").rglob("*") if f.is_file())[0]  # an MR slice
+    cut = site / "cut_copy"
+    cut.write_bytes(victim.read_bytes()[:-7])
+    report = load_site(site).report
+    bad = [(p.code, p.file) for p in report.problems if p.code in ("unreadable", "bad_pixels")]
+    assert bad == [("bad_pixels", "cut_copy")]
+    assert [p.severity for p in report.problems if p.code == "dicomdir"] == ["info"]
+    assert report.patients[0].usable and len(p["t2"]) == 8
+
+
+# 9 -------------------------------------------------------------------------------------------------
+def test_symlinked_export_followed_once_and_loops_named(tmp_path):
+    site = tmp_path / "site"
+    export = tmp_path / "pacs_export"  # the export lives elsewhere, linked into the site folder
+    write_patient(export, "P1")
+    write_labels(site, [("P1", "NPC")])
+    (site / "export").symlink_to(export, target_is_directory=True)
+    (export / "P1" / "again").symlink_to(export, target_is_directory=True)  # a loop
+    (site / "gone").symlink_to(tmp_path / "missing")
+    cohort = load_site(site)
+    assert len(cohort.patients) == 1 and set(cohort.patients[0].images) == {"t1", "t2", "t1ce"}
+    codes = by_code(cohort.report)
+    assert [p.file for p in codes["link_not_followed"]] == ["export/P1/again"]
+    assert [p.file for p in codes["broken_link"]] == ["gone"]
+    assert all((site / p.file).exists() or p.code == "broken_link" for p in cohort.report.problems if p.file)
+
+
+# 10 ------------------------------------------------------------------------------------------------
+def test_smaller_report_defects(tmp_path):
+    site = tmp_path / "site"
+    p = write_patient(site, "P1", diagnosis_mask=False)
+    study = p["study"]
+    # coronal and sagittal T2 besides the axial one: expected, a note
+    write_series(
+        site / "P1" / "t2_cor", "P1", study, tr=4000, te=100, series_number=7, iop=(1, 0, 0, 0, 0, -1)
+    )
+    write_series(
+        site / "P1" / "t2_sag", "P1", study, tr=4000, te=100, series_number=8, iop=(0, 1, 0, 0, 0, -1)
+    )
+    # quantitative T1 map: IR with a long TI, short TE
+    write_series(site / "P1" / "t1map", "P1", study, tr=5000, te=3, scanning="IR", series_number=9,
+                 description="T1 map", image_type=("DERIVED", "PRIMARY", "T1 MAP"))  # fmt: skip
+    # RTSTRUCT whose GTV contour has a malformed ContourData (7 values)
+    rs = write_rtstruct(
+        site / "P1" / "rs.dcm", "P1", study, [("GTVnx", "GTV", [(square(0, 0, 4, -2.0), None)])]
+    )
+    rs.ROIContourSequence[0].ContourSequence[0].ContourData = [1.0] * 7
+    rs.save_as(site / "P1" / "rs.dcm", enforce_file_format=True)
+    write_patient(site, "P2")  # has DICOM data, no labels.csv row: unlabelled
+    write_patient(site, "P3")
+    # a file cut inside its header still names its patient
+    data = (site / "P1" / "t2_cor" / "007_000.dcm").read_bytes()
+    (site / "P1" / "cut.dcm").write_bytes(data[:900])
+    write_labels(site, [("P1", "NPC"), ("P3", "NPL")])
+    report = load_site(site).report
+    codes = by_code(report)
+    (cand,) = codes["several_candidates"]
+    assert cand.severity == "info"
+    (bad_rs,) = codes["malformed_contour"]
+    assert "7 values, not x\\y\\z triplets" in bad_rs.message and "no_tumour_roi" not in codes
+    (cut,) = [q for q in report.problems if q.file == "P1/cut.dcm"]
+    assert cut.code == "unreadable" and "truncated header" in cut.message and cut.patient == pseudonym("P1")
+    t1map = [q.message for q in codes["series_excluded"] if q.file.startswith("P1/t1map/")]
+    assert t1map and "quantitative map" in t1map[0] and "FLAIR" not in t1map[0]
+    p2 = next(r for r in report.patients if r.pseudonym == pseudonym("P2"))
+    assert p2.label == "-" and p2.split == "seg:train" or p2.split.startswith("seg:")
+    assert next(r for r in report.patients if r.pseudonym == pseudonym("P3")).split in (
+        "train",
+        "val",
+        "test",
+    )

@@ -59,7 +59,11 @@ class Scrubber:
             forms = [rx(comps[0])] if len(comps[0]) >= 3 else []
         else:
             family, given = comps[0], comps[1]
-            forms = [rx(family) + sep + rx(given), rx(given) + sep + rx(family), sep.join(rx(c) for c in comps)]
+            forms = [
+                rx(family) + sep + rx(given),
+                rx(given) + sep + rx(family),
+                sep.join(rx(c) for c in comps),
+            ]
         for f in forms:
             self._names.setdefault(f, pseudonym)
         for part in re.split(r"[\^=\s,]+", name or ""):
@@ -242,7 +246,9 @@ class ValidationReport:
         if len(ordered) > max_problems:
             lines.append(f"  ... {len(ordered) - max_problems} more (see --json)")
         if not show_ids and any(p.file != q.file for p, q in zip(problems, self.problems, strict=True)):
-            lines.append("  (paths with p-... are pseudonymised; --show-ids prints the real paths, for local use)")
+            lines.append(
+                "  (paths with p-... are pseudonymised; --show-ids prints the real paths, for local use)"
+            )
         lines.append("")
         lines.append(
             "RESULT: " + ("OK, ready for training" if self.ok else "BLOCKED, fix the blocking problems")

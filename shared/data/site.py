@@ -167,7 +167,9 @@ def load_site(
     with_mask = {p for p, _lab, has_mask in usable if has_mask}
     for row in report.patients:
         split = splits.get(row.pseudonym, "-")
-        if row.label == "-" and split != "-":  # unlabelled: no classifier split; a mask still trains the segmenter
+        if (
+            row.label == "-" and split != "-"
+        ):  # unlabelled: no classifier split; a mask still trains the segmenter
             split = f"seg:{split}" if row.pseudonym in with_mask else "-"
         row.split = split
     _site_level_checks(report, usable, labels)

@@ -37,7 +37,8 @@ LOCALISER_RX = re.compile(rf"locali[sz]er|scout|survey|pilot|3[\s_-]?plane|{_L}l
 DWI_RX = re.compile(rf"{_L}dwi|diff|{_L}adc{_R}|trace|{_L}b\d{{3,4}}{_R}|{_L}epi{_R}", re.IGNORECASE)
 #: Quantitative maps (relaxometry): T1 / T2 values in ms, not a weighted image.
 QMAP_RX = re.compile(
-    rf"{_L}(t1|t2|t2\*|r1|r2)[\s_-]?map{_R}|relaxometry|{_L}molli{_R}|{_L}(shmolli|qmap|mapit){_R}", re.IGNORECASE
+    rf"{_L}(t1|t2|t2\*|r1|r2)[\s_-]?map{_R}|relaxometry|{_L}molli{_R}|{_L}(shmolli|qmap|mapit){_R}",
+    re.IGNORECASE,
 )
 QMAP_IMAGE_TYPES = {"T1 MAP", "T2 MAP", "T1MAP", "T2MAP", "T2 STAR MAP", "R1", "R2", "QMAP", "MAP"}
 FLAIR_RX = re.compile(r"flair|dark[\s_-]?fluid", re.IGNORECASE)

@@ -135,7 +135,9 @@ def geometry_fault(h: InstanceHeader) -> str:
     faults = []
     if h.ipp is not None and not np.all(np.isfinite(h.ipp)):
         faults.append(f"ImagePositionPatient {_fmt(h.ipp)} is not finite")
-    if h.pixel_spacing is not None and not (np.all(np.isfinite(h.pixel_spacing)) and min(h.pixel_spacing) > 0):
+    if h.pixel_spacing is not None and not (
+        np.all(np.isfinite(h.pixel_spacing)) and min(h.pixel_spacing) > 0
+    ):
         faults.append(f"PixelSpacing {_fmt(h.pixel_spacing)}; expected two positive numbers (mm)")
     if h.iop is not None:
         row, col = np.asarray(h.iop[:3], dtype=float), np.asarray(h.iop[3:], dtype=float)

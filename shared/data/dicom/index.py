@@ -84,7 +84,9 @@ def list_files(site_dir: Path, exclude: Path | None = None) -> tuple[list[Path],
             st = folder.stat()
             children = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as err:
-            problems.append(Problem("warning", "unreadable", rel(folder) or ".", f"cannot list folder ({err.strerror})"))
+            problems.append(
+                Problem("warning", "unreadable", rel(folder) or ".", f"cannot list folder ({err.strerror})")
+            )
             return
         seen.add((st.st_dev, st.st_ino))
         for e in children:

@@ -48,7 +48,9 @@ def _contour_points(item: Dataset) -> tuple[np.ndarray, str]:
     """(points (N, 3), '') or (empty, why the ContourData is unusable)."""
     try:
         raw = item.ContourData
-        values = [float(v) for v in (raw if isinstance(raw, list | tuple) or hasattr(raw, "__len__") else [raw])]
+        values = [
+            float(v) for v in (raw if isinstance(raw, list | tuple) or hasattr(raw, "__len__") else [raw])
+        ]
     except AttributeError:
         return np.empty((0, 3)), "no ContourData"
     except (TypeError, ValueError) as err:
@@ -115,8 +117,13 @@ def select_roi(rois: list[Roi], patterns: tuple[str, ...]) -> tuple[Roi | None, 
         if bad:
             return None, f"ROI(s) {[r.name for r in hits]} match but no contour is usable: {'; '.join(bad)}"
         if hits:
-            kinds = sorted({c.geometric_type or "no type" for r in hits for c in r.contours}) or ["no contour"]
-            return None, f"ROI(s) {[r.name for r in hits]} match but have no CLOSED_PLANAR contour (found: {', '.join(kinds)})"
+            kinds = sorted({c.geometric_type or "no type" for r in hits for c in r.contours}) or [
+                "no contour"
+            ]
+            return (
+                None,
+                f"ROI(s) {[r.name for r in hits]} match but have no CLOSED_PLANAR contour (found: {', '.join(kinds)})",
+            )
         return None, f"no ROI name matches the tumour patterns {list(patterns)}; ROIs found: {names}"
     usable.sort(key=lambda r: (r.interpreted_type != "GTV", -len(r.closed_planar), r.number))
     note = ""
