@@ -12,6 +12,7 @@ import shutil
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import generate_uid
 from scipy.spatial.transform import Rotation
@@ -332,46 +333,59 @@ def test_symlinked_export_followed_once_and_loops_named(tmp_path):
 
 
 # 10 ------------------------------------------------------------------------------------------------
-def test_smaller_report_defects(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def smaller_defects_site(tmp_path_factory):
+    """P1: axial + coronal + sagittal T2, a quantitative T1 map, an RTSTRUCT with malformed ContourData,
+    a file cut inside its header; P2: DICOM but no labels.csv row; P3: labelled."""
+    site = tmp_path_factory.mktemp("smaller") / "site"
     p = write_patient(site, "P1", diagnosis_mask=False)
     study = p["study"]
-    # coronal and sagittal T2 besides the axial one: expected, a note
     write_series(
         site / "P1" / "t2_cor", "P1", study, tr=4000, te=100, series_number=7, iop=(1, 0, 0, 0, 0, -1)
     )
     write_series(
         site / "P1" / "t2_sag", "P1", study, tr=4000, te=100, series_number=8, iop=(0, 1, 0, 0, 0, -1)
     )
-    # quantitative T1 map: IR with a long TI, short TE
     write_series(site / "P1" / "t1map", "P1", study, tr=5000, te=3, scanning="IR", series_number=9,
                  description="T1 map", image_type=("DERIVED", "PRIMARY", "T1 MAP"))  # fmt: skip
-    # RTSTRUCT whose GTV contour has a malformed ContourData (7 values)
     rs = write_rtstruct(
         site / "P1" / "rs.dcm", "P1", study, [("GTVnx", "GTV", [(square(0, 0, 4, -2.0), None)])]
     )
     rs.ROIContourSequence[0].ContourSequence[0].ContourData = [1.0] * 7
     rs.save_as(site / "P1" / "rs.dcm", enforce_file_format=True)
-    write_patient(site, "P2")  # has DICOM data, no labels.csv row: unlabelled
+    write_patient(site, "P2")
     write_patient(site, "P3")
-    # a file cut inside its header still names its patient
     data = (site / "P1" / "t2_cor" / "007_000.dcm").read_bytes()
     (site / "P1" / "cut.dcm").write_bytes(data[:900])
     write_labels(site, [("P1", "NPC"), ("P3", "NPL")])
-    report = load_site(site).report
-    codes = by_code(report)
-    (cand,) = codes["several_candidates"]
-    assert cand.severity == "info"
+    return load_site(site).report
+
+
+def test_coronal_and_sagittal_companions_are_a_note(smaller_defects_site):
+    (cand,) = by_code(smaller_defects_site)["several_candidates"]
+    assert cand.severity == "info" and "t2:" in cand.message
+
+
+def test_malformed_contour_data_is_named(smaller_defects_site):
+    codes = by_code(smaller_defects_site)
     (bad_rs,) = codes["malformed_contour"]
-    assert "7 values, not x\\y\\z triplets" in bad_rs.message and "no_tumour_roi" not in codes
-    (cut,) = [q for q in report.problems if q.file == "P1/cut.dcm"]
+    assert "contour 1: ContourData has 7 values, not x\\y\\z triplets" in bad_rs.message
+    assert "no_tumour_roi" not in codes
+
+
+def test_index_level_problem_names_the_patient_of_its_header(smaller_defects_site):
+    (cut,) = [q for q in smaller_defects_site.problems if q.file == "P1/cut.dcm"]
     assert cut.code == "unreadable" and "truncated header" in cut.message and cut.patient == pseudonym("P1")
-    t1map = [q.message for q in codes["series_excluded"] if q.file.startswith("P1/t1map/")]
-    assert t1map and "quantitative map" in t1map[0] and "FLAIR" not in t1map[0]
-    p2 = next(r for r in report.patients if r.pseudonym == pseudonym("P2"))
-    assert p2.label == "-" and p2.split == "seg:train" or p2.split.startswith("seg:")
-    assert next(r for r in report.patients if r.pseudonym == pseudonym("P3")).split in (
-        "train",
-        "val",
-        "test",
-    )
+
+
+def test_quantitative_t1_map_is_not_called_flair(smaller_defects_site):
+    msgs = [q.message for q in smaller_defects_site.problems if q.file.startswith("P1/t1map/")]
+    assert msgs and "quantitative map (ImageType T1 MAP)" in msgs[0] and "FLAIR" not in msgs[0]
+
+
+def test_unlabelled_patient_has_no_classifier_split(smaller_defects_site):
+    rows = {r.pseudonym: r for r in smaller_defects_site.patients}
+    p2, p3 = rows[pseudonym("P2")], rows[pseudonym("P3")]
+    assert p2.label == "-" and p2.split.startswith("seg:")  # its mask still trains the segmenter
+    assert p3.split in ("train", "val", "test")
+    assert f"{p2.pseudonym:<22} -     seg:" in smaller_defects_site.format_table()

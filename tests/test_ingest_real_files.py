@@ -219,9 +219,10 @@ REALLY_BROKEN = {
 
 
 def test_public_multi_vendor_collection_no_false_truncation_no_scrambled_path(tmp_path, capsys):
+    import data_store  # noqa: F401  (pydicom-data, in the dev extra: pip install -e '.[dev]')
+
     from client.cli import main as site_cli
 
-    import data_store  # noqa: F401  (pydicom-data, in the dev extra: pip install -e '.[dev]')
     site = tmp_path / "public"
     copy_public_collection(site)
     assert sum(1 for _ in site.rglob("*")) > 250

@@ -159,9 +159,9 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
     if len(ds) == 0 and len(pydicom.dcmread(path, stop_before_pixels=True, force=True)) > 0:
         # pydicom drops the whole dataset when encapsulated pixel data (undefined length) reaches the end
         # of the file before its sequence delimiter: the header is there, the pixel data is cut
-        entry.problems.append(Problem("warning", "bad_pixels", rel, "truncated pixel data (encapsulated pixel data "
-                                      "ends without its closing delimiter); file ignored. Re-export it if it "
-                                      "belongs to a needed series."))  # fmt: skip
+        entry.problems.append(Problem("warning", "bad_pixels", rel, "truncated pixel data: the file ends inside "
+                                      "encapsulated pixel data (or a trailing sequence) before its closing "
+                                      "delimiter; file ignored. Re-export it if it belongs to a needed series."))  # fmt: skip
         return entry
     entry.patient_id = text(ds, "PatientID")
     if _is_dicomdir(ds):
@@ -305,8 +305,11 @@ def index_tree(
     previous = previous or {}
     out: dict[str, FileEntry] = {}
     files, walk_problems = list_files(site_dir, exclude)
-    for p in walk_problems:
-        out[p.file] = FileEntry(0, 0, problems=[p])
+    for (
+        p
+    ) in walk_problems:  # links not followed: reuse the cached entry so an unchanged index stays unchanged
+        old = previous.get(p.file)
+        out[p.file] = old if old is not None and old.problems == [p] else FileEntry(0, 0, problems=[p])
     reused = 0
     for path in tqdm(files, desc="index", unit="file", disable=not progress):
         rel = path.relative_to(site_dir).as_posix()
