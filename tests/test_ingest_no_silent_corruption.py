@@ -335,28 +335,30 @@ def test_symlinked_export_followed_once_and_loops_named(tmp_path):
 # 10 ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smaller_defects_site(tmp_path_factory):
-    """P1: axial + coronal + sagittal T2, a quantitative T1 map, an RTSTRUCT with malformed ContourData,
+    """Folders not named after the ids (paths are the same before and after scrubbing).
+
+    P1: axial + coronal + sagittal T2, a quantitative T1 map, an RTSTRUCT with malformed ContourData,
     a file cut inside its header; P2: DICOM but no labels.csv row; P3: labelled."""
     site = tmp_path_factory.mktemp("smaller") / "site"
-    p = write_patient(site, "P1", diagnosis_mask=False)
+    p = write_patient(site, "P1", diagnosis_mask=False, folder="a")
     study = p["study"]
     write_series(
-        site / "P1" / "t2_cor", "P1", study, tr=4000, te=100, series_number=7, iop=(1, 0, 0, 0, 0, -1)
+        site / "a" / "t2_cor", "P1", study, tr=4000, te=100, series_number=7, iop=(1, 0, 0, 0, 0, -1)
     )
     write_series(
-        site / "P1" / "t2_sag", "P1", study, tr=4000, te=100, series_number=8, iop=(0, 1, 0, 0, 0, -1)
+        site / "a" / "t2_sag", "P1", study, tr=4000, te=100, series_number=8, iop=(0, 1, 0, 0, 0, -1)
     )
-    write_series(site / "P1" / "t1map", "P1", study, tr=5000, te=3, scanning="IR", series_number=9,
+    write_series(site / "a" / "t1map", "P1", study, tr=5000, te=3, scanning="IR", series_number=9,
                  description="T1 map", image_type=("DERIVED", "PRIMARY", "T1 MAP"))  # fmt: skip
     rs = write_rtstruct(
-        site / "P1" / "rs.dcm", "P1", study, [("GTVnx", "GTV", [(square(0, 0, 4, -2.0), None)])]
+        site / "a" / "rs.dcm", "P1", study, [("GTVnx", "GTV", [(square(0, 0, 4, -2.0), None)])]
     )
     rs.ROIContourSequence[0].ContourSequence[0].ContourData = [1.0] * 7
-    rs.save_as(site / "P1" / "rs.dcm", enforce_file_format=True)
+    rs.save_as(site / "a" / "rs.dcm", enforce_file_format=True)
     write_patient(site, "P2")
     write_patient(site, "P3")
-    data = (site / "P1" / "t2_cor" / "007_000.dcm").read_bytes()
-    (site / "P1" / "cut.dcm").write_bytes(data[:900])
+    data = (site / "a" / "t2_cor" / "007_000.dcm").read_bytes()
+    (site / "a" / "cut.dcm").write_bytes(data[:900])
     write_labels(site, [("P1", "NPC"), ("P3", "NPL")])
     return load_site(site).report
 
@@ -374,12 +376,12 @@ def test_malformed_contour_data_is_named(smaller_defects_site):
 
 
 def test_index_level_problem_names_the_patient_of_its_header(smaller_defects_site):
-    (cut,) = [q for q in smaller_defects_site.problems if q.file == "P1/cut.dcm"]
+    (cut,) = [q for q in smaller_defects_site.problems if q.file == "a/cut.dcm"]
     assert cut.code == "unreadable" and "truncated header" in cut.message and cut.patient == pseudonym("P1")
 
 
 def test_quantitative_t1_map_is_not_called_flair(smaller_defects_site):
-    msgs = [q.message for q in smaller_defects_site.problems if q.file.startswith("P1/t1map/")]
+    msgs = [q.message for q in smaller_defects_site.problems if q.file.startswith("a/t1map/")]
     assert msgs and "quantitative map (ImageType T1 MAP)" in msgs[0] and "FLAIR" not in msgs[0]
 
 
