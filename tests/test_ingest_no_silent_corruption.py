@@ -323,11 +323,18 @@ def test_symlinked_export_followed_once_and_loops_named(tmp_path):
     write_labels(site, [("P1", "NPC")])
     (site / "export").symlink_to(export, target_is_directory=True)
     (export / "P1" / "again").symlink_to(export, target_is_directory=True)  # a loop
+    (export / "P1" / "t2" / "up").symlink_to(export / "P1", target_is_directory=True)  # a deeper loop
+    (site / "t1_again").symlink_to(site / "export" / "P1" / "t1", target_is_directory=True)
     (site / "gone").symlink_to(tmp_path / "missing")
     cohort = load_site(site)
     assert len(cohort.patients) == 1 and set(cohort.patients[0].images) == {"t1", "t2", "t1ce"}
     codes = by_code(cohort.report)
-    assert [p.file for p in codes["link_not_followed"]] == ["export/P1/again"]
+    assert sorted(p.file for p in codes["link_not_followed"]) == [
+        "export/P1/again",
+        "export/P1/t2/up",
+        "t1_again",
+    ]
+    assert "duplicate_slice" not in codes  # nothing read twice
     assert [p.file for p in codes["broken_link"]] == ["gone"]
     assert all((site / p.file).exists() or p.code == "broken_link" for p in cohort.report.problems if p.file)
 

@@ -68,41 +68,57 @@ def list_files(site_dir: Path, exclude: Path | None = None) -> tuple[list[Path],
     """Every regular file under ``site_dir`` (sorted; hidden files and folders and ``exclude`` skipped).
 
     Symbolic links to folders are followed (exports are often linked in from another disk), each real
-    folder once: a link to a folder already walked (a loop, or a second link to the same export) is not
-    followed again and is reported, as is a link whose target does not exist. Paths stay as seen from
-    ``site_dir`` (through the link), so every reported path exists.
+    folder once (by device and inode): a link to a folder that is read anyway (a folder of the site
+    itself, a loop, a second link to the same export) is reported and not followed, as is a link whose
+    target does not exist. Paths stay as seen from ``site_dir`` (through the link), so every reported
+    path exists. Returns (files, problems).
     """
     out: list[Path] = []
     problems: list[Problem] = []
-    seen: set[tuple[int, int]] = set()
 
-    def rel(p: Path) -> str:
-        return p.relative_to(site_dir).as_posix()
+    def skipped(p: Path) -> bool:
+        return p.name.startswith(".") or (exclude is not None and p == exclude)
+
+    def key(st: os.stat_result) -> tuple[int, int]:
+        return (st.st_dev, st.st_ino)
+
+    def target(p: Path) -> str:
+        try:
+            return repr(os.readlink(p))
+        except OSError:
+            return "?"
+
+    # every real folder of the site is read in place: a link to one of them is never followed
+    in_site = {key(Path(root).stat()) for root, _, _ in _real_walk(site_dir, skipped)}
+    walked: set[tuple[int, int]] = set()
 
     def walk(folder: Path) -> None:
         try:
-            st = folder.stat()
+            walked.add(key(folder.stat()))
             children = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as err:
-            problems.append(
-                Problem("warning", "unreadable", rel(folder) or ".", f"cannot list folder ({err.strerror})")
-            )
+            where = folder.relative_to(site_dir).as_posix()
+            problems.append(Problem("warning", "unreadable", where, f"cannot list folder ({err.strerror})"))
             return
-        seen.add((st.st_dev, st.st_ino))
         for e in children:
             p = Path(e.path)
-            if e.name.startswith(".") or (exclude is not None and p == exclude):
+            rel = p.relative_to(site_dir).as_posix()
+            if skipped(p):
                 continue
             if e.is_symlink() and not p.exists():
-                problems.append(Problem("warning", "broken_link", rel(p),
-                                        f"symbolic link to {os.readlink(p)!r}, which does not exist; not followed"))  # fmt: skip
+                problems.append(Problem("warning", "broken_link", rel, f"symbolic link to {target(p)}, which "
+                                        "does not exist (or loops onto itself); not followed"))  # fmt: skip
                 continue
             if e.is_dir(follow_symlinks=True):
-                target = p.stat()
-                if (target.st_dev, target.st_ino) in seen:
-                    problems.append(Problem("warning", "link_not_followed", rel(p),
-                                            f"symbolic link to {os.readlink(p)!r}, a folder already read (link loop "
-                                            "or second link to the same export); not followed again"))  # fmt: skip
+                k = key(p.stat())
+                if e.is_symlink() and (k in in_site or k in walked):
+                    problems.append(Problem("warning", "link_not_followed", rel, f"symbolic link to {target(p)}, "
+                                            "a folder read anyway (inside the site folder, a loop, or a second "
+                                            "link to the same export); not followed"))  # fmt: skip
+                    continue
+                if k in walked:  # a real folder of a linked export, already read through another link
+                    problems.append(Problem("warning", "link_not_followed", rel, "folder already read through "
+                                            "another symbolic link; not read again"))  # fmt: skip
                     continue
                 walk(p)
             elif e.is_file(follow_symlinks=True):
@@ -110,6 +126,13 @@ def list_files(site_dir: Path, exclude: Path | None = None) -> tuple[list[Path],
 
     walk(site_dir)
     return out, problems
+
+
+def _real_walk(site_dir: Path, skipped):
+    """os.walk without following links, pruning what :func:`list_files` skips."""
+    for root, dirs, files in os.walk(site_dir):
+        dirs[:] = [d for d in dirs if not skipped(Path(root, d))]
+        yield root, dirs, files
 
 
 def read_header(path: Path, rel: str, size: int, mtime_ns: int) -> FileEntry:
