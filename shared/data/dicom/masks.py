@@ -12,8 +12,8 @@ from shared.data.dicom.geometry import VolumeGeometry
 from shared.data.dicom.header import RTSTRUCT_STORAGE, SEG_STORAGE, InstanceHeader
 from shared.data.dicom.pixels import with_transfer_syntax
 from shared.data.dicom.resample import resample_mask
-from shared.data.dicom.rtstruct import parse_rtstruct, rasterise, select_roi
-from shared.data.dicom.seg import parse_seg, segment_mask, select_segment
+from shared.data.dicom.rtstruct import matching_rois, parse_rtstruct, rasterise, select_roi
+from shared.data.dicom.seg import Segmentation, parse_seg, segment_mask, select_segment
 from shared.data.dicom.volumes import LoadedSeries
 from shared.data.report import Problem
 from shared.errors import DicomError
@@ -56,7 +56,8 @@ def _volume_ml(mask: np.ndarray, geom: VolumeGeometry) -> float:
     return float(mask.sum()) * dz * dr * dc / 1000.0
 
 
-def seg_volume_ml(seg, number: int) -> float:
+def seg_volume_ml(seg: Segmentation, number: int) -> float:
+    """Volume (ml) of one segment as stored in its frames."""
     frames = [f for f in seg.frames if f.segment == number]
     if not frames:
         return 0.0
@@ -109,7 +110,8 @@ def mask_from_objects(
             ss = parse_rtstruct(ds)
             roi, note = select_roi(ss.rois, patterns)
             if roi is None:
-                code = "malformed_contour" if "no contour is usable" in note else "no_tumour_roi"
+                malformed = any(r.malformed for r in matching_rois(ss.rois, patterns))
+                code = "malformed_contour" if malformed else "no_tumour_roi"
                 problems.append(Problem("warning", code, h.path, note, patient))
                 continue
             if note:

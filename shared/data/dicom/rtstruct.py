@@ -102,14 +102,19 @@ def parse_rtstruct(ds: Dataset) -> StructureSet:
     return StructureSet(frame, [rois[k] for k in sorted(rois)])
 
 
+def matching_rois(rois: list[Roi], patterns: tuple[str, ...]) -> list[Roi]:
+    """ROIs whose name matches one of the tumour regexes (case-insensitive)."""
+    rx = [re.compile(p, re.IGNORECASE) for p in patterns]
+    return [r for r in rois if any(x.search(r.name.strip()) for x in rx)]
+
+
 def select_roi(rois: list[Roi], patterns: tuple[str, ...]) -> tuple[Roi | None, str]:
     """The primary tumour ROI: name matches one regex (case-insensitive), has closed contours.
 
     Several matches: prefer RTROIInterpretedType GTV, then most contours, then lowest ROINumber.
     Returns (roi or None, note for the report).
     """
-    rx = [re.compile(p, re.IGNORECASE) for p in patterns]
-    hits = [r for r in rois if any(x.search(r.name.strip()) for x in rx)]
+    hits = matching_rois(rois, patterns)
     usable = [r for r in hits if r.closed_planar]
     if not usable:
         names = ", ".join(f"{r.name!r} ({r.interpreted_type or '?'})" for r in rois) or "none"
