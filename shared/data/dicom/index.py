@@ -179,7 +179,7 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
             )
         )
         return entry
-    if len(ds) == 0 and len(pydicom.dcmread(path, stop_before_pixels=True, force=True)) > 0:
+    if len(ds) == 0 and _header_before_pixels(path):
         # pydicom drops the whole dataset when encapsulated pixel data (undefined length) reaches the end
         # of the file before its sequence delimiter: the header is there, the pixel data is cut
         entry.problems.append(Problem("warning", "bad_pixels", rel, "truncated pixel data: the file ends inside "
@@ -192,10 +192,10 @@ def _read_header(path: Path, rel: str, entry: FileEntry) -> FileEntry:
             Problem("info", "dicomdir", rel, "DICOMDIR (index of the export media): files are read directly")
         )
         return entry
-    truncated = _truncated(ds, os.path.getsize(path))
-    if truncated:
-        code = "bad_pixels" if "pixel data" in truncated else "unreadable"
-        entry.problems.append(Problem("warning", code, rel, f"{truncated}; file ignored. "
+    truncated = _truncated(ds, os.path.getsize(path))  # not `size`: callers may pass 0
+    if truncated is not None:
+        code, what = truncated
+        entry.problems.append(Problem("warning", code, rel, f"{what}; file ignored. "
                                       "Re-export it if it belongs to a needed series."))  # fmt: skip
         return entry
     incomplete = _incomplete(ds)
@@ -228,8 +228,15 @@ def _is_dicomdir(ds: pydicom.Dataset) -> bool:
     return DICOMDIR_CLASS in (media, text(ds, "SOPClassUID")) or "DirectoryRecordSequence" in ds
 
 
-def _truncated(ds: pydicom.Dataset, size: int) -> str:
-    """Exact check: the last element read must end inside the file ('' when it does).
+def _header_before_pixels(path: Path) -> bool:
+    try:
+        return len(pydicom.dcmread(path, stop_before_pixels=True, force=True)) > 0
+    except Exception:  # as unreadable without the pixels as with them
+        return False
+
+
+def _truncated(ds: pydicom.Dataset, size: int) -> tuple[str, str] | None:
+    """Exact check: the last element read must end inside the file. (code, message) when it does not.
 
     pydicom reads up to the end of a cut file without error; the element it stopped in has a declared
     length running past the end. Elements of undefined length (sequences, encapsulated pixel data)
@@ -237,15 +244,15 @@ def _truncated(ds: pydicom.Dataset, size: int) -> str:
     """
     tags = list(ds.keys())
     if not tags:
-        return "truncated header: no data element after the file meta"
-    elem = ds.get_item(tags[-1])
+        return "unreadable", "truncated header: no data element after the file meta"
+    elem = ds.get_item(tags[-1])  # raw element: still knows where its value starts in the file
     tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
-    if tell is None or length is None or length == 0xFFFFFFFF:
-        return ""
-    if tell + length > size:
-        what = "pixel data" if int(tags[-1]) in PIXEL_TAGS else f"header: element {tags[-1]}"
-        return f"truncated {what} (declares {length} bytes from offset {tell}, the file ends at {size})"
-    return ""
+    if tell is None or length is None or length == 0xFFFFFFFF or tell + length <= size:
+        return None
+    declared = f"declares {length} bytes from offset {tell}, the file ends at {size}"
+    if int(tags[-1]) in PIXEL_TAGS:
+        return "bad_pixels", f"truncated pixel data ({declared})"
+    return "unreadable", f"truncated header: element {tags[-1]} ({declared})"
 
 
 def _incomplete(ds: pydicom.Dataset) -> tuple[str, str, str] | None:
