@@ -195,6 +195,21 @@ def test_resent_slice_with_the_same_sop_uid_at_another_position_is_reported_and_
     assert pv.images["t2"].shape[0] == 8  # not stretched to 40 mm by the extra slice
 
 
+def test_slice_mis_merged_into_another_series_is_reported_and_dropped(tmp_path):
+    site = tmp_path / "site"
+    p = write_patient(site, "P1")
+    ds = pydicom.dcmread(p["t1"][2][0])  # a T1 slice filed under the T1CE series
+    ds.SeriesInstanceUID = p["t1ce"][0][1].SeriesInstanceUID
+    ds.save_as(site / "P1" / "t1c" / "stray.dcm", enforce_file_format=True)
+    write_labels(site, [("P1", "NPC")])
+    cohort = load_site(site)
+    dup = by_code(cohort.report)["duplicate_sop_uid"]
+    assert {q.file for q in dup} == {"P1/t1c/stray.dcm", p["t1"][2][0].relative_to(site).as_posix()}
+    assert "duplicate_slice" not in by_code(cohort.report)  # not mistaken for a copy at the same position
+    (pv,) = cohort.patients
+    assert set(pv.images) == {"t1", "t2", "t1ce"}
+
+
 # 5 -------------------------------------------------------------------------------------------------
 def test_constant_volume_is_not_usable(tmp_path):
     site = tmp_path / "site"

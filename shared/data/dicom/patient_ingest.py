@@ -13,7 +13,7 @@ from shared.data.dicom.classify import Classification, apply_time_order, choose,
 from shared.data.dicom.header import InstanceHeader
 from shared.data.dicom.masks import is_rtstruct, is_seg, mask_from_objects
 from shared.data.dicom.resample import resample
-from shared.data.dicom.series import SeriesGroup, group_series, non_volume_reason
+from shared.data.dicom.series import SeriesGroup, drop_cross_series_copies, group_series, non_volume_reason
 from shared.data.dicom.volumes import LoadedSeries, load_series
 from shared.data.mapping import SiteMapping
 from shared.data.patient import SEQUENCES
@@ -80,7 +80,9 @@ def ingest_patient(
     """Never raises for bad data: everything wrong ends up in ``problems`` (warnings)."""
     problems: list[Problem] = []
     summary = PatientSummary(pseudonym, "", "-", "-", False)
-    groups = group_series([h for h in headers if h.is_mr_image])
+    images, copies = drop_cross_series_copies([h for h in headers if h.is_mr_image])
+    problems += [Problem("warning", "duplicate_sop_uid", f, m, pseudonym) for f, m in copies]
+    groups = group_series(images)
     objects = [h for h in headers if is_rtstruct(h) or is_seg(h)]
     studies, probs = classify_patient(groups, settings, mapping, pseudonym)
     problems += probs

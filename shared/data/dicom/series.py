@@ -92,6 +92,30 @@ def _attach_orphans(parts: dict[tuple, list[InstanceHeader]]) -> None:
             parts[host].extend(parts.pop(key))
 
 
+def drop_cross_series_copies(
+    headers: list[InstanceHeader],
+) -> tuple[list[InstanceHeader], list[tuple[str, str]]]:
+    """Instances whose SOPInstanceUID also appears in another series (a mis-merged slice): every copy is
+    dropped, since nothing tells which series it belongs to. Returns (kept, [(file, message)])."""
+    by_uid: dict[str, list[InstanceHeader]] = defaultdict(list)
+    for h in headers:
+        if h.sop_uid and h.frame < 0:
+            by_uid[h.sop_uid].append(h)
+    drop: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    for copies in by_uid.values():
+        if len({h.series_uid for h in copies}) < 2:
+            continue
+        where = ", ".join(f"{h.path} (series {h.series_number if h.series_number is not None else '?'})"
+                          for h in copies)  # fmt: skip
+        for h in copies:
+            drop.add(h.path)
+            problems.append((h.path, f"one SOPInstanceUID in {len({c.series_uid for c in copies})} series "
+                             f"({where}): a mis-merged slice; every copy dropped. Remove the wrong file and "
+                             "validate again."))  # fmt: skip
+    return [h for h in headers if h.path not in drop], problems
+
+
 def group_series(headers: list[InstanceHeader]) -> list[SeriesGroup]:
     """MR image instances -> homogeneous SeriesGroups (sorted by patient, study, series, part)."""
     by_series: dict[tuple[str, str, str], list[InstanceHeader]] = defaultdict(list)
