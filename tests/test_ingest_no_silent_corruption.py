@@ -413,3 +413,19 @@ def test_unlabelled_patient_has_no_classifier_split(smaller_defects_site):
     assert p2.label == "-" and p2.split.startswith("seg:")  # its mask still trains the segmenter
     assert p3.split in ("train", "val", "test")
     assert f"{p2.pseudonym:<22} -     seg:" in smaller_defects_site.format_table()
+
+
+def test_scrubber_names_in_every_usual_spelling_never_single_words():
+    from shared.data.report import Scrubber
+
+    s = Scrubber()
+    s.add("01", "p-a")
+    s.add_name("Zhang^San=张^三", "p-b")
+    s.add_name("Test^Patient", "p-c")
+    assert (
+        s.scrub("IM0001.dcm 01/x.dcm gap of 8.01 mm, 01.5 mm")
+        == "IM0001.dcm p-a/x.dcm gap of 8.01 mm, 01.5 mm"
+    )
+    assert s.scrub("张三_MR/1.dcm ZHANG_SAN/2.dcm san zhang 张^三") == "p-b_MR/1.dcm p-b/2.dcm p-b p-b"
+    assert s.scrub("test_files: no usable patient; Test Patient") == "test_files: no usable patient; p-c"
+    assert s.scrub("Zhang test 01x", strict=True) == "p-b p-c p-ax"  # server-bound: every part, ids anywhere

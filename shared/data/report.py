@@ -46,29 +46,33 @@ class Scrubber:
             self._patterns = {False: None, True: None}
 
     def add_name(self, name: str | None, pseudonym: str) -> None:
-        """PatientName ``Family^Given^Middle^Prefix^Suffix``."""
-        comps = [c.strip() for c in (name or "").split("=")[0].split("^") if c.strip()]
-        if not comps:
-            return
-        sep = r"[\s_^,.\-]+"
+        """PatientName ``Family^Given^Middle^Prefix^Suffix``, each ``=`` representation (alphabetic,
+        ideographic, phonetic) on its own. Separators between parts may be absent (``张三``, ``DOEJANE``)."""
+        sep = r"[\s_^,.\-]*"
 
         def rx(c: str) -> str:
             return sep.join(re.escape(w) for w in re.split(r"[\s_]+", c) if w)
 
-        if len(comps) == 1:
-            forms = [rx(comps[0])] if len(comps[0]) >= 3 else []
-        else:
-            family, given = comps[0], comps[1]
-            forms = [
-                rx(family) + sep + rx(given),
-                rx(given) + sep + rx(family),
-                sep.join(rx(c) for c in comps),
-            ]
-        for f in forms:
-            self._names.setdefault(f, pseudonym)
+        for group in (name or "").split("="):
+            comps = [c.strip() for c in group.split("^") if c.strip()]
+            if len(comps) == 1:
+                short = 2 if not comps[0].isascii() else 3  # CJK names are often 2 characters
+                forms = [rx(comps[0])] if len(comps[0]) >= short else []
+            elif comps:
+                family, given = comps[0], comps[1]
+                forms = [
+                    rx(family) + sep + rx(given),
+                    rx(given) + sep + rx(family),
+                    sep.join(rx(c) for c in comps),
+                ]
+            else:
+                forms = []
+            for f in forms:
+                self._names.setdefault(f, pseudonym)
         for part in re.split(r"[\^=\s,]+", name or ""):
-            if len(part.strip()) >= 3:
-                self._parts.setdefault(part.strip().lower(), pseudonym)
+            part = part.strip()
+            if len(part) >= 3 or (len(part) >= 1 and not part.isascii()):
+                self._parts.setdefault(part.lower(), pseudonym)
         self._patterns = {False: None, True: None}
 
     def _pattern(self, strict: bool) -> re.Pattern[str] | None:
