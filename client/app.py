@@ -68,15 +68,11 @@ _PATH = re.compile(r"(/[^\s'\"]+)+")
 
 
 def _scrub(text: str, data: SiteData | None) -> str:
+    """Text bound for the server: the site's report scrubber in strict mode (ids replaced wherever they
+    occur, every name part), then absolute paths removed."""
     if data is not None and data.report is not None:
         try:
-            from shared.data.report import Scrubber
-
-            scrubber = Scrubber()
-            for p in getattr(data.report, "patients", []):
-                scrubber.add(getattr(p, "raw_id", None), p.pseudonym)
-                scrubber.add_name(getattr(p, "raw_name", None), p.pseudonym)
-            text = scrubber.scrub(text)
+            text = data.report.scrubber.scrub(text, strict=True)
         except Exception:  # noqa: BLE001 - scrubbing must never raise
             text = ""
     return _PATH.sub("<path>", text)[:400]

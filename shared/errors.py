@@ -17,7 +17,14 @@ class ConfigError(NasoflError):
 
 
 class DicomError(NasoflError):
-    """A DICOM file or series cannot be used. The message names the file (path relative to the site)."""
+    """A DICOM file or series cannot be used. The message names the file (path relative to the site).
+
+    ``code``: the validation-report problem code when a specific one applies ("" = generic).
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SiteDataError(NasoflError):

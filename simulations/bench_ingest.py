@@ -51,7 +51,7 @@ def _best(fn, repeat: int) -> float:
 
 
 def bench_site(site: Path, repeat: int) -> dict[str, float]:
-    files = [f for f in list_files(site) if f.name not in ("labels.csv", "site_mapping.json")]
+    files = [f for f in list_files(site)[0] if f.name not in ("labels.csv", "site_mapping.json")]
     cohort = load_site(site)  # warms the OS file cache
     t_read = _best(lambda: _bare_read(files, pixels=False), repeat)
     t_pix = _best(lambda: _bare_read(files, pixels=True), repeat)

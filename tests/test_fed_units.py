@@ -196,8 +196,12 @@ def test_site_failure_text_is_scrubbed_of_patient_ids_and_paths():
     from types import SimpleNamespace
 
     from client.app import _scrub
+    from shared.data.report import ValidationReport
 
-    report = SimpleNamespace(patients=[SimpleNamespace(raw_id="HA00012", pseudonym="p-0123456789")])
+    report = ValidationReport("site")  # the site's own report: its scrubber knows every id and name
+    report.scrubber.add("HA00012", "p-0123456789")
+    report.scrubber.add_name("Doe^Jane", "p-0123456789")
     data = SimpleNamespace(report=report)
-    text = _scrub("cannot read /data/site/HA00012/img1.dcm of patient HA00012", data)
+    text = _scrub("cannot read /data/site/HA00012/img1.dcm of patient HA00012 (Jane) in HA00012b/x.dcm", data)
     assert "HA00012" not in text and "/data" not in text and "p-0123456789" in text
+    assert "Jane" not in text  # strict mode: every name part, ids also inside longer tokens

@@ -88,7 +88,7 @@ def test_examples_overlay_is_excluded_as_mpr_but_contrast_is_seen():
 def test_rtstruct_without_file_meta_external_roi_is_not_a_gtv():
     entry = read_header(TEST_FILES / "rtstruct.dcm", "rtstruct.dcm", 0, 0)
     (h,) = entry.headers
-    assert h.modality == "RTSTRUCT" and h.transfer_syntax == ""
+    assert h.modality == "RTSTRUCT" and h.transfer_syntax == "1.2.840.10008.1.2"  # no file meta: inferred
     ds = pydicom.dcmread(TEST_FILES / "rtstruct.dcm", force=True)
     ss = parse_rtstruct(ds)
     names = {r.name: r for r in ss.rois}
@@ -192,3 +192,56 @@ def test_site_of_real_files_reports_every_problem_without_stopping(tmp_path):
     )
     assert cohort.patients == []
     assert {p.code for p in cohort.report.blocking} == {"no_usable_patient"}
+
+
+def copy_public_collection(site: Path) -> None:
+    """pydicom's test files and the pydicom-data package (dev extra; its files ship in the wheel, no
+    network): many vendors, encodings, DICOMDIRs, secondary captures, deliberately broken files."""
+    from pydicom.data import get_testdata_files
+
+    for name in get_testdata_files():
+        src = Path(name)
+        parts = src.parts
+        top = max(i for i, part in enumerate(parts) if part in ("test_files", "data_store"))
+        dst = site.joinpath(*parts[top:])
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+
+
+#: Files of the collection that really are broken (named so by pydicom), and what must be said of them.
+REALLY_BROKEN = {
+    "rtplan_truncated.dcm": "truncated header",
+    "emri_small_jpeg_2k_lossless_too_short.dcm": "truncated pixel data",
+}
+
+
+def test_public_multi_vendor_collection_no_false_truncation_no_scrambled_path(tmp_path, capsys):
+    import data_store  # noqa: F401  (pydicom-data, in the dev extra: pip install -e '.[dev]')
+
+    from client.cli import main as site_cli
+
+    site = tmp_path / "public"
+    copy_public_collection(site)
+    assert sum(1 for _ in site.rglob("*")) > 250
+    (site / "labels.csv").write_text("patient_id,diagnosis\n4MR1,NPC\n")
+    report = load_site(site).report
+    for view in (report.problems, report.public_problems()):
+        for p in view:
+            if not p.file or p.file == "labels.csv":
+                continue
+            assert (site / p.file).exists(), f"reported path not on disk: {p.file}"
+            if p.code in ("unreadable", "bad_pixels"):
+                name = Path(p.file).name
+                assert name in REALLY_BROKEN or name == "MR_truncated.dcm", (p.file, p.message)
+                if name in REALLY_BROKEN:
+                    assert REALLY_BROKEN[name] in p.message
+    found = {Path(p.file).name for p in report.problems if p.code in ("unreadable", "bad_pixels")}
+    assert set(REALLY_BROKEN) <= found
+    assert any(p.code == "dicomdir" and p.severity == "info" for p in report.problems)
+    assert "p-" not in "".join(p.file for p in report.public_problems())  # no path rewritten
+    site_cli(["validate", str(site), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "file truncated?" not in printed and "test_files/" in printed

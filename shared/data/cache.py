@@ -2,13 +2,16 @@
 
 Layout: ``CACHE_DIR/<site name>-<hash of the site path>/``
   - ``index.json``: header index of every file (reused for files with the same size and mtime),
-  - ``<pseudonym>.npz``: arrays + JSON metadata, valid only when its stored key matches.
+  - ``<pseudonym>.npz``: arrays + JSON metadata (pseudonyms only), valid only when its stored key matches,
+  - ``<pseudonym>.local.json``: that patient's report problems and series descriptions as found (raw
+    paths and DICOM text, for the site-local ``--show-ids`` view), same key.
 The key hashes (relative path, size, mtime_ns) of every source file of the patient (MR, RTSTRUCT,
 SEG), the ingestion settings (``IngestSettings.cache_key``), the site mapping and the salt. Nothing is
 written to the site folder unless ``cache_dir`` points into it; sources are only ever read.
 
-Privacy: ``.npz`` entries hold pseudonyms only, but ``index.json`` is a copy of DICOM headers (patient
-ids, names, paths), as sensitive as the DICOM files: keep the cache inside the hospital (created 0700).
+Privacy: ``.npz`` entries hold pseudonyms only, but ``index.json`` and ``*.local.json`` copy DICOM
+headers and paths (patient ids, names), as sensitive as the DICOM files: keep the cache inside the
+hospital (created 0700).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from shared.data.dicom.index import FileEntry
 from shared.data.report import PatientSummary, Problem
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -92,6 +95,9 @@ class PatientCache:
     def _path(self, pseudonym: str) -> Path:
         return self.root / f"{pseudonym}.npz"
 
+    def _local_path(self, pseudonym: str) -> Path:
+        return self.root / f"{pseudonym}.local.json"
+
     def load(self, pseudonym: str, key: str) -> IngestedPatient | None:
         path = self._path(pseudonym)
         if not path.exists():
@@ -103,23 +109,30 @@ class PatientCache:
                     return None
                 images = {s: z[f"img_{s}"].astype(np.float32) for s in meta["sequences"]}
                 mask = z["mask"].astype(np.uint8) if meta["has_mask"] else None
+            local = json.loads(self._local_path(pseudonym).read_text())
+            if local.get("key") != key:
+                return None
+        except FileNotFoundError:
+            return None
         except Exception as err:
             log.warning("ignoring unreadable cache entry for %s (%s)", pseudonym, type(err).__name__)
             return None
         summary = PatientSummary(**meta["summary"])
+        summary.sequences = local["sequences"]
         summary.cached = True
         return IngestedPatient(
             images,
             mask,
             tuple(meta["spacing_mm"]),
             summary,
-            [Problem(**p) for p in meta["problems"]],
+            [Problem(**p) for p in local["problems"]],
             meta["notes"],
         )
 
     def save(self, pseudonym: str, key: str, patient: IngestedPatient) -> None:
         summary = asdict(patient.summary)
         summary["raw_id"] = ""  # raw ids never stored in the cache
+        summary["sequences"] = {}  # series descriptions are DICOM free text: in the local file
         meta = {
             "format": CACHE_FORMAT,
             "key": key,
@@ -127,7 +140,6 @@ class PatientCache:
             "has_mask": patient.mask is not None,
             "spacing_mm": list(patient.spacing_mm),
             "summary": summary,
-            "problems": [asdict(p) for p in patient.problems],
             "notes": patient.notes,
         }
         arrays = {f"img_{s}": a for s, a in patient.images.items()}
@@ -139,4 +151,7 @@ class PatientCache:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
 
+        local = {"key": key, "problems": [asdict(p) for p in patient.problems],
+                 "sequences": patient.summary.sequences}  # fmt: skip
+        _atomic_write(self._local_path(pseudonym), lambda p: Path(p).write_text(json.dumps(local)))
         _atomic_write(self._path(pseudonym), write)

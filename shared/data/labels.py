@@ -24,7 +24,12 @@ def _norm_header(s: str) -> str:
 
 
 def load_labels(path: Path) -> dict[str, int]:
-    """Parse labels.csv -> {patient_id: 0 (NPC) | 1 (NPL)}.
+    """Parse labels.csv -> {patient_id: 0 (NPC) | 1 (NPL)} (see :func:`load_label_rows`)."""
+    return {pid: label for pid, (label, _line) in load_label_rows(path).items()}
+
+
+def load_label_rows(path: Path) -> dict[str, tuple[int, int]]:
+    """Parse labels.csv -> {patient_id: (0 (NPC) | 1 (NPL), line number in the file)}.
 
     Raises:
         SiteDataError: missing file, bad header, empty id, unknown diagnosis, duplicate id (all bad lines listed).
@@ -57,7 +62,7 @@ def load_labels(path: Path) -> dict[str, int]:
             f"{name} line {line0}: header {header!r}; expected columns 'patient_id' and 'diagnosis' (any order, "
             "case-insensitive)"
         )
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, int]] = {}
     first_line: dict[str, int] = {}
     errors: list[str] = []
     for line, row in rows_numbered[1:]:
@@ -74,7 +79,7 @@ def load_labels(path: Path) -> dict[str, int]:
         if pid in out:
             errors.append(f"line {line}: duplicate patient_id (first on line {first_line[pid]})")
             continue
-        out[pid] = LABELS[diag]
+        out[pid] = (LABELS[diag], line)
         first_line[pid] = line
     if errors:
         shown = "; ".join(errors[:20]) + (f"; ... {len(errors) - 20} more" if len(errors) > 20 else "")

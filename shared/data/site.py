@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
@@ -18,10 +19,10 @@ from shared.data.cache import PatientCache, patient_key
 from shared.data.dicom.header import InstanceHeader
 from shared.data.dicom.index import index_tree
 from shared.data.dicom.patient_ingest import ingest_patient
-from shared.data.labels import LABELS_FILE, load_labels
+from shared.data.labels import LABELS_FILE, load_label_rows
 from shared.data.mapping import SiteMapping, load_mapping
 from shared.data.patient import LABELS, PatientVolumes
-from shared.data.report import PatientSummary, Scrubber, ValidationReport
+from shared.data.report import PatientSummary, Problem, Scrubber, ValidationReport
 from shared.data.settings import IngestSettings
 from shared.data.split import patient_split
 from shared.errors import SiteDataError
@@ -30,6 +31,7 @@ from shared.pseudonym import DEFAULT_SALT, pseudonym
 __all__ = ["IngestSettings", "SiteCohort", "load_site"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 CLASS_NAMES = {v: k for k, v in LABELS.items()}
 
 
@@ -81,10 +83,10 @@ def load_site(
         mapping = SiteMapping()
     patterns = mapping.roi_names or settings.roi_patterns
     try:
-        labels = load_labels(site_dir / LABELS_FILE)
+        label_rows = load_label_rows(site_dir / LABELS_FILE)
     except SiteDataError as err:
         report.add("blocking", "bad_labels", LABELS_FILE, str(err))
-        labels = {}
+        label_rows = {}
     cache = PatientCache(cache_dir, site_dir) if cache_dir is not None else None
     previous = cache.load_index() if cache else {}
     entries = index_tree(site_dir, previous, progress, exclude=cache.root if cache else None)
@@ -96,14 +98,18 @@ def load_site(
     scrubber = Scrubber()
     by_patient: dict[str, list[InstanceHeader]] = defaultdict(list)
     for entry in entries.values():
-        report.extend(entry.problems)
+        patient = pseudonym(entry.patient_id, salt) if entry.patient_id else ""
+        report.extend([replace(p, patient=p.patient or patient) for p in entry.problems])
+        if entry.patient_id:
+            scrubber.add(entry.patient_id, patient)
         for h in entry.headers:
             pid = _patient_of(h)
             by_patient[pid].append(h)
             pseudo = pseudonym(pid, salt)
             scrubber.add(h.patient_id, pseudo)
             scrubber.add_name(h.patient_name, pseudo)
-    labels = _align_label_ids(labels, set(by_patient))
+    label_rows = _align_label_ids(label_rows, set(by_patient))
+    labels = {pid: label for pid, (label, _line) in label_rows.items()}
     for pid in labels:
         scrubber.add(pid, pseudonym(pid, salt))
     ingest_parts = (settings.cache_key(), mapping.source_hash, "|".join(patterns), salt)
@@ -123,13 +129,11 @@ def load_site(
             ) as err:  # a bug or an input nobody foresaw: skip the patient, keep the site going
                 log.warning("patient %s: ingestion failed (%s); patient skipped", pseudo, type(err).__name__)
                 report.add("warning", "ingest_error", "", f"ingestion failed ({type(err).__name__}: "
-                           f"{scrubber.scrub(str(err))[:200]}); patient skipped. Please report this.", pseudo)  # fmt: skip
+                           f"{scrubber.scrub(str(err), strict=True)[:200]}); patient skipped. Please report this.", pseudo)  # fmt: skip
                 report.patients.append(
                     PatientSummary(pseudo, pid, CLASS_NAMES.get(labels.get(pid), "-"), "-", False)
                 )
                 continue
-            result.problems = [p.scrubbed(scrubber) for p in result.problems]
-            result.summary.sequences = {k: scrubber.scrub(v) for k, v in result.summary.sequences.items()}
             if cache:
                 cache.save(pseudo, key, result)
         else:
@@ -152,22 +156,24 @@ def load_site(
                         pseudo, label, result.images, result.mask, result.spacing_mm, notes=list(result.notes)
                     )
                 )
-    unknown = sorted(pseudonym(pid, salt) for pid in labels if pid not in by_patient)
-    for pseudo in unknown:
-        report.add(
-            "warning",
-            "label_without_data",
-            LABELS_FILE,
-            "labels.csv row with no DICOM data for this id",
-            pseudo,
-        )
+    unknown = sorted((line, pid) for pid, (_label, line) in label_rows.items() if pid not in by_patient)
+    for line, pid in unknown:
+        msg = f"line {line}: no DICOM file has this patient_id as PatientID; check the id or add the images"
+        report.problems.append(Problem("warning", "label_without_data", LABELS_FILE, msg, pseudonym(pid, salt),
+                                       local=f"patient_id {pid!r}"))  # fmt: skip
     splits = patient_split({p: lab for p, lab, _ in usable}, settings.split_fractions, settings.split_seed)
     for v in volumes:
         v.split = splits[v.pseudonym]
+    with_mask = {p for p, _lab, has_mask in usable if has_mask}
     for row in report.patients:
-        row.split = splits.get(row.pseudonym, "-")
+        split = splits.get(row.pseudonym, "-")
+        if (
+            row.label == "-" and split != "-"
+        ):  # unlabelled: no classifier split; a mask still trains the segmenter
+            split = f"seg:{split}" if row.pseudonym in with_mask else "-"
+        row.split = split
     _site_level_checks(report, usable, labels)
-    report.scrub(scrubber)
+    report.scrubber = scrubber
     log.info(
         "site %s: %d patients ingested (%d labelled), %d blocking problem(s), %d warning(s)",
         report.site_name, len(usable), sum(lab is not None for _, lab, _ in usable),
@@ -176,12 +182,12 @@ def load_site(
     return SiteCohort(site_dir.name, volumes, report)
 
 
-def _align_label_ids(labels: dict[str, int], dicom_ids: set[str]) -> dict[str, int]:
+def _align_label_ids(labels: dict[str, T], dicom_ids: set[str]) -> dict[str, T]:
     """labels.csv ids that differ from a DICOM PatientID only by case map onto that PatientID."""
     folded: dict[str, list[str]] = {}
     for pid in dicom_ids:
         folded.setdefault(pid.casefold(), []).append(pid)
-    out: dict[str, int] = {}
+    out: dict[str, T] = {}
     for pid, lab in labels.items():
         if pid not in dicom_ids and len(folded.get(pid.casefold(), [])) == 1:
             pid = folded[pid.casefold()][0]

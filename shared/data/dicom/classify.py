@@ -1,6 +1,6 @@
 """Sequence classification (t1 / t2 / t1ce) from headers alone; SeriesDescription is optional.
 
-Order of evidence: site mapping > ImageType / ScanningSequence exclusions > Enhanced MR
+Order of evidence: site mapping > ImageType / ScanningSequence exclusions (quantitative maps too) > Enhanced MR
 AcquisitionContrast > TR/TE rules > description tokens. Post-contrast: ContrastBolusAgent (may be
 empty or absent), description tokens, then acquisition time order inside the study (a T1 acquired after
 another T1 of the study is a t1ce). Every decision keeps a reason string for the report.
@@ -35,6 +35,12 @@ EXCLUDED_IMAGE_TYPES = {
 _L, _R = r"(?<![a-z0-9])", r"(?![a-z0-9])"  # token boundaries where "_" separates words
 LOCALISER_RX = re.compile(rf"locali[sz]er|scout|survey|pilot|3[\s_-]?plane|{_L}loc{_R}", re.IGNORECASE)
 DWI_RX = re.compile(rf"{_L}dwi|diff|{_L}adc{_R}|trace|{_L}b\d{{3,4}}{_R}|{_L}epi{_R}", re.IGNORECASE)
+#: Quantitative maps (relaxometry): T1 / T2 values in ms, not a weighted image.
+QMAP_RX = re.compile(
+    rf"{_L}(t1|t2|t2\*|r1|r2)[\s_-]?map{_R}|relaxometry|{_L}molli{_R}|{_L}(shmolli|qmap|mapit){_R}",
+    re.IGNORECASE,
+)
+QMAP_IMAGE_TYPES = {"T1 MAP", "T2 MAP", "T1MAP", "T2MAP", "T2 STAR MAP", "R1", "R2", "QMAP", "MAP"}
 FLAIR_RX = re.compile(r"flair|dark[\s_-]?fluid", re.IGNORECASE)
 CONTRAST_RX = re.compile(
     rf"\+\s*c(?![a-z])|c\s*\+|\+\s*gd|{_L}(post|gd|gad\w*|enh\w*|ce|t1\s*ce|t1c|contrast){_R}|增强",
@@ -133,7 +139,12 @@ def classify_series(
         return Classification(None, "localiser (description)", "description", post, derived)
     if DWI_RX.search(desc):
         return Classification(None, "diffusion (description)", "description", post, derived)
-    if FLAIR_RX.search(desc) or ("IR" in f.scanning_sequence and (f.ti or 0) > 1500):
+    qmap = sorted(image_type & QMAP_IMAGE_TYPES)
+    if qmap or QMAP_RX.search(desc):
+        why = f"ImageType {qmap[0]}" if qmap else "description"
+        return Classification(None, f"quantitative map ({why}), not a weighted image", why, post, derived)
+    long_ti_ir = "IR" in f.scanning_sequence and (f.ti or 0) > 1500 and (f.te is None or f.te > 30)
+    if FLAIR_RX.search(desc) or long_ti_ir:
         return Classification(None, "FLAIR (not used)", "description / TI", post, derived)
     weighting, why = _weighting_from_timing(g, settings)
     has1, has2 = bool(T1_RX.search(desc)), bool(T2_RX.search(desc))

@@ -126,6 +126,60 @@ def _normal(iop: tuple[float, ...]) -> np.ndarray:
     return n / max(float(np.linalg.norm(n)), 1e-12)
 
 
+def geometry_fault(h: InstanceHeader) -> str:
+    """Why the geometry values of ``h`` are unusable ('' when the present ones are valid).
+
+    Valid: finite ImagePositionPatient, two positive finite PixelSpacing values, and an
+    ImageOrientationPatient made of two orthogonal unit vectors (tolerance 0.01, as scanners round).
+    """
+    faults = []
+    if h.ipp is not None and not np.all(np.isfinite(h.ipp)):
+        faults.append(f"ImagePositionPatient {_fmt(h.ipp)} is not finite")
+    if h.pixel_spacing is not None and not (
+        np.all(np.isfinite(h.pixel_spacing)) and min(h.pixel_spacing) > 0
+    ):
+        faults.append(f"PixelSpacing {_fmt(h.pixel_spacing)}; expected two positive numbers (mm)")
+    if h.iop is not None:
+        row, col = np.asarray(h.iop[:3], dtype=float), np.asarray(h.iop[3:], dtype=float)
+        ok = (
+            np.all(np.isfinite(h.iop))
+            and abs(np.linalg.norm(row) - 1) <= 0.01
+            and abs(np.linalg.norm(col) - 1) <= 0.01
+            and abs(float(row @ col)) <= 0.01
+        )
+        if not ok:
+            faults.append(f"ImageOrientationPatient {_fmt(h.iop)} is not two orthogonal unit vectors")
+    return "; ".join(faults)
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "\\".join(f"{v:g}" for v in values)
+
+
+def _resent_slices(
+    instances: list[InstanceHeader], normal: np.ndarray, tol: float
+) -> tuple[set[str], list[tuple[str, str, str]]]:
+    """Files whose SOPInstanceUID also appears at another position of the series (a re-sent or
+    mis-merged slice): every copy is dropped, since nothing tells which position is right."""
+    by_uid: dict[str, list[InstanceHeader]] = {}
+    for h in instances:
+        if h.sop_uid and h.frame < 0:  # frames of one multi-frame instance share its UID
+            by_uid.setdefault(h.sop_uid, []).append(h)
+    drop: set[str] = set()
+    problems: list[tuple[str, str, str]] = []
+    for copies in by_uid.values():
+        d = [float(normal @ np.asarray(h.ipp)) for h in copies]
+        if len(copies) < 2 or max(d) - min(d) <= tol:
+            continue
+        where = ", ".join(f"{h.path} at {dh:.2f} mm" for h, dh in zip(copies, d, strict=True))
+        for h in copies:
+            drop.add(h.path)
+            problems.append(("duplicate_sop_uid", h.path, f"one SOPInstanceUID at {len(copies)} positions "
+                             f"({where}): a re-sent or mis-merged slice; every copy dropped. Remove the wrong "
+                             "file and validate again."))  # fmt: skip
+    return drop, problems
+
+
 def check_geometry(
     instances: list[InstanceHeader], gap_factor: float = 1.5, min_slices: int = 3
 ) -> GeometryCheck:
@@ -135,21 +189,43 @@ def check_geometry(
         DicomError: no slice with complete geometry, or fewer than ``min_slices`` left.
     """
     problems: list[tuple[str, str, str]] = []
-    complete = [
-        h for h in instances if h.iop is not None and h.ipp is not None and h.pixel_spacing is not None
-    ]
-    missing = [h for h in instances if h.iop is None or h.ipp is None or h.pixel_spacing is None]
     first_path = instances[0].path if instances else "?"
+    complete, faults = [], []
+    for h in instances:
+        fault = geometry_fault(h)
+        if fault:
+            faults.append(fault)
+            problems.append(("invalid_geometry", h.path, f"{fault}; slice dropped"))
+            continue
+        absent = [k for k, v in (("ImagePositionPatient", h.ipp), ("ImageOrientationPatient", h.iop),
+                                 ("PixelSpacing", h.pixel_spacing)) if v is None]  # fmt: skip
+        if absent:
+            problems.append(("missing_geometry", h.path, f"slice lacks {', '.join(absent)} (absent or "
+                             "unreadable); slice dropped"))  # fmt: skip
+            continue
+        complete.append(h)
+    if not complete and faults:
+        raise DicomError(
+            f"{first_path}: invalid geometry on all {len(instances)} slices ({faults[0]}); the series cannot be "
+            "placed in space and is skipped. Check the export (anonymiser or converter settings).",
+            code="invalid_geometry",
+        )
     if not complete:
         raise DicomError(
             f"{first_path}: none of the {len(instances)} slices has ImagePositionPatient, ImageOrientationPatient "
-            "and PixelSpacing; expected all three on every slice. The series cannot be placed in space and is skipped."
+            "and PixelSpacing; expected all three on every slice. The series cannot be placed in space and is skipped.",
+            code="missing_geometry",
         )
-    for h in missing:
-        absent = [k for k, v in (("ImagePositionPatient", h.ipp), ("ImageOrientationPatient", h.iop),
-                                 ("PixelSpacing", h.pixel_spacing)) if v is None]  # fmt: skip
-        problems.append(("missing_geometry", h.path, f"slice lacks {', '.join(absent)}; slice dropped"))
     n = _normal(complete[0].iop)
+    probe = [float(n @ np.asarray(h.ipp)) for h in complete]
+    probe_steps = np.diff(np.sort(probe))
+    probe_typical = float(np.median(probe_steps[probe_steps > 1e-3])) if np.any(probe_steps > 1e-3) else 1.0
+    resent, resent_problems = _resent_slices(complete, n, max(1e-3, 0.01 * probe_typical))
+    problems += resent_problems
+    complete = [h for h in complete if h.path not in resent]
+    if not complete:
+        raise DicomError(f"{first_path}: no slice left after dropping re-sent slices; the series is skipped.",
+                         code="duplicate_sop_uid")  # fmt: skip
     keyed = sorted(
         complete,
         key=lambda h: (
@@ -183,7 +259,8 @@ def check_geometry(
     if len(kept) < min_slices:
         raise DicomError(
             f"{first_path}: only {len(kept)} distinct slice position(s) after removing duplicates; expected at least "
-            f"{min_slices}. The series is skipped."
+            f"{min_slices}. The series is skipped.",
+            code="too_few_slices",
         )
     kd = np.asarray(kept_d)
     steps = np.diff(kd)

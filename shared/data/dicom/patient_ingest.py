@@ -13,7 +13,7 @@ from shared.data.dicom.classify import Classification, apply_time_order, choose,
 from shared.data.dicom.header import InstanceHeader
 from shared.data.dicom.masks import is_rtstruct, is_seg, mask_from_objects
 from shared.data.dicom.resample import resample
-from shared.data.dicom.series import SeriesGroup, group_series, non_volume_reason
+from shared.data.dicom.series import SeriesGroup, drop_cross_series_copies, group_series, non_volume_reason
 from shared.data.dicom.volumes import LoadedSeries, load_series
 from shared.data.mapping import SiteMapping
 from shared.data.patient import SEQUENCES
@@ -80,7 +80,9 @@ def ingest_patient(
     """Never raises for bad data: everything wrong ends up in ``problems`` (warnings)."""
     problems: list[Problem] = []
     summary = PatientSummary(pseudonym, "", "-", "-", False)
-    groups = group_series([h for h in headers if h.is_mr_image])
+    images, copies = drop_cross_series_copies([h for h in headers if h.is_mr_image])
+    problems += [Problem("warning", "duplicate_sop_uid", f, m, pseudonym) for f, m in copies]
+    groups = group_series(images)
     objects = [h for h in headers if is_rtstruct(h) or is_seg(h)]
     studies, probs = classify_patient(groups, settings, mapping, pseudonym)
     problems += probs
@@ -112,8 +114,13 @@ def ingest_patient(
         while cands:
             chosen, note = choose(cands)
             if note and first:
+                # a warning only when the choice is a toss-up (another ORIGINAL/DERIVED series of the same
+                # orientation); coronal / sagittal or derived companions of an axial original are expected
+                rank = next((c.derived, g.is_axial) for g, c in cands if g is chosen)
+                tie = any((c.derived, g.is_axial) == rank for g, c in cands if g is not chosen)
+                severity = "warning" if tie else "info"
                 problems.append(
-                    Problem("warning", "several_candidates", chosen.first.path, f"{seq}: {note}", pseudonym)
+                    Problem(severity, "several_candidates", chosen.first.path, f"{seq}: {note}", pseudonym)
                 )
             first = False
             try:
@@ -122,7 +129,7 @@ def ingest_patient(
                 )
             except DicomError as err:
                 msg = str(err)
-                code = (
+                code = err.code or (
                     "unsupported_transfer_syntax"
                     if "unsupported transfer syntax" in msg
                     else "series_rejected"

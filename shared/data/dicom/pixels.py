@@ -12,17 +12,50 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_rescale, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from shared.data.dicom.header import InstanceHeader
 from shared.errors import DicomError
 
 
+def transfer_syntax(ds: pydicom.Dataset) -> str:
+    """TransferSyntaxUID of ``ds``; for a dataset read without one (no file meta, or a meta without it),
+    the uncompressed syntax of the encoding pydicom detected while reading it.
+
+    PS3.5 10.1 / PS3.10 7.1: a stream without file meta is implicit VR little endian by default;
+    pydicom also recognises explicit VR (and big endian) by peeking at the first element. Compressed
+    pixel data cannot be stored without a transfer syntax, so the inferred syntax is always uncompressed.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return str(meta.TransferSyntaxUID)
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return ""
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def with_transfer_syntax(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Set the inferred TransferSyntaxUID on a dataset that lacks one, so that pydicom can decode its
+    pixels (it refuses with "file_meta has no Transfer Syntax UID" otherwise). Returns ``ds``."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or not meta.get("TransferSyntaxUID"):
+        ts = transfer_syntax(ds)
+        if ts:
+            if meta is None:
+                ds.file_meta = meta = FileMetaDataset()
+            meta.TransferSyntaxUID = ts
+    return ds
+
+
 def check_transfer_syntax(h: InstanceHeader) -> None:
     """Raise DicomError when no installed decoder can read ``h``'s transfer syntax."""
     if not h.transfer_syntax:
-        return  # no file meta: pydicom guesses (implicit / explicit little endian)
+        return  # not inferable (pydicom saw no element): decoding will say what is wrong
     uid = UID(h.transfer_syntax)
     name = uid.name if uid.is_valid else h.transfer_syntax
     try:
@@ -54,7 +87,7 @@ def read_slice(site_dir: Path, h: InstanceHeader, cache: dict[str, np.ndarray] |
         else:
             with warnings.catch_warnings():  # e.g. excess padding: harmless, decoded anyway
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(site_dir / h.path, force=True)
+                ds = with_transfer_syntax(pydicom.dcmread(site_dir / h.path, force=True))
                 if "PixelData" not in ds:
                     raise DicomError(f"{h.path}: no PixelData element; the slice is skipped")
                 arr = ds.pixel_array

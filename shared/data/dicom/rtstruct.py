@@ -31,6 +31,7 @@ class Roi:
     name: str
     interpreted_type: str = ""
     contours: list[Contour] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)  # why each unusable ContourSequence item was skipped
 
     @property
     def closed_planar(self) -> list[Contour]:
@@ -41,6 +42,28 @@ class Roi:
 class StructureSet:
     frame_of_ref: str
     rois: list[Roi]
+
+
+def _contour_points(item: Dataset) -> tuple[np.ndarray, str]:
+    """(points (N, 3), '') or (empty, why the ContourData is unusable)."""
+    try:
+        raw = item.ContourData
+        values = [
+            float(v) for v in (raw if isinstance(raw, list | tuple) or hasattr(raw, "__len__") else [raw])
+        ]
+    except AttributeError:
+        return np.empty((0, 3)), "no ContourData"
+    except (TypeError, ValueError) as err:
+        return np.empty((0, 3)), f"ContourData has a non-numeric value ({str(err)[:60]})"
+    if len(values) % 3:
+        return np.empty((0, 3)), f"ContourData has {len(values)} values, not x\\y\\z triplets"
+    pts = np.asarray(values, dtype=float).reshape(-1, 3)
+    if not np.all(np.isfinite(pts)):
+        return np.empty((0, 3)), "ContourData has a non-finite value"
+    geometric = text(item, "ContourGeometricType").upper()
+    if geometric == "CLOSED_PLANAR" and len(pts) < 3:
+        return np.empty((0, 3)), f"CLOSED_PLANAR contour with {len(pts)} point(s); expected at least 3"
+    return pts, ""
 
 
 def parse_rtstruct(ds: Dataset) -> StructureSet:
@@ -65,10 +88,10 @@ def parse_rtstruct(ds: Dataset) -> StructureSet:
         except Exception:
             continue
         roi = rois.setdefault(num, Roi(num, f"ROI {num}"))
-        for c in rc.get("ContourSequence", []) or []:
-            try:
-                pts = np.asarray([float(v) for v in c.ContourData], dtype=float).reshape(-1, 3)
-            except Exception:
+        for n, c in enumerate(rc.get("ContourSequence", []) or [], start=1):
+            pts, fault = _contour_points(c)
+            if fault:
+                roi.malformed.append(f"contour {n}: {fault}")
                 continue
             refs = tuple(text(r, "ReferencedSOPInstanceUID") for r in (c.get("ContourImageSequence") or []))
             roi.contours.append(Contour(text(c, "ContourGeometricType").upper(), pts, refs))
@@ -79,19 +102,33 @@ def parse_rtstruct(ds: Dataset) -> StructureSet:
     return StructureSet(frame, [rois[k] for k in sorted(rois)])
 
 
+def matching_rois(rois: list[Roi], patterns: tuple[str, ...]) -> list[Roi]:
+    """ROIs whose name matches one of the tumour regexes (case-insensitive)."""
+    rx = [re.compile(p, re.IGNORECASE) for p in patterns]
+    return [r for r in rois if any(x.search(r.name.strip()) for x in rx)]
+
+
 def select_roi(rois: list[Roi], patterns: tuple[str, ...]) -> tuple[Roi | None, str]:
     """The primary tumour ROI: name matches one regex (case-insensitive), has closed contours.
 
     Several matches: prefer RTROIInterpretedType GTV, then most contours, then lowest ROINumber.
     Returns (roi or None, note for the report).
     """
-    rx = [re.compile(p, re.IGNORECASE) for p in patterns]
-    hits = [r for r in rois if any(x.search(r.name.strip()) for x in rx)]
+    hits = matching_rois(rois, patterns)
     usable = [r for r in hits if r.closed_planar]
     if not usable:
         names = ", ".join(f"{r.name!r} ({r.interpreted_type or '?'})" for r in rois) or "none"
+        bad = [f"{r.name!r}: {'; '.join(r.malformed[:3])}" for r in hits if r.malformed]
+        if bad:
+            return None, f"ROI(s) {[r.name for r in hits]} match but no contour is usable: {'; '.join(bad)}"
         if hits:
-            return None, f"ROI(s) {[r.name for r in hits]} match but have no CLOSED_PLANAR contour"
+            kinds = sorted({c.geometric_type or "no type" for r in hits for c in r.contours}) or [
+                "no contour"
+            ]
+            return (
+                None,
+                f"ROI(s) {[r.name for r in hits]} match but have no CLOSED_PLANAR contour (found: {', '.join(kinds)})",
+            )
         return None, f"no ROI name matches the tumour patterns {list(patterns)}; ROIs found: {names}"
     usable.sort(key=lambda r: (r.interpreted_type != "GTV", -len(r.closed_planar), r.number))
     note = ""

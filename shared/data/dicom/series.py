@@ -71,8 +71,49 @@ class SeriesGroup:
 
 
 def _part_key(h: InstanceHeader) -> tuple:
-    iop = tuple(round(v, 3) for v in h.iop) if h.iop is not None else None
+    iop = tuple(round(v, 3) for v in h.iop) if _valid_iop(h.iop) else None
     return (iop, h.rows, h.columns, h.echo_number or 1, h.temporal_position or 0)
+
+
+def _valid_iop(iop: tuple[float, ...] | None) -> bool:
+    if iop is None or not np.all(np.isfinite(iop)):
+        return False
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    return abs(np.linalg.norm(row) - 1) <= 0.01 and abs(np.linalg.norm(col) - 1) <= 0.01
+
+
+def _attach_orphans(parts: dict[tuple, list[InstanceHeader]]) -> None:
+    """Slices without a usable orientation join the largest part of the same matrix / echo / time, so
+    that the geometry check reports and drops them (alone they would look like a one-slice series)."""
+    for key in [k for k in parts if k[0] is None]:
+        hosts = [k for k in parts if k[0] is not None and k[1:] == key[1:]]
+        if hosts:
+            host = max(hosts, key=lambda k: len(parts[k]))
+            parts[host].extend(parts.pop(key))
+
+
+def drop_cross_series_copies(
+    headers: list[InstanceHeader],
+) -> tuple[list[InstanceHeader], list[tuple[str, str]]]:
+    """Instances whose SOPInstanceUID also appears in another series (a mis-merged slice): every copy is
+    dropped, since nothing tells which series it belongs to. Returns (kept, [(file, message)])."""
+    by_uid: dict[str, list[InstanceHeader]] = defaultdict(list)
+    for h in headers:
+        if h.sop_uid and h.frame < 0:
+            by_uid[h.sop_uid].append(h)
+    drop: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    for copies in by_uid.values():
+        if len({h.series_uid for h in copies}) < 2:
+            continue
+        where = ", ".join(f"{h.path} (series {h.series_number if h.series_number is not None else '?'})"
+                          for h in copies)  # fmt: skip
+        for h in copies:
+            drop.add(h.path)
+            problems.append((h.path, f"one SOPInstanceUID in {len({c.series_uid for c in copies})} series "
+                             f"({where}): a mis-merged slice; every copy dropped. Remove the wrong file and "
+                             "validate again."))  # fmt: skip
+    return [h for h in headers if h.path not in drop], problems
 
 
 def group_series(headers: list[InstanceHeader]) -> list[SeriesGroup]:
@@ -86,6 +127,7 @@ def group_series(headers: list[InstanceHeader]) -> list[SeriesGroup]:
         parts: dict[tuple, list[InstanceHeader]] = defaultdict(list)
         for h in insts:
             parts[_part_key(h)].append(h)
+        _attach_orphans(parts)
         ordered = sorted(parts.values(), key=lambda p: (-len(p), p[0].path))
         reason = ""
         if len(ordered) > 1:

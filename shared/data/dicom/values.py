@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -99,7 +100,7 @@ def number(ds: Dataset, keyword: str) -> float | None:
 
 def integer(ds: Dataset, keyword: str) -> int | None:
     f = number(ds, keyword)
-    return None if f is None else int(round(f))
+    return None if f is None or not math.isfinite(f) else int(round(f))
 
 
 def floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:

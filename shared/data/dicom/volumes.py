@@ -59,5 +59,12 @@ def load_series(
         slices = [slices[order[h.path + f"#{h.frame}"]] for h in recheck.instances]
         check = recheck
     volume = np.stack(slices).astype(np.float32)
+    if volume.size and np.all(volume == volume.flat[0]):
+        raise DicomError(
+            f"{check.instances[0].path}: every voxel of the {volume.shape[0]} slices is {float(volume.flat[0]):g}: "
+            "the series holds no image (blank export, failed reconstruction or wrong window); it is not used. "
+            "Re-export it from the scanner or PACS.",
+            code="constant_volume",
+        )
     sop_to_slice = {h.sop_uid: k for k, h in enumerate(check.instances) if h.frame < 0 and h.sop_uid}
     return LoadedSeries(volume, check.geometry, check.instances, sop_to_slice), problems
