@@ -21,12 +21,28 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from shared.app_config import app_defaults
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def default_run_config() -> dict:
     """The run-config defaults of pyproject.toml, flattened as Flower does."""
     return flatten_dict(app_defaults())
+
+
+def toy_run_config(cohort: Path, out: Path, **overrides) -> dict:
+    """The toy scenario's run config on ``cohort`` (site folders), writing to ``out``; no wait for sites."""
+    from simulations.scenarios import SCENARIOS
+
+    rc = default_run_config()
+    rc.update(
+        {
+            "sim-data-root": str(cohort),
+            "sim-cache-root": str(cohort / "_cache"),
+            "out-dir": str(out),
+            **SCENARIOS["toy"].run_config,
+            "wait-for-sites-s": 0.0,
+        }
+    )
+    rc.update(overrides)
+    return rc
 
 
 class LocalGrid(Grid):

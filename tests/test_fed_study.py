@@ -21,8 +21,7 @@ from server.round_recorder import SimulatedCrash
 from server.run_log import read_run_log
 from server.strategies import TooFewSitesError
 from shared import protocol as P
-from simulations.scenarios import SCENARIOS
-from tests.fed_support import LocalGrid, default_run_config, server_context
+from tests.fed_support import LocalGrid, server_context, toy_run_config
 
 pytestmark = pytest.mark.slow
 SITES = ("hospital-a", "hospital-b", "hospital-c")
@@ -38,18 +37,7 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def toy_config(cohort: Path, out: Path, **overrides) -> dict:
-    rc = default_run_config()
-    rc.update(
-        {
-            "sim-data-root": str(cohort),
-            "sim-cache-root": str(cohort / "_cache"),
-            "out-dir": str(out),
-            **SCENARIOS["toy"].run_config,
-            "wait-for-sites-s": 0.0,
-        }
-    )
-    rc.update(overrides)
-    return rc
+    return toy_run_config(cohort, out, **overrides)
 
 
 def run_study(rc: dict, client=client_app, n_nodes: int = 3) -> LocalGrid:

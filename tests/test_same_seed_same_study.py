@@ -17,8 +17,7 @@ import pytest
 from client.app import app as client_app
 from server.app import app as server_app
 from server.checkpoint import load_arrays
-from simulations.scenarios import SCENARIOS
-from tests.fed_support import LocalGrid, default_run_config, server_context
+from tests.fed_support import LocalGrid, server_context, toy_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +30,8 @@ class ReversedArrivalGrid(LocalGrid):
 
 
 def _study(cohort: Path, out: Path, grid_type: type[LocalGrid]) -> None:
-    rc = default_run_config()
-    rc.update(
-        {
-            **SCENARIOS["toy"].run_config,
-            "sim-data-root": str(cohort),
-            "sim-cache-root": str(out / "cache"),
-            "out-dir": str(out),
-            "wait-for-sites-s": 0.0,
-            "seg-rounds": 2,
-            "datasets": "t1+t2",
-            "seed": 11,
-        }
-    )
+    overrides = {"sim-cache-root": str(out / "cache"), "seg-rounds": 2, "datasets": "t1+t2", "seed": 11}
+    rc = toy_run_config(cohort, out, **overrides)
     server_app(grid_type(client_app, 3, rc), server_context(rc))
     assert (out / "STATUS").read_text().startswith("COMPLETED")
 
