@@ -45,6 +45,17 @@ def _both_classes(labels: np.ndarray) -> bool:
     return bool(len(labels) and 0 < int(labels.sum()) < len(labels))
 
 
+def epoch_of(epoch: int, total: int) -> str:
+    return f"{epoch + 1}/{total}"
+
+
+def timing(t0: float, epoch: int, total: int) -> str:
+    """ "12 s elapsed, ~36 s left" after 0-based ``epoch`` of ``total`` (the mean epoch so far, extrapolated)."""
+    elapsed = time.perf_counter() - t0
+    left = elapsed / (epoch + 1) * max(0, total - epoch - 1)
+    return f"{elapsed:.0f} s elapsed, ~{left:.0f} s left"
+
+
 def run_segmentation_stage(
     patients: Sequence[PatientVolumes], cfg: PipelineConfig, device: torch.device, progress: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -57,13 +68,19 @@ def run_segmentation_stage(
     log.info("segmenter: %s train / %s val / %s test patients with masks", len(train), len(val), len(test))
     history: dict[str, list[float]] = {"train loss": [], "val Dice": []}
     best: dict[str, Any] = {"dice": -1.0, "epoch": -1, "state": None}
+    t0 = time.perf_counter()
 
     def on_epoch_end(epoch: int, mean_loss: float) -> None:
         history["train loss"].append(mean_loss)
         if val:
             d = evaluate_segmenter(model, val, cfg, device).dice
             history["val Dice"].append(d)
-            log.info("segmenter epoch %s: val Dice %.3f", epoch + 1, d)
+            log.info(
+                "segmenter epoch %s: val Dice %.3f (%s)",
+                epoch_of(epoch, cfg.seg_epochs),
+                d,
+                timing(t0, epoch, cfg.seg_epochs),
+            )
             if d > best["dice"]:
                 best.update(dice=d, epoch=epoch, state=_cpu_state(model))
 
@@ -120,6 +137,7 @@ def run_classifier(
     history: dict[str, list[float]] = {"train loss": [], "val AUC": []}
     best: dict[str, Any] = {"auc": -1.0, "epoch": -1, "state": None}
     val_ok = _both_classes(val.labels)
+    t0 = time.perf_counter()
 
     def on_epoch_end(epoch: int, mean_loss: float) -> None:
         history["train loss"].append(mean_loss)
@@ -127,7 +145,14 @@ def run_classifier(
             scores, labels = patient_scores(model, val, cfg, device)
             a = auc(scores, labels)
             history["val AUC"].append(a)
-            log.info("classifier %s epoch %s: val AUC %.3f (%s patients)", ds.name, epoch + 1, a, len(labels))
+            log.info(
+                "classifier %s epoch %s: val AUC %.3f (%s patients; %s)",
+                ds.name,
+                epoch_of(epoch, cfg.cls_epochs),
+                a,
+                len(labels),
+                timing(t0, epoch, cfg.cls_epochs),
+            )
             if a > best["auc"]:
                 best.update(auc=a, epoch=epoch, state=_cpu_state(model))
 

@@ -37,10 +37,14 @@ def _check_outputs(out, results) -> None:
 
 
 @pytest.mark.slow
-def test_centralized_in_process_on_toy_patients(tmp_path) -> None:
+def test_centralized_in_process_on_toy_patients(tmp_path, caplog) -> None:
     torch.manual_seed(0)
     patients = make_toy_cohort(20, size=32, depth=6)
-    results = run_centralized(patients, preset_config("toy"), tmp_path, progress=False)
+    with caplog.at_level("INFO", logger="simulations.centralized"):
+        results = run_centralized(patients, preset_config("toy"), tmp_path, progress=False)
+    # progress on long work: every epoch says which of how many, the validation figure and the time left
+    assert "segmenter epoch 3/3: val Dice" in caplog.text and "s left)" in caplog.text
+    assert "classifier t1+t2 epoch 2/2: val AUC" in caplog.text
     _check_outputs(tmp_path, results)
     assert set(results["auc"]) == {"t1", "t2", "t1ce", "t1+t2"}
     losses = [c["history"]["train loss"] for c in results["extra"]["classifiers"].values()]
