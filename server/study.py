@@ -28,8 +28,11 @@ from server.run_log import RunLog
 from server.sites import SiteRoster
 from server.strategies import TooFewSitesError, build_strategy
 from server.strategies.base import collect_eval_sums, error_reasons
+from server.strategies.robust import trimming_problem
+from server.update_bounds import example_cap
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
+from shared.errors import ConfigError
 from shared.models import build_classifier, build_segmenter
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
 
@@ -158,6 +161,8 @@ class Study:
             round_offset=start_round,
             eval_metric_keys=P.EVAL_SEG_METRICS if stage == "seg" else P.EVAL_CLS_METRICS,
             eval_pooler=lambda sums: pool(stage, sums, roster.train_site_names()),
+            update_norm_factor=self.fed.update_norm_factor,
+            example_cap_of=lambda node: self.example_cap(stage, dataset, node),
         )
         strategy.node_refresher = lambda grid: roster.refresh_sites(grid, strategy, stage, dataset)
         strategy.load_strategy_state(state)
@@ -215,6 +220,18 @@ class Study:
             "stage-complete", stage=stage, dataset=dataset, kept=summary, model_sha256=model_hash(kept)
         )
         return kept
+
+    def example_cap(self, stage: str, dataset: str, node: int) -> int | None:
+        """The most ``num-examples`` the site at ``node`` may claim in one round (None: not a known site)."""
+        site = self.roster.sites.get(node)
+        if site is None:
+            return None
+        if stage == "seg":
+            return example_cap(
+                site.counts.get("patients-train", 0), self.cfg.seg.slices_per_patient, self.cfg.seg_epochs
+            )
+        patients = site.roi.get(P.roi_metric_key(dataset, "patients-train"), 0)
+        return example_cap(patients, self.cfg.cls.slices_per_patient, self.cfg.cls_epochs)
 
     def _rounds(self, stage: str) -> int:
         return self.fed.seg_rounds if stage == "seg" else self.fed.cls_rounds
@@ -290,6 +307,10 @@ class Study:
                 f"{len(train)} training site(s) answered query.info ({', '.join(train) or 'none'}), "
                 f"min-sites={self.fed.min_sites}: check that every hospital's SuperNode is connected"
             )
+        if self.fed.strategy == "fedtrimmedavg":
+            problem = trimming_problem(self.fed.trimmed_beta, len(train))
+            if problem is not None:
+                raise ConfigError(problem)
         self.seg_arrays = self.run_stage("seg", "", 0)
         assert self.seg_arrays is not None  # run_stage raises for seg rather than skipping
         self.store.save_final("seg", self.seg_arrays)
@@ -303,9 +324,23 @@ class Study:
             if arrays is not None:
                 cls_arrays[dataset] = arrays
                 self.store.save_final(stage_key("cls", dataset), arrays)
+        if self.cfg.datasets and not cls_arrays:
+            raise TooFewSitesError(
+                f"every classifier dataset was skipped ({', '.join(self.cfg.datasets)}): no dataset had "
+                f"min-sites={self.fed.min_sites} training sites with a training ROI (see the dataset-skipped and "
+                "site-skips-dataset lines of the run log)"
+            )
         tests = {"seg": self.final_test("seg", self.seg_arrays)}
         for dataset, arrays in cls_arrays.items():
             tests[dataset] = self.final_test("cls", arrays, dataset)
+        for name, test in tests.items():
+            answered = [s for s in test["train_sites"] if s in test["sums"]]
+            if len(answered) < self.fed.min_sites:
+                raise TooFewSitesError(
+                    f"final test of {name}: {len(answered)} training site(s) answered "
+                    f"({', '.join(answered) or 'none'}), min-sites={self.fed.min_sites}; failed: "
+                    f"{test['failed'] or 'none'}"
+                )
         return {
             "seg": self.seg_arrays,
             "cls": cls_arrays,

@@ -54,3 +54,29 @@ def update_problem(
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 return f"metric {key!r} is not finite"
     return None
+
+
+#: longest histogram a site may answer with (the coordinator's ``hist-bins`` is at most this)
+MAX_HIST_BINS = 1_000_000
+
+
+def eval_problem(
+    metrics: Mapping[str, object], hist_keys: tuple[str, ...] = ("hist-pos", "hist-neg")
+) -> str | None:
+    """Why an evaluation reply's metrics cannot be pooled, or None: every scalar a finite number >= 0 (losses
+    included), every histogram a list of counts >= 0, the histograms of one reply of equal length."""
+    lengths = set()
+    for key, value in metrics.items():
+        if key in hist_keys:
+            if not isinstance(value, list) or not value or len(value) > MAX_HIST_BINS:
+                return f"metric {key!r} is not a list of 1..{MAX_HIST_BINS} counts"
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+                return f"metric {key!r} holds a value that is not a count >= 0"
+            lengths.add(len(value))
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            return f"metric {key!r} is {value!r}, expected a number"
+        elif not math.isfinite(float(value)) or value < 0:
+            return f"metric {key!r} is {value!r}, expected a finite number >= 0"
+    if len(lengths) > 1:
+        return f"histograms of one reply differ in length: {sorted(lengths)}"
+    return None
