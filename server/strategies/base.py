@@ -50,6 +50,7 @@ class TrainRound:
     contributed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # site -> short reason (no patient data)
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why the update was dropped
+    update_norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of update - global
     site_train_seconds: dict[str, float] = field(default_factory=dict)
     train_metrics: dict[str, float] = field(default_factory=dict)
     aggregated_at: float = 0.0
@@ -236,6 +237,7 @@ class StageMixin:
             site: delta_norm(reference, record_to_numpy(next(iter(m.content.array_records.values()))))
             for site, m in good
         }
+        rec.update_norms = {site: float(f"{norm:.6g}") for site, norm in norms.items()}
         outliers = norm_outliers(norms, self.update_norm_factor)
         for site, why in outliers.items():
             rec.rejected[site] = why
