@@ -52,6 +52,7 @@ def test_a_trimmed_mean_that_trims_nobody_is_named():
     assert problem is not None and "trimmed-beta=0.2" in problem and "3 site(s)" in problem
     assert "at least 5 sites" in problem
     assert trimming_problem(0.2, 5) is None and trimming_problem(0.34, 3) is None
+    assert "fedmedian" in str(trimming_problem(0.0, 10))
 
 
 # ---- strategies --------------------------------------------------------------------------------------------

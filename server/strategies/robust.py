@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
 
 from server.strategies.base import StageMixin, TooFewSitesError
@@ -16,11 +18,13 @@ def trimming_problem(beta: float, n_sites: int) -> str | None:
     """Why a trimmed mean with ``trimmed-beta=beta`` over ``n_sites`` updates would trim no site, or None."""
     if trimmed_per_side(beta, n_sites) >= 1:
         return None
-    need = next(n for n in range(1, 10_000) if trimmed_per_side(beta, n) >= 1)
+    need = next((n for n in range(1, 10_000) if trimmed_per_side(beta, n) >= 1), None)
+    more = f"have at least {need} sites contribute (min-sites), or " if need else ""
+    lowest = math.ceil(100 / max(n_sites, 1)) / 100  # two decimals that still trim one site
+    raise_beta = f"raise trimmed-beta to {lowest:g}, or " if lowest <= 0.49 else ""
     return (
         f"fedtrimmedavg with trimmed-beta={beta:g} over {n_sites} site(s) trims int({beta:g} x {n_sites}) = 0 "
-        f"updates at each end: a plain mean, no protection; raise trimmed-beta to at least {1 / max(n_sites, 1):.3g} "
-        f"(at most 0.49), or have at least {need} sites contribute (min-sites), or use strategy=fedmedian"
+        f"updates at each end: a plain mean, no protection; {raise_beta}{more}use strategy=fedmedian"
     )
 
 
