@@ -318,3 +318,26 @@ def test_a_study_without_a_classifier_or_without_min_sites_at_the_final_test_fai
     assert not (out / "results.json").exists()
     end = json.loads((out / "run-log.jsonl").read_text().splitlines()[-1])
     assert end["status"] == "FAILED"
+
+
+def test_nasofl_sim_run_waits_for_a_running_study_and_reads_its_own_status(tmp_path):
+    """`flwr run --stream` may end (lost connection) while the study goes on: the outcome is the study's STATUS."""
+    import threading
+
+    from simulations.run_cmd import failure_lines, wait_for_study
+
+    path = tmp_path / "STATUS"
+    write_status(path, "RUNNING")
+    timer = threading.Timer(1.0, write_status, args=(path, "COMPLETED"))
+    timer.start()
+    try:
+        status = wait_for_study(path, time.time() + 30, poll_s=0.1)
+    finally:
+        timer.cancel()
+    assert status.state == "COMPLETED"
+    write_status(path, "RUNNING")
+    assert wait_for_study(path, time.time() + 0.3, poll_s=0.1).state == "RUNNING", "gives up at the deadline"
+    log = "INFO flwr: x\n12:00:01 ERROR server.app: CONFIG ERROR, study not started: out-dir='/x' is not a writable folder\n"
+    assert failure_lines(log) == [
+        "12:00:01 ERROR server.app: CONFIG ERROR, study not started: out-dir='/x' is not a writable folder"
+    ]
