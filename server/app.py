@@ -86,8 +86,11 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         log.error("STUDY FAILED: %s", message)
-        run_log.append("end", status="FAILED", error=message, seconds=time.time() - t0)
-        write_status(status, "FAILED", message)
+        try:
+            run_log.append("end", status="FAILED", error=message, seconds=time.time() - t0)
+            write_status(status, "FAILED", message)
+        except OSError as disk:  # a full disk: the study's own error above stays the one raised
+            log.error("cannot record the failure in %s: %s", out, disk)
         raise
     run_log.append(
         "end", status="COMPLETED", seconds=time.time() - t0, outputs={k: str(v) for k, v in paths.items()}

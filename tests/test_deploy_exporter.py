@@ -185,7 +185,15 @@ def test_exporter_reports_a_running_study_whose_process_is_gone_as_crashed(tmp_p
     host = socket.gethostname()
     (tmp_path / "STATUS").write_text(f"RUNNING\npid={dead.pid}\nhost={host}\nheartbeat={time.time():.1f}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "exporter", "--run-log", str(tmp_path / "run-log.jsonl"), "--once"],
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "exporter",
+            "--run-log",
+            str(tmp_path / "run-log.jsonl"),
+            "--once",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
