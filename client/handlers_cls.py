@@ -1,7 +1,8 @@
 """Stage 2 at a site: ROI datasets from the final global segmenter, classifier training and evaluation.
 
-Replies hold counts, losses, seconds and fixed-bin per-class histograms of patient scores
-(``shared.metrics.score_histograms``), never a patient's score, label or pseudonym.
+Replies hold counts, losses, seconds and per-class histograms of patient scores at most ``max-hist-bins`` fine,
+with no score range holding fewer than ``min-hist-count`` patients (node config;
+``shared.metrics.coarse_histograms``), never a patient's score, label or pseudonym.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from client.node_data import SiteData
 from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
-from shared.metrics import score_histograms
+from shared.metrics.coarse_histograms import site_histograms
 from shared.models import build_classifier, build_segmenter
 from shared.records import state_to_numpy
 from shared.roi.datasets import build_roi_datasets
@@ -137,20 +138,24 @@ def evaluate_cls(
         overlay_local_norm(
             model, data.site.cache_dir, str(conf.get(P.CFG_STUDY, "study")), f"cls:{name}", rnd + 1
         )
-    empty = [0] * cfg.hist_bins
+    site = data.site
     if len(ds) == 0:
+        bins = max(1, min(cfg.hist_bins, site.max_hist_bins))
         return {
             P.NUM_EXAMPLES: 0,
             P.NUM_PATIENTS: 0,
-            P.HIST_POS: list(empty),
-            P.HIST_NEG: list(empty),
+            P.HIST_POS: [0] * bins,
+            P.HIST_NEG: [0] * bins,
+            P.HIST_SPAN: [1] * bins,
             P.EVAL_LOSS: 0.0,
             P.EVAL_SECONDS: float(time.perf_counter() - t0),
         }
     scores, labels = patient_scores(model, ds, cfg, device)
     keep = np.isfinite(scores)
     scores, labels = scores[keep], labels[keep]
-    hist_pos, hist_neg = score_histograms(scores, labels, cfg.hist_bins)
+    hist_pos, hist_neg, hist_span = site_histograms(
+        scores, labels, cfg.hist_bins, site.max_hist_bins, site.min_hist_count
+    )
     s = np.clip(scores, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(s) + (1 - labels) * np.log(1 - s))) if len(s) else 0.0
     return {
@@ -158,6 +163,7 @@ def evaluate_cls(
         P.NUM_PATIENTS: int(len(scores)),
         P.HIST_POS: hist_pos,
         P.HIST_NEG: hist_neg,
+        P.HIST_SPAN: hist_span,
         P.EVAL_LOSS: loss,
         P.EVAL_SECONDS: float(time.perf_counter() - t0),
     }

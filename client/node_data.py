@@ -1,7 +1,9 @@
 """Where a node's data lives, and loading it (ingested once, then read from the on-disk cache).
 
 Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default ``<data-path>/../.nasofl-cache/
-<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt``.
+<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt``; in both modes optional
+``max-hist-bins`` (default 100) and ``min-hist-count`` (default 2): the evaluation histograms this site answers
+with (``shared.metrics.coarse_histograms``).
 Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
 partition id picks the i-th site folder in sorted order (folders starting with ``_`` or ``.`` are not sites);
 the cache goes to run config ``sim-cache-root`` (default ``<sim-data-root>/_cache``).
@@ -22,6 +24,26 @@ from shared.errors import ConfigError, SiteDataError
 log = logging.getLogger(__name__)
 
 
+#: node-config defaults of the evaluation histograms a site answers with (shared.metrics.coarse_histograms)
+DEFAULT_MAX_HIST_BINS = 100
+DEFAULT_MIN_HIST_COUNT = 2
+
+
+def _as_int(node_config: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = node_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"node config {key}={value!r}: expected an integer in [{lo}, {hi}]")
+    return value
+
+
+def histogram_limits(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(``max-hist-bins``, ``min-hist-count``) of this site's node config (defaults 100 and 2)."""
+    return (
+        _as_int(node_config, "max-hist-bins", DEFAULT_MAX_HIST_BINS, 1, 1_000_000),
+        _as_int(node_config, "min-hist-count", DEFAULT_MIN_HIST_COUNT, 1, 1_000),
+    )
+
+
 @dataclass(frozen=True)
 class NodeSite:
     name: str
@@ -30,6 +52,8 @@ class NodeSite:
     eval_only: bool
     salt: str | None = None
     simulated: bool = False
+    max_hist_bins: int = DEFAULT_MAX_HIST_BINS
+    min_hist_count: int = DEFAULT_MIN_HIST_COUNT
 
 
 def site_folders(root: Path) -> list[Path]:
@@ -58,7 +82,16 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         cache = Path(str(node_config.get("cache-path", data_dir.parent / ".nasofl-cache" / name)))
         eval_only = _as_bool("eval-only", node_config.get("eval-only", False)) or name in eval_only_names
         salt = node_config.get("pseudonym-salt")
-        return NodeSite(name, data_dir, cache, eval_only, str(salt) if salt else None)
+        max_bins, min_count = histogram_limits(node_config)
+        return NodeSite(
+            name,
+            data_dir,
+            cache,
+            eval_only,
+            str(salt) if salt else None,
+            max_hist_bins=max_bins,
+            min_hist_count=min_count,
+        )
     if "partition-id" in node_config:
         root = str(run_config.get("sim-data-root", ""))
         if not root:
@@ -74,12 +107,15 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             )
         data_dir = folders[pid]
         cache_root = str(run_config.get("sim-cache-root", "")) or str(Path(root) / "_cache")
+        max_bins, min_count = histogram_limits(node_config)
         return NodeSite(
             data_dir.name,
             data_dir,
             Path(cache_root) / data_dir.name,
             data_dir.name in eval_only_names,
             simulated=True,
+            max_hist_bins=max_bins,
+            min_hist_count=min_count,
         )
     raise ConfigError(
         "node config has neither data-path nor partition-id: start the SuperNode with "

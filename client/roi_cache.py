@@ -1,7 +1,8 @@
 """ROI datasets built at a site with the final global segmenter, cached on disk between messages.
 
 Key: SHA-256 of (segmenter hash, ROI settings, dataset names). ``query.roi`` builds and writes; ``train.cls`` /
-``evaluate.cls`` (possibly in fresh processes) read. Files stay at the site (they hold image crops).
+``evaluate.cls`` (possibly in fresh processes) read. Files stay at the site (they hold image crops and labels):
+folders 0700, files 0600.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,24 +37,45 @@ def _path(cache_dir: Path, key: str, dataset: str) -> Path:
     return cache_dir / "roi" / key / f"{dataset.replace('+', 'plus')}.npz"
 
 
-def save_roi(cache_dir: Path, key: str, datasets: dict[str, RoiDataset], counts: dict | None = None) -> None:
-    """Write each dataset, then ``report.json`` (per-dataset counts, no identifiers) last."""
-    for name, ds in datasets.items():
-        path = _path(cache_dir, key, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(
-            tmp,
-            images=ds.images.numpy(),
-            slice_patient=ds.slice_patient,
-            patients=np.array(ds.patients, dtype=str),
-            labels=ds.labels,
-            split=np.array(ds.split, dtype=str),
-            sequences=np.array(ds.sequences, dtype=str),
-        )
+def _private_dir(cache_dir: Path, key: str) -> Path:
+    """``<cache>/roi/<key>``, the ``roi`` and key folders 0700 (image crops and labels: the site's user only)."""
+    folder = cache_dir / "roi" / key
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (cache_dir / "roi", folder):
+        os.chmod(path, 0o700)
+    return folder
+
+
+def _write_private(path: Path, write) -> None:
+    """``write(fh)`` into a 0600 temporary file beside ``path``, then rename it over ``path`` (no temp left)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
         os.replace(tmp, path)
-    report = cache_dir / "roi" / key / "report.json"
-    report.write_text(json.dumps(counts or {}))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_roi(cache_dir: Path, key: str, datasets: dict[str, RoiDataset], counts: dict | None = None) -> None:
+    """Write each dataset, then ``report.json`` (per-dataset counts, no identifiers) last; folders 0700, files
+    0600, like the ingest cache (``shared.data.cache``)."""
+    folder = _private_dir(cache_dir, key)
+    for name, ds in datasets.items():
+        _write_private(
+            _path(cache_dir, key, name),
+            lambda fh, ds=ds: np.savez(
+                fh,
+                images=ds.images.numpy(),
+                slice_patient=ds.slice_patient,
+                patients=np.array(ds.patients, dtype=str),
+                labels=ds.labels,
+                split=np.array(ds.split, dtype=str),
+                sequences=np.array(ds.sequences, dtype=str),
+            ),
+        )
+    _write_private(folder / "report.json", lambda fh: fh.write(json.dumps(counts or {}).encode()))
 
 
 def roi_report(cache_dir: Path, key: str) -> dict:

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from server.config import federation_from_run_config, pipeline_from_run_config
 from server.report import write_report
 from server.run_log import RunLog
+from server.status import Heartbeat, write_status
 from server.study import Study
 from shared.errors import ConfigError
 
@@ -38,9 +39,14 @@ def _mark_failed(out_dir: str, message: str) -> None:
     """Best effort: a STATUS file in out-dir when the config itself is broken (only for an absolute out-dir)."""
     path = Path(out_dir)
     if out_dir and path.is_absolute():
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "STATUS").write_text(f"FAILED\n{message}\n")
-        RunLog(path / "run-log.jsonl").append("end", status="FAILED", error=message)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            write_status(path / "STATUS", "FAILED", message)
+            RunLog(path / "run-log.jsonl").append("end", status="FAILED", error=message)
+        except OSError as err:
+            log.error(
+                "cannot write %s (%s): the config error above is the study's outcome", path / "STATUS", err
+            )
 
 
 @app.main()
@@ -57,23 +63,35 @@ def main(grid: Grid, context: Context) -> None:
         _mark_failed(str(context.run_config.get("out-dir", "")), f"ConfigError: {err}")
         raise
     out = fed.out_path
-    out.mkdir(parents=True, exist_ok=True)
     status = out / "STATUS"
-    run_log = RunLog(out / "run-log.jsonl")
-    run_log.append("start", resume=fed.resume, federation=fed.to_mapping(), pipeline=cfg.to_mapping())
-    status.write_text("RUNNING\n")
     try:
-        study = Study(grid, fed, cfg, run_log)
-        outcome = study.run()
-        paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0)
+        out.mkdir(parents=True, exist_ok=True)
+        run_log = RunLog(out / "run-log.jsonl")
+        run_log.append("start", resume=fed.resume, federation=fed.to_mapping(), pipeline=cfg.to_mapping())
+        write_status(status, "RUNNING")
+    except OSError as err:
+        message = (
+            f"out-dir={str(out)!r} is not a writable folder ({err.strerror or err}): set run config out-dir to "
+            "an absolute folder the SuperLink's user can write"
+        )
+        log.error("CONFIG ERROR, study not started: %s", message)
+        raise ConfigError(message) from err
+    try:
+        with Heartbeat(status):
+            study = Study(grid, fed, cfg, run_log)
+            outcome = study.run()
+            paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0)
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         log.error("STUDY FAILED: %s", message)
-        run_log.append("end", status="FAILED", error=message, seconds=time.time() - t0)
-        status.write_text(f"FAILED\n{message}\n")
+        try:
+            run_log.append("end", status="FAILED", error=message, seconds=time.time() - t0)
+            write_status(status, "FAILED", message)
+        except OSError as disk:  # a full disk: the study's own error above stays the one raised
+            log.error("cannot record the failure in %s: %s", out, disk)
         raise
     run_log.append(
         "end", status="COMPLETED", seconds=time.time() - t0, outputs={k: str(v) for k, v in paths.items()}
     )
-    status.write_text("COMPLETED\n")
+    write_status(status, "COMPLETED")
     log.info("study COMPLETED in %.0f s; report in %s", time.time() - t0, out)

@@ -11,7 +11,9 @@ Layout of the checkpoint directory (absolute path from run config ``checkpoint-d
     final-cls-<ds>.npz      the final classifier of dataset <ds> ("+" written as "plus")
 
 Every file is written to a temporary name then renamed, ``state.json`` last, so a crash mid-write leaves the
-previous checkpoint intact. Pure numpy + json: no Flower, no torch.
+previous checkpoint intact; a failed write removes its temporary file and raises CheckpointError naming the file
+and the remedy. Reading is strict: a missing, unreadable or empty arrays file that ``state.json`` refers to is
+corruption (CheckpointError naming the file), never an empty model. Pure numpy + json: no Flower, no torch.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from shared.errors import ConfigError
+from shared.errors import CheckpointError, ConfigError
 
 Arrays = dict[str, np.ndarray]
 
@@ -49,25 +52,63 @@ def _file_tag(key: str) -> str:
     return key.replace(":", "-").replace("+", "plus")
 
 
+CORRUPT_REMEDY = (
+    "the checkpoint is damaged: restore the checkpoint folder from a backup, or start afresh with resume=false "
+    "(or a new checkpoint-dir)"
+)
+
+
+def write_remedy(path: Path) -> str:
+    return (
+        f"free disk space on the file system of {path.parent} or make that folder writable (run config "
+        "checkpoint-dir / out-dir), then run again with resume=true"
+    )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(fh)`` to ``<path>.tmp``, fsync, rename over ``path``; on any error no ``.tmp`` is left and a
+    CheckpointError names the file and the remedy."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write checkpoint file {path}: {err.strerror or err}; {write_remedy(path)}"
+        ) from err
+
+
 def save_arrays(path: Path, arrays: Arrays) -> None:
     """Atomic ``.npz`` with the array names kept in order (names may contain dots)."""
-    tmp = path.with_name(path.name + ".tmp")
     names = list(arrays)
-    with open(tmp, "wb") as fh:
-        np.savez(
+    _atomic_write(
+        path,
+        lambda fh: np.savez(
             fh,
             __names__=np.array(json.dumps(names)),
             **{f"a{i}": np.asarray(arrays[n]) for i, n in enumerate(names)},
-        )
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        ),
+    )
 
 
-def load_arrays(path: Path) -> Arrays:
-    with np.load(path, allow_pickle=False) as data:
-        names = json.loads(str(data["__names__"]))
-        return {n: data[f"a{i}"] for i, n in enumerate(names)}
+def load_arrays(path: Path, allow_empty: bool = False) -> Arrays:
+    """The arrays of a file written by :func:`save_arrays`. A missing, unreadable or (unless ``allow_empty``)
+    empty file is corruption: CheckpointError naming the file, never an empty model."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} is missing; {CORRUPT_REMEDY}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = json.loads(str(data["__names__"]))
+            arrays = {n: data[f"a{i}"] for i, n in enumerate(names)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({err}); {CORRUPT_REMEDY}") from err
+    if not arrays and not allow_empty:
+        raise CheckpointError(f"checkpoint file {path} holds no array; {CORRUPT_REMEDY}")
+    return arrays
 
 
 CHECKPOINT_FILES = ("state.json", "current.npz", "strategy.npz", "kept.npz")
@@ -78,6 +119,15 @@ class CheckpointStore:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
+
+    def _mkdir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot create the checkpoint folder {self.dir}: {err.strerror or err}; set run config "
+                "checkpoint-dir (or out-dir) to a writable absolute folder"
+            ) from err
 
     @property
     def state_path(self) -> Path:
@@ -101,7 +151,7 @@ class CheckpointStore:
         The kept round's arrays are written once, as ``current.npz`` of their round; when a later round replaces
         that file while the earlier round stays kept, the file is kept as ``kept.npz`` (a hard link, no copy).
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._mkdir()
         kept_round, kept_value = kept if kept is not None else (0, float("nan"))
         if kept_round and kept_round != round and self._current_holds(stage, dataset, kept_round):
             self._keep_current()
@@ -134,24 +184,29 @@ class CheckpointStore:
         tmp = self.dir / "kept.npz.tmp"
         tmp.unlink(missing_ok=True)
         try:
-            os.link(self.dir / "current.npz", tmp)
-        except OSError:  # a file system without hard links: copy instead
-            shutil.copyfile(self.dir / "current.npz", tmp)
-        os.replace(tmp, self.dir / "kept.npz")
+            try:
+                os.link(self.dir / "current.npz", tmp)
+            except OSError:  # a file system without hard links: copy instead
+                shutil.copyfile(self.dir / "current.npz", tmp)
+            os.replace(tmp, self.dir / "kept.npz")
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            path = self.dir / "kept.npz"
+            raise CheckpointError(
+                f"cannot write checkpoint file {path}: {err.strerror or err}; {write_remedy(path)}"
+            ) from err
 
     def save_final(self, key: str, arrays: Arrays) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._mkdir()
         path = self.final_path(key)
         save_arrays(path, arrays)
         return path
 
     def save_kept_summary(self, key: str, summary: dict) -> None:
         """Which round a completed stage kept (``select-round``), beside its final arrays."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._mkdir()
         path = self.dir / f"final-{_file_tag(key)}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(summary))
-        os.replace(tmp, path)
+        _atomic_write(path, lambda fh: fh.write(json.dumps(summary).encode()))
 
     def load_kept_summary(self, key: str) -> dict | None:
         path = self.dir / f"final-{_file_tag(key)}.json"
@@ -161,6 +216,7 @@ class CheckpointStore:
         return self.dir / f"final-{_file_tag(key)}.npz"
 
     def load_final(self, key: str) -> Arrays | None:
+        """A completed stage's final arrays; None when the stage is not complete (an empty file raises)."""
         path = self.final_path(key)
         return load_arrays(path) if path.exists() else None
 
@@ -169,10 +225,10 @@ class CheckpointStore:
         if not self.state_path.exists():
             return None
         state = json.loads(self.state_path.read_text())
-        arrays = load_arrays(self.dir / "current.npz") if (self.dir / "current.npz").exists() else {}
+        arrays = load_arrays(self.dir / "current.npz")  # state.json says it holds a round: never {}
         strategy_state: dict[str, Arrays] = {}
         if (self.dir / "strategy.npz").exists():
-            for flat, value in load_arrays(self.dir / "strategy.npz").items():
+            for flat, value in load_arrays(self.dir / "strategy.npz", allow_empty=True).items():
                 name, _, key = flat.partition("/")
                 strategy_state.setdefault(name, {})[key] = value
         kept_round = int(state.get("kept-round", 0))
@@ -180,7 +236,11 @@ class CheckpointStore:
         if kept_round and kept_round == int(state["round"]):
             kept_arrays = arrays
         else:
-            kept_arrays = load_arrays(kept_path) if kept_round and kept_path.exists() else {}
+            kept_arrays = load_arrays(kept_path) if kept_round else {}
+        for key in state.get("completed", []):
+            load_arrays(
+                self.final_path(key)
+            )  # a completed stage's final arrays: missing or empty is an error
         kept_value = state.get("kept-value")
         return Checkpoint(
             kept_round=kept_round if kept_arrays else 0,
@@ -216,6 +276,4 @@ class CheckpointStore:
                 path.unlink()
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.state_path.with_name("state.json.tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.state_path)
+        _atomic_write(self.state_path, lambda fh: fh.write(json.dumps(state, indent=1).encode()))

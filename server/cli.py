@@ -9,6 +9,7 @@ from shared.cli import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("server.exporter_cmd", "Prometheus metrics (/metrics) from a study's run log"),
+    "check-config": ("server.check_config_cmd", "validate a run config (keys, values) before `flwr run`"),
 }
 
 

@@ -42,6 +42,7 @@ class FederationConfig:
     fedadam_beta2: float
     fedadam_tau: float
     trimmed_beta: float
+    update_norm_factor: float
     fedbn: bool
     transport_dtype: str
     out_dir: str
@@ -69,6 +70,8 @@ class FederationConfig:
         _range("fedadam-beta2", self.fedadam_beta2, 0.0, 0.999999)
         _range("fedadam-tau", self.fedadam_tau, 1e-12, 1.0)
         _range("trimmed-beta", self.trimmed_beta, 0.0, 0.49)
+        if self.update_norm_factor != 0:
+            _range("update-norm-factor (0 turns the bound off)", self.update_norm_factor, 1.5, 1e6)
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ConfigError(
                 f"transport-dtype={self.transport_dtype!r} is not allowed: expected one of {', '.join(TRANSPORT_DTYPES)}"

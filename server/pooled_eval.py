@@ -1,8 +1,9 @@
 """Pooled evaluation from the sites' sufficient statistics (no patient-level value ever reaches the server).
 
 Dice: summed intersections and sizes over sites, then one Dice (exactly what pooling the voxels would give).
-AUC / ROC / DeLong 95% CI: element-wise sums of the per-class patient-score histograms, then
-``shared.metrics`` (error vs. pooled raw scores bounded by ``histogram_auc_error_bound``).
+AUC / ROC / DeLong 95% CI: from the sites' per-class patient-score histograms, whose bins may differ between sites
+(each site caps and merges its bins: ``shared.metrics.coarse_histograms.pooled_auc``); the error vs. pooled raw
+scores is bounded by ``auc-binning-bound``, computed from the histograms.
 Per-site figures are computed the same way from each site's own statistics. Pure numpy: no Flower here.
 """
 
@@ -14,13 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from shared import protocol as P
-from shared.metrics import (
-    auc_from_histograms,
-    delong_ci_from_histograms,
-    dice_from_sums,
-    histogram_auc_error_bound,
-    roc_from_histograms,
-)
+from shared.metrics import dice_from_sums
+from shared.metrics.coarse_histograms import Site, pooled_auc, pooled_roc
 
 NAN = float("nan")
 SiteSums = Mapping[str, Mapping[str, object]]
@@ -46,51 +42,48 @@ def seg_figures(stats: Iterable[Mapping[str, object]]) -> dict[str, float]:
     return {"dice": float(dice), "loss": _weighted_loss(stats), "num-patients": float(patients)}
 
 
-def summed_histograms(stats: Iterable[Mapping[str, object]]) -> tuple[np.ndarray, np.ndarray]:
-    """Element-wise sum of ``hist-pos`` / ``hist-neg`` over sites -> two int64 arrays of equal length."""
-    pos: np.ndarray | None = None
-    neg: np.ndarray | None = None
-    for s in stats:
-        p = np.asarray(s[P.HIST_POS], dtype=np.int64)
-        n = np.asarray(s[P.HIST_NEG], dtype=np.int64)
-        if p.shape != n.shape or (pos is not None and p.shape != pos.shape):
-            raise ValueError(
-                f"histograms of different lengths: {p.shape} / {n.shape}; all sites must use hist-bins"
-            )
-        pos = p if pos is None else pos + p
-        neg = n if neg is None else neg + n
-    if pos is None or neg is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return pos, neg
+def site_histograms_of(stats: Iterable[Mapping[str, object]]) -> list[Site]:
+    """``(hist-pos, hist-neg, hist-span)`` of each site's statistics (span None from a reply without it)."""
+    return [(s[P.HIST_POS], s[P.HIST_NEG], s.get(P.HIST_SPAN)) for s in stats]  # type: ignore[misc]
+
+
+def class_totals(stats: Iterable[Mapping[str, object]]) -> tuple[int, int]:
+    """(NPL patients, NPC patients) over the sites' histograms."""
+    stats = list(stats)
+    return (
+        int(sum(sum(s[P.HIST_POS]) for s in stats)),  # type: ignore[arg-type]
+        int(sum(sum(s[P.HIST_NEG]) for s in stats)),  # type: ignore[arg-type]
+    )
 
 
 def cls_figures(stats: Iterable[Mapping[str, object]]) -> dict[str, float]:
-    """AUC with DeLong 95% CI from summed histograms; NaN when a class is absent."""
+    """AUC with DeLong 95% CI from the sites' histograms (their bins may differ: ``pooled_auc``); NaN when a
+    class is absent. ``auc-binning-bound``: the largest possible distance to the AUC of the raw scores."""
     stats = list(stats)
-    pos, neg = summed_histograms(stats)
-    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    n_pos, n_neg = class_totals(stats)
     out = {"num-pos": float(n_pos), "num-neg": float(n_neg), "loss": _weighted_loss(stats)}
     if n_pos == 0 or n_neg == 0:
         out.update({"auc": NAN, "auc-lo": NAN, "auc-hi": NAN, "auc-binning-bound": NAN})
         return out
-    value, lo, hi = delong_ci_from_histograms(pos.tolist(), neg.tolist())
+    value, lo, hi, bound = pooled_auc(site_histograms_of(stats))
     out.update(
         {
-            "auc": float(auc_from_histograms(pos.tolist(), neg.tolist())),
+            "auc": value,
             "auc-lo": float(max(0.0, lo)),
             "auc-hi": float(min(1.0, hi)),
-            "auc-binning-bound": float(histogram_auc_error_bound(pos.tolist(), neg.tolist())),
+            "auc-binning-bound": bound,
         }
     )
     return out
 
 
 def cls_roc(stats: Iterable[Mapping[str, object]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(fpr, tpr) of the pooled histograms, or None when a class is absent."""
-    pos, neg = summed_histograms(stats)
-    if pos.sum() == 0 or neg.sum() == 0:
+    """(fpr, tpr) of the pooled histograms (each score range at its midpoint), or None when a class is absent."""
+    stats = list(stats)
+    n_pos, n_neg = class_totals(stats)
+    if n_pos == 0 or n_neg == 0:
         return None
-    fpr, tpr, _ = roc_from_histograms(pos.tolist(), neg.tolist())
+    fpr, tpr, _ = pooled_roc(site_histograms_of(stats))
     return fpr, tpr
 
 

@@ -16,12 +16,13 @@ import torch
 
 from server.config import FederationConfig
 from server.outcome import StudyOutcome
-from server.pooled_eval import cls_roc, summed_histograms
+from server.pooled_eval import class_totals, cls_roc, site_histograms_of
 from shared import protocol as P
 from shared.config import PipelineConfig
+from shared.metrics import youden_from_curve
+from shared.metrics.coarse_histograms import pooled_auc, pooled_roc
 from shared.models import weights_origin
 from shared.reporting import (
-    auc_entry_from_histograms,
     dataset_label,
     format_seed_table,
     results_json,
@@ -33,19 +34,32 @@ log = logging.getLogger(__name__)
 
 
 def _auc_entry(stats: list[Mapping[str, object]]) -> dict[str, Any]:
-    pos, neg = summed_histograms(stats)
-    if pos.sum() == 0 or neg.sum() == 0:
-        n = int(pos.sum() + neg.sum())
+    n_pos, n_neg = class_totals(stats)
+    if n_pos == 0 or n_neg == 0:
+        n = n_pos + n_neg
         return {
             "value": None,
             "ci": [None, None],
             "n_patients": n,
-            "n_npl": int(pos.sum()),
-            "n_npc": int(neg.sum()),
+            "n_npl": n_pos,
+            "n_npc": n_neg,
             "source": "histogram",
             "note": "one class absent: AUC undefined" if n else "no patient (sequence missing or no ROI)",
         }
-    return auc_entry_from_histograms(pos.tolist(), neg.tolist())
+    hists = site_histograms_of(stats)
+    value, lo, hi, _ = pooled_auc(hists)
+    thr, sens, spec = youden_from_curve(*pooled_roc(hists))
+    return {
+        "value": value,
+        "ci": [lo, hi],
+        "n_patients": n_pos + n_neg,
+        "n_npl": n_pos,
+        "n_npc": n_neg,
+        "sensitivity": sens,
+        "specificity": spec,
+        "threshold": thr,
+        "source": "histogram",
+    }
 
 
 def build_results(

@@ -41,12 +41,19 @@ class RunLog:
             "event": event,
         }
         record.update(_clean(fields))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, sort_keys=False, allow_nan=False)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"cannot append to the run log {self.path}: {err.strerror or err}; free disk space or make out-dir "
+                "writable, then run again with resume=true",
+            ) from err
         return record
 
     def read(self) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ that go offline or (re)join between rounds, and says once why a training site si
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,6 @@ from server.stage import Stage
 from server.strategies.base import Participants, error_reasons, unavailable_nodes
 from shared import protocol as P
 from shared.config import parse_dataset_name
-from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,42 @@ def skip_reason(site: SiteInfo, stage: Stage) -> str:
     )
 
 
+def parse_counts(reply: Message) -> tuple[dict[str, float], str | None]:
+    """The reply's ``metrics`` record as {key: count}; a problem when it is absent or holds a non-count."""
+    metrics = reply.content.metric_records.get(P.METRICS)
+    if metrics is None:
+        return {}, f"no {P.METRICS!r} metric record"
+    counts: dict[str, float] = {}
+    for key, value in metrics.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            return {}, f"metric {key!r} is {value!r}, expected a finite count >= 0"
+        counts[key] = float(value)
+    return counts, None
+
+
+def parse_info(reply: Message) -> tuple[SiteInfo | None, str | None]:
+    """A ``query.info`` reply as a :class:`SiteInfo`, or why it is malformed (never raises)."""
+    info = reply.content.config_records.get(P.INFO)
+    if info is None:
+        return None, f"no {P.INFO!r} config record"
+    name, role = info.get(P.INFO_SITE), info.get(P.INFO_ROLE)
+    if not isinstance(name, str) or not name.strip():
+        return None, f"info {P.INFO_SITE!r} is {name!r}, expected a site name"
+    if role not in P.ROLES:
+        return None, f"info {P.INFO_ROLE!r} is {role!r}, expected one of {', '.join(P.ROLES)}"
+    counts, problem = parse_counts(reply)
+    if problem is None and (absent := [k for k in P.INFO_METRICS if k not in counts]):
+        problem = f"metrics lack {absent[0]!r}"
+    if problem is not None:
+        return SiteInfo(reply.metadata.src_node_id, name, str(role)), problem
+    return SiteInfo(reply.metadata.src_node_id, name, str(role), counts), None
+
+
 class SiteRoster:
     """The sites of one study and the messages that ask them about themselves.
 
@@ -69,6 +105,7 @@ class SiteRoster:
         self.grid, self.fed, self.run_log, self.roi_content = grid, fed, run_log, roi_content
         self.sites: dict[int, SiteInfo] = {}
         self.away: set[int] = set()
+        self.rejected: set[int] = set()  # nodes whose query.info reply was refused: never asked again
         self.skipped: dict[str, dict[str, str]] = {}
 
     def send(self, messages: list[Message]) -> list[Message]:
@@ -94,6 +131,9 @@ class SiteRoster:
             time.sleep(2.0)
 
     def query_info(self, node_ids: list[int]) -> dict[int, SiteInfo]:
+        """Ask ``node_ids`` who they are. A malformed reply, or a node claiming a site name that another node
+        holds, is dropped and logged (``site-rejected``), never fatal (see :func:`parse_info` and
+        :meth:`name_taken`)."""
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=P.QUERY_INFO) for n in node_ids]
         replies = self.send(msgs)
         found: dict[int, SiteInfo] = {}
@@ -104,22 +144,41 @@ class SiteRoster:
         for r in replies:
             if r.has_error():
                 continue
-            info = r.content.config_records[P.INFO]
-            counts = {k: float(v) for k, v in r.content.metric_records[P.METRICS].items()}
-            name, role = str(info[P.INFO_SITE]), str(info[P.INFO_ROLE])
-            if role == P.ROLE_TRAIN and name in self.fed.eval_only_names:
-                role = P.ROLE_EVAL_ONLY
-            found[r.metadata.src_node_id] = SiteInfo(r.metadata.src_node_id, name, role, counts)
-        names = [s.name for s in found.values()]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ConfigError(
-                f"site name(s) {', '.join(twice)} answered from more than one node: give each SuperNode its own "
-                "node config data-path (or site-name)"
-            )
-        # a site that rejoined under a new node id replaces its old entry
-        self.sites = {k: v for k, v in self.sites.items() if v.name not in names}
+            node = r.metadata.src_node_id
+            site, problem = parse_info(r)
+            if site is not None and problem is None:
+                problem = self.name_taken(site, found)
+            if site is None or problem is not None:
+                self.reject(node, site.name if site is not None else "", str(problem))
+                continue
+            if site.role == P.ROLE_TRAIN and site.name in self.fed.eval_only_names:
+                site.role = P.ROLE_EVAL_ONLY
+            found[node] = site
         return found
+
+    def name_taken(self, site: SiteInfo, found: dict[int, SiteInfo]) -> str | None:
+        """Why ``site`` (a node's info reply) cannot have its name, or None.
+
+        A site name is bound to the first node that claimed it in this study, for the whole study: a second node
+        claiming it is dropped. In deployment every SuperNode logs in with the node key its hospital registered
+        (``flwr supernode register``), and a SuperNode restarted with that key keeps its node id, so the name
+        stays bound to the registered node; a node with another key cannot take it over.
+        """
+        for other in (*self.sites.values(), *found.values()):
+            if other.name == site.name and other.node_id != site.node_id:
+                return (
+                    f"site name {site.name!r} is already held by node {other.node_id} in this study: a second "
+                    "node claiming it is dropped (two SuperNodes with the same data-path or site-name, or an "
+                    "impostor)"
+                )
+        return None
+
+    def reject(self, node: int, name: str, problem: str) -> None:
+        """Log a node whose ``query.info`` reply is not accepted; it takes no part in the study."""
+        who = f"node {node}" + (f" (claiming {name!r})" if name else "")
+        log.warning("query.info: %s REJECTED: %s", who, problem)
+        self.rejected.add(node)
+        self.run_log.append("site-rejected", node=str(node), claimed=name, reason=problem)
 
     def query_roi(self, node_ids: list[int], sites: dict[int, SiteInfo] | None = None) -> None:
         """Send the segmenter to ``node_ids``; store each site's ROI counts on its :class:`SiteInfo`."""
@@ -134,10 +193,17 @@ class SiteRoster:
             self.run_log.append("site-failed", stage="roi", site=site, reason=reason)
         self.mark_away(unavailable_nodes(replies, msgs), "roi", "")
         for r in replies:
-            if not r.has_error() and r.metadata.src_node_id in sites:
-                sites[r.metadata.src_node_id].roi = {
-                    k: float(v) for k, v in r.content.metric_records[P.METRICS].items()
-                }
+            if r.has_error() or r.metadata.src_node_id not in sites:
+                continue
+            site = sites[r.metadata.src_node_id]
+            counts, problem = parse_counts(r)
+            if problem is not None:
+                log.warning("query.roi: reply of %s REJECTED: %s", site.name, problem)
+                self.run_log.append(
+                    "site-failed", stage="roi", site=site.name, reason=f"malformed reply: {problem}"
+                )
+                continue
+            site.roi = counts
 
     def present(self) -> list[int]:
         """Known sites' nodes that are not offline."""
@@ -181,7 +247,7 @@ class SiteRoster:
         """
         online = set(self.grid.get_node_ids())
         self.mark_away({n for n in self.sites if n not in online}, stage, dataset)
-        ask = sorted(n for n in online if n not in self.sites or n in self.away)
+        ask = sorted(n for n in online if (n not in self.sites and n not in self.rejected) or n in self.away)
         if not ask:
             return {}
         known = {s.name for s in self.sites.values()}

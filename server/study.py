@@ -31,8 +31,11 @@ from server.sites import SiteRoster
 from server.stage import Stage, study_stages
 from server.strategies import TooFewSitesError, build_strategy
 from server.strategies.base import collect_eval_sums, error_reasons
+from server.strategies.robust import trimming_problem
+from server.update_bounds import example_cap
 from shared import protocol as P
 from shared.config import PipelineConfig
+from shared.errors import ConfigError
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,8 @@ class Study:
             round_offset=start_round,
             eval_metric_keys=stage.eval_metric_keys,
             eval_pooler=lambda sums: stage.pool(sums, roster.train_site_names()),
+            update_norm_factor=self.fed.update_norm_factor,
+            example_cap_of=lambda node: self.example_cap(stage, node),
         )
         strategy.load_strategy_state(state)
         total = stage.rounds
@@ -216,6 +221,18 @@ class Study:
         )
         return kept
 
+    def example_cap(self, stage: Stage, node: int) -> int | None:
+        """The most ``num-examples`` the site at ``node`` may claim in one round (None: not a known site)."""
+        site = self.roster.sites.get(node)
+        if site is None:
+            return None
+        if stage.is_segmenter:
+            return example_cap(
+                site.counts.get(P.PATIENTS_TRAIN, 0), self.cfg.seg.slices_per_patient, self.cfg.seg_epochs
+            )
+        patients = site.roi.get(P.roi_metric_key(stage.dataset, P.ROI_TRAIN), 0)
+        return example_cap(patients, self.cfg.cls.slices_per_patient, self.cfg.cls_epochs)
+
     # ---- final federated test ---------------------------------------------------------------------
 
     def final_test(self, stage: Stage, arrays: Arrays) -> FinalTest:
@@ -275,6 +292,10 @@ class Study:
                 f"{len(train)} training site(s) answered query.info ({', '.join(train) or 'none'}), "
                 f"min-sites={self.fed.min_sites}: check that every hospital's SuperNode is connected"
             )
+        if self.fed.strategy == "fedtrimmedavg":
+            problem = trimming_problem(self.fed.trimmed_beta, len(train))
+            if problem is not None:
+                raise ConfigError(problem)
         segmenter, *classifiers = self.stages
         seg_arrays = self.run_stage(segmenter)
         if seg_arrays is None:  # run_stage raises TooFewSitesError for the segmenter rather than skipping
@@ -291,11 +312,29 @@ class Study:
             if arrays is not None:
                 trained[stage.dataset] = (stage, arrays)
                 self.store.save_final(stage.key, arrays)
+        if classifiers and not trained:
+            raise TooFewSitesError(
+                f"every classifier dataset was skipped ({', '.join(self.cfg.datasets)}): no dataset had "
+                f"min-sites={self.fed.min_sites} training sites with a training ROI (see the dataset-skipped and "
+                "site-skips-dataset lines of the run log)"
+            )
+        segmenter_test = self.final_test(segmenter, seg_arrays)
+        classifier_tests = {d: self.final_test(st, a) for d, (st, a) in trained.items()}
+        for stage, test in [(segmenter, segmenter_test)] + [
+            (st, classifier_tests[d]) for d, (st, _) in trained.items()
+        ]:
+            answered = [s for s in test.train_sites if s in test.sums]
+            if len(answered) < self.fed.min_sites:
+                raise TooFewSitesError(
+                    f"final test of the {stage.label}: {len(answered)} training site(s) answered "
+                    f"({', '.join(answered) or 'none'}), min-sites={self.fed.min_sites}; failed: "
+                    f"{test.failed or 'none'}"
+                )
         return StudyOutcome(
             segmenter=seg_arrays,
             classifiers={d: a for d, (_, a) in trained.items()},
-            segmenter_test=self.final_test(segmenter, seg_arrays),
-            classifier_tests={d: self.final_test(st, a) for d, (st, a) in trained.items()},
+            segmenter_test=segmenter_test,
+            classifier_tests=classifier_tests,
             sites=self.roster.sites,
             skipped=self.roster.skipped,
             kept_rounds={

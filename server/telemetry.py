@@ -28,6 +28,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server.status import read_status
+
 log = logging.getLogger(__name__)
 
 PREFIX = "nasofl_server_"
@@ -208,6 +210,13 @@ class RunLogCollector(Collector):
             s = self.tail.poll()
             yield from self._families(s)
 
+    def study_state(self, s: RunLogState) -> str:
+        """The run log's status; a RUNNING study whose STATUS file (beside the run log) shows its process gone or
+        its heartbeat stale is CRASHED (``server.status``: a kill -9 writes no end line)."""
+        if s.status != "RUNNING":
+            return s.status or "NOT_STARTED"
+        return "CRASHED" if read_status(self.tail.path.parent / "STATUS").state == "CRASHED" else "RUNNING"
+
     def _families(self, s: RunLogState) -> Iterator[Metric]:
         G, C = GaugeMetricFamily, CounterMetricFamily
         sd, ss = ["stage", "dataset"], ["stage", "site"]
@@ -221,7 +230,7 @@ class RunLogCollector(Collector):
             value=s.last_line_unix,
         )
         status = G(PREFIX + "study_status_info", "1 for the study's current status", labels=["status"])
-        status.add_metric([s.status or "NOT_STARTED"], 1.0)
+        status.add_metric([self.study_state(s)], 1.0)
         yield status
         if s.study_seconds is not None:
             yield G(

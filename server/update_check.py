@@ -54,3 +54,46 @@ def update_problem(
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 return f"metric {key!r} is not finite"
     return None
+
+
+#: longest histogram a site may answer with (the coordinator's ``hist-bins`` is at most this)
+MAX_HIST_BINS = 1_000_000
+
+
+def eval_problem(
+    metrics: Mapping[str, object], hist_keys: tuple[str, ...] = ("hist-pos", "hist-neg", "hist-span")
+) -> str | None:
+    """Why an evaluation reply's metrics cannot be pooled, or None: every scalar a finite number >= 0 (losses
+    included), every histogram a list of counts >= 0, the histograms of one reply of equal length, and (with
+    ``hist-span``) each group inside the histogram, with no count in a bin inside a group."""
+    lengths = set()
+    for key, value in metrics.items():
+        if key in hist_keys:
+            if not isinstance(value, list) or not value or len(value) > MAX_HIST_BINS:
+                return f"metric {key!r} is not a list of 1..{MAX_HIST_BINS} counts"
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+                return f"metric {key!r} holds a value that is not a count >= 0"
+            lengths.add(len(value))
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            return f"metric {key!r} is {value!r}, expected a number"
+        elif not math.isfinite(float(value)) or value < 0:
+            return f"metric {key!r} is {value!r}, expected a finite number >= 0"
+    if len(lengths) > 1:
+        return f"histograms of one reply differ in length: {sorted(lengths)}"
+    span = metrics.get("hist-span")
+    if isinstance(span, list):
+        covered = 0
+        for i, width in enumerate(span):
+            if i < covered:
+                if width != 0:
+                    return f"hist-span[{i}]={width} inside the group that starts before it"
+                continue
+            if width == 0:
+                return f"hist-span[{i}]=0 outside any group"
+            covered = i + width
+        if covered != len(span):
+            return f"hist-span groups end at bin {covered}, the histogram has {len(span)} bins"
+        counts = [metrics.get(k) for k in hist_keys[:2]]
+        if any(isinstance(c, list) and any(c[i] for i, w in enumerate(span) if w == 0) for c in counts):
+            return "a count sits in a bin inside a merged group (hist-span 0)"
+    return None

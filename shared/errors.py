@@ -37,3 +37,8 @@ class PrivacyBudgetError(NasoflError):
 
 class ModelMismatchError(NasoflError):
     """Received or loaded weights do not match the model (keys, shapes, non-finite values)."""
+
+
+class CheckpointError(NasoflError):
+    """A checkpoint file is missing, empty or unreadable, or cannot be written. The message names the file and
+    what to do."""

@@ -77,8 +77,12 @@ EVAL_SEG_METRICS = (
 
 HIST_POS = "hist-pos"  # list[int]: patient-level scores of NPL patients, fixed bins on [0, 1]
 HIST_NEG = "hist-neg"  # list[int]: patient-level scores of NPC patients
+# list[int]: bins merged at the site so that no range holds fewer than its min-hist-count patients: the group
+# starting at bin i spans hist-span[i] bins (its counts sit in bin i), bins inside a group have span 0
+# (shared.metrics.coarse_histograms). The three lists have the site's length: min(hist-bins, max-hist-bins).
+HIST_SPAN = "hist-span"
 
-EVAL_CLS_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, HIST_POS, HIST_NEG, EVAL_LOSS, EVAL_SECONDS)
+EVAL_CLS_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, HIST_POS, HIST_NEG, HIST_SPAN, EVAL_LOSS, EVAL_SECONDS)
 
 # --- query.info: ConfigRecord INFO keys and values, then counts only ---------------------------
 INFO_SITE = "site"

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from client.node_data import site_folders
-    from shared.app_config import app_defaults, check_known_keys, parse_sets
+    from server.status import read_status
+    from shared.app_config import app_defaults, parse_sets
     from shared.data.site import load_site
     from shared.errors import ConfigError
     from shared.reporting.results import write_results
@@ -46,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     scenario = get_scenario(args.preset)
+    sets = parse_sets(args.set)
+    run_cmd.validate_run_config({**scenario.run_config, "seed": args.seed, **sets})  # before anything runs
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data).resolve() if args.data else out / "data"
     if not args.data and not (data.exists() and any(data.iterdir())):
         run_cmd.generate_data(data, scenario, args.seed)
-    sets = parse_sets(args.set)
-    check_known_keys(sets)
     run_config = {**app_defaults(), **scenario.run_config, "seed": args.seed, **sets}
     cfg, fed = centralized_config(run_config)
     eval_only = fed.eval_only_names
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, out=str(out / "federated"), data=str(data), seed=args.seed, set=args.set,
         timeout=args.timeout,
     )  # fmt: skip
-    fed_rc = run_cmd.run(fed_args)
+    fed_rc = run_cmd.run(fed_args)  # judged by the study's own STATUS and results, waited for
+    fed_status = read_status(out / "federated" / "study" / "STATUS")
     fed_path = out / "federated" / "study" / "results.json"
     federated = json.loads(fed_path.read_text()) if fed_path.exists() else None
     if fed_rc != 0:
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         "ratios": ratio,
         "settings": {"run_config": run_config, "centralized": cfg.to_mapping(), "scenario": scenario.name},
         "wall_seconds": time.perf_counter() - t0,
-        "federated_status": "COMPLETED" if fed_rc == 0 else "FAILED",
+        "federated_status": fed_status.state,
     }
     write_results(compare, out / "compare.json")
     (out / "compare.txt").write_text(table + "\n")

@@ -1,11 +1,17 @@
 """``nasofl-sim run``: the whole federated study on this machine, through Flower's own simulation engine.
 
-Generates the synthetic hospitals (unless ``--data`` is given), then runs
-``flwr run <repo> local --stream --run-config ... --federation-config num-supernodes=N ...`` with
-``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (else flwr would install another torch into a per-run venv)
-and a private ``FLWR_HOME`` under the output folder (the user's ~/.flwr is untouched). ``flwr run . local``
-leaves a background SuperLink running: it is found by its command line (which names that FLWR_HOME) and
-stopped in a ``finally`` block. Prints the table and the paths; exit code 0 only when the study COMPLETED.
+Generates the synthetic hospitals (unless ``--data`` is given), assembles the Flower app folder from the installed
+packages (:mod:`simulations.app_folder`), then runs
+``flwr run <out>/app local --stream --run-config ... --federation-config num-supernodes=N ...`` with
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (else flwr would install another torch into a per-run venv),
+a private ``FLWR_HOME`` under the output folder (the user's ~/.flwr is untouched) and free ports of its own for
+the local SuperLink (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT``), so it never
+joins a SuperLink another job left on 127.0.0.1:39091. ``flwr run . local`` leaves that SuperLink running: it is
+found by its command line (which names that FLWR_HOME) and stopped in a ``finally`` block, once the study has
+finished. The run's outcome is the study's own ``STATUS`` (``server.status``) and ``results.json``, not
+``flwr run``'s exit code: a ``--stream`` that lost its connection is waited out. The run config is validated
+(unknown key with "did you mean", bad values) before Flower is called. Exit code 0 only when the study
+COMPLETED. While the study runs, its progress is printed from its run log (:mod:`simulations.progress`).
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.status import StudyStatus, read_status
 from shared.app_config import ConfigValue, app_defaults, check_known_keys, parse_sets
 from shared.errors import ConfigError
 from simulations.progress import StudyProgress
@@ -134,6 +143,35 @@ def validate_run_config(values: dict[str, ConfigValue]) -> None:
     pipeline_from_run_config(merged)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def own_superlink_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for ``flwr run . local`` with a SuperLink of this run's own: a private FLWR_HOME and free
+    ports for its Runtime (HTTP) and Control APIs, so it never joins a SuperLink another job left on Flower's
+    default 127.0.0.1:39091 (and runs inside that job's environment)."""
+    if superlink_pids(flwr_home):
+        raise ConfigError(
+            f"a flower-superlink with FLWR_HOME {flwr_home} is already running: another `nasofl-sim run` uses "
+            "this --out folder; give this run another --out"
+        )
+    http_port, control_port = free_port(), free_port()
+    while control_port == http_port:
+        control_port = free_port()
+    return {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+
+
 def flwr_command() -> str:
     """Flower's ``flwr`` command of this environment (beside this Python), else the one on PATH."""
     beside = Path(sys.executable).with_name("flwr")
@@ -165,10 +203,44 @@ def follow(proc: subprocess.Popen, progress: StudyProgress, timeout: float) -> i
                 return 124
 
 
+def wait_for_study(
+    status_path: Path, deadline: float, poll_s: float = 5.0, progress: StudyProgress | None = None
+) -> StudyStatus:
+    """The study's own outcome: its STATUS, waited for while RUNNING (``flwr run --stream`` may have lost its
+    connection while the study goes on in the SuperLink), until ``deadline`` (time.time())."""
+    status = read_status(status_path)
+    said = False
+    while status.state == "RUNNING" and time.time() < deadline:
+        if not said:
+            print(f"the study is still RUNNING ({status_path}): waiting for it to finish", flush=True)
+            said = True
+        time.sleep(poll_s)
+        if progress is not None:
+            progress.poll()
+        status = read_status(status_path)
+    return status
+
+
+def failure_lines(log_text: str, limit: int = 8) -> list[str]:
+    """The lines of the Flower log that say why the study failed (our ServerApp's ERROR lines, tracebacks' last
+    line), so they reach the terminal, not only the log file."""
+    keep = [
+        line.strip()
+        for line in log_text.splitlines()
+        if "CONFIG ERROR" in line
+        or "STUDY FAILED" in line
+        or re.match(r"^\w*(Error|Exception)\b.*:", line.strip())
+    ]
+    return keep[-limit:]
+
+
 def run(args: argparse.Namespace) -> int:
     from simulations.scenarios import get_scenario
 
     scenario = get_scenario(args.preset)
+    sets = parse_sets(args.set)
+    # before any data generation or Flower call (sim-data-root and out-dir are set below)
+    validate_run_config({**scenario.run_config, "seed": args.seed, **sets})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/sim-{scenario.name}-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -184,21 +256,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--data {str(data)!r} holds no site folder")
     values: dict[str, bool | int | float | str] = dict(scenario.run_config)
     values.update({"sim-data-root": str(data), "out-dir": str(out / "study"), "seed": args.seed})
-    sets = parse_sets(args.set)
-    validate_run_config({**values, **sets})
     from simulations.app_folder import build_app_folder
 
     app_dir = build_app_folder(out / "app")
     flwr_home = out / ".flwr"
+    study = out / "study"
     env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-        }
-    )
+    env.update(own_superlink_env(flwr_home))
+    (study / "STATUS").unlink(missing_ok=True)  # a STATUS of an earlier run in this folder proves nothing
     flwr = flwr_command()
     cmd = [
         flwr,
@@ -212,10 +277,11 @@ def run(args: argparse.Namespace) -> int:
         f"num-supernodes={n_sites} client-resources-num-cpus=1",
     ]
     print(f"scenario {scenario.name}: {scenario.description}\n$ {' '.join(cmd)}", flush=True)
+    print(f"own SuperLink on 127.0.0.1:{env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}", flush=True)
     t0 = time.time()
     log_path = out / "flwr-run.log"
     print(f"Flower's log: {log_path}; progress below comes from the study's run log", flush=True)
-    progress = StudyProgress(out / "study" / "run-log.jsonl")
+    progress = StudyProgress(study / "run-log.jsonl")
     try:
         with open(log_path, "w") as log_file:
             rc = follow(
@@ -223,23 +289,23 @@ def run(args: argparse.Namespace) -> int:
                 progress,
                 args.timeout,
             )
+        status = wait_for_study(study / "STATUS", t0 + args.timeout, progress=progress)
     finally:
         progress.close()
         stop_superlink(flwr_home)
     wall = time.time() - t0
-    study = out / "study"
-    status = (
-        (study / "STATUS").read_text().strip() if (study / "STATUS").exists() else "FAILED\nno STATUS file"
-    )
+    if status.state == "RUNNING":  # past --timeout: the study was stopped with its SuperLink
+        status = StudyStatus("FAILED", f"still running after --timeout {args.timeout:.0f} s: stopped")
     if (study / "table.txt").exists():
         print((study / "table.txt").read_text())
-    print(f"flwr run exit code {rc}, wall {wall:.0f} s; status: {status.splitlines()[0]}")
+    print(f"flwr run exit code {rc}, wall {wall:.0f} s; study status: {status.state}")
     print(f"outputs: {study}  (results.json, table.txt, roc.png, rounds-*.png, run-log.jsonl, models/)")
     print(f"Flower log: {log_path}")
-    if not status.startswith("COMPLETED"):
-        print(
-            f"nasofl-sim run: FAILED: {' '.join(status.splitlines()[1:]) or 'see the Flower log'}",
-            file=sys.stderr,
-        )
+    if status.state != "COMPLETED" or not (study / "results.json").exists():
+        for line in failure_lines(log_path.read_text(errors="replace")):
+            print(f"  {line}", file=sys.stderr)
+        print(f"nasofl-sim run: {status.state}: {status.detail or 'see the Flower log'}", file=sys.stderr)
         return 1
+    if rc != 0:
+        print(f"note: flwr run ended with exit code {rc}, but the study itself COMPLETED", file=sys.stderr)
     return 0

@@ -176,3 +176,27 @@ def test_tail_restarts_when_the_run_log_is_replaced(tmp_path):
     RunLog(path).append("start", resume=False)
     state = tail.poll()
     assert state.lines == 1 and state.rounds.get(("seg", ""), 0) == 0 and state.status == "RUNNING"
+
+
+def test_exporter_reports_a_running_study_whose_process_is_gone_as_crashed(tmp_path):
+    RunLog(tmp_path / "run-log.jsonl").append("start", resume=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    host = socket.gethostname()
+    (tmp_path / "STATUS").write_text(f"RUNNING\npid={dead.pid}\nhost={host}\nheartbeat={time.time():.1f}\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "exporter",
+            "--run-log",
+            str(tmp_path / "run-log.jsonl"),
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'nasofl_server_study_status_info{status="CRASHED"} 1.0' in proc.stdout

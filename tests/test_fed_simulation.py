@@ -5,15 +5,21 @@ It runs from a regular (non-editable) install, as a hospital or a Docker image i
 built from this checkout and installed into a fresh virtual environment whose only other entry is the test
 venv's site-packages (for torch, flwr...; that folder's own ``.pth`` files, the editable install among them,
 are not read), and the command runs outside the checkout.
+
+A decoy answers on Flower's default local SuperLink port 39091 (as a SuperLink another job left there would):
+the run must start and use a SuperLink of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import site
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 
@@ -24,6 +30,33 @@ from simulations.run_cmd import superlink_pids
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+
+
+class _Decoy(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def decoy_superlink(port: int = 39091):
+    """An HTTP server answering 200 on 127.0.0.1:port (nothing if the port is taken: then something else is)."""
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Decoy)
+    except OSError:
+        yield
+        return
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def regular_install(root: Path) -> Path:
@@ -94,24 +127,19 @@ def test_toy_simulation_runs_both_stages_with_flwr_run(tmp_path):
     bin_dir = regular_install(tmp_path / "install")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(
-        [
-            str(bin_dir / "nasofl-sim"),
-            "run",
-            "--preset",
-            "toy",
-            "--out",
-            str(out),
-            "--data",
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+    with decoy_superlink():
+        proc = subprocess.run(
+            [str(bin_dir / "nasofl-sim"), "run", "--preset", "toy", "--out", str(out), "--data", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            cwd=tmp_path,
+        )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    port = proc.stdout.split("own SuperLink on 127.0.0.1:")[1].split()[0]
+    flwr_log = (out / "flwr-run.log").read_text()
+    assert port != "39091" and f"Starting local SuperLink on 127.0.0.1:{port}" in flwr_log, flwr_log[-2000:]
     assert "AUC T2WI" in proc.stdout and "per site" in proc.stdout
     # progress while it ran (not a TTY: plain lines), from the study's run log
     assert "study started: 1 segmenter rounds, then 1 rounds for each of t2, t1+t2 (3 in all)" in proc.stdout

@@ -74,7 +74,7 @@ def updates(values: dict[int, float]) -> dict[int, dict]:
 
 @pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"])
 def test_every_strategy_routes_checks_and_aggregates(name):
-    strategy = make_strategy(name)
+    strategy = make_strategy(name, **{"trimmed-beta": 0.34})  # 3 usable updates: trims one at each end
     msgs = configure(strategy)
     assert {m.metadata.message_type for m in msgs} == {"train.seg"}
     assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13, 14], (

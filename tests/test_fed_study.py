@@ -150,7 +150,7 @@ def test_replies_carry_only_expected_arrays_and_aggregate_metrics(poisoned_run, 
                     isinstance(value, list) and all(isinstance(v, int) for v in value)
                 )
                 if isinstance(value, list):
-                    assert key in (P.HIST_POS, P.HIST_NEG) and len(value) == 100
+                    assert key in (P.HIST_POS, P.HIST_NEG, P.HIST_SPAN) and len(value) == 100
         for name, rec in reply.content.config_records.items():
             assert name == P.INFO and set(rec.keys()) == {"site", "role"}
             texts += [str(v) for v in rec.values()]

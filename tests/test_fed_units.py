@@ -117,6 +117,7 @@ def test_checkpoint_round_trip_and_fingerprint_guard(tmp_path):
         seed=7,
         completed=["seg"],
     )
+    store.save_final("seg", arrays)  # a completed stage's final arrays are part of the checkpoint
     ck = store.load_for_resume("abc")
     assert (ck.stage, ck.dataset, ck.round, ck.seed, ck.completed) == ("cls", "t1+t2", 2, 7, ["seg"])
     assert list(ck.arrays) == list(arrays)

@@ -26,7 +26,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from server.update_check import update_problem
+from server.update_bounds import delta_norm, examples_problem, norm_outliers
+from server.update_check import eval_problem, update_problem
 from shared import protocol as P
 from shared.records import record_to_numpy
 
@@ -49,6 +50,7 @@ class TrainRound:
     contributed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # site -> short reason (no patient data)
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why the update was dropped
+    update_norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of update - global
     site_train_seconds: dict[str, float] = field(default_factory=dict)
     train_metrics: dict[str, float] = field(default_factory=dict)
     aggregated_at: float = 0.0
@@ -93,6 +95,8 @@ class StageMixin:
     train_metric_keys: tuple[str, ...]
     eval_metric_keys: tuple[str, ...]
     eval_pooler: EvalPooler | None
+    update_norm_factor: float  # 0: no norm bound (server.update_bounds)
+    example_cap_of: Callable[[int], int | None] | None  # node id -> most num-examples it may claim
     last_train: TrainRound | None
     last_eval: EvalRound | None
     unavailable: set[int]  # nodes the SuperLink reported offline since the study last looked (it clears it)
@@ -112,6 +116,8 @@ class StageMixin:
         train_metric_keys: tuple[str, ...] = P.TRAIN_METRICS,
         eval_metric_keys: tuple[str, ...] = (),
         eval_pooler: EvalPooler | None = None,
+        update_norm_factor: float = 0.0,
+        example_cap_of: Callable[[int], int | None] | None = None,
     ) -> None:
         """Everything the strategy needs for one stage, as arguments (it reads nothing else of the study).
 
@@ -121,6 +127,8 @@ class StageMixin:
         self.action = action
         self.participants = participants
         self.refresh = refresh
+        self.update_norm_factor = update_norm_factor
+        self.example_cap_of = example_cap_of
         self.min_sites = min_sites
         self.round_offset = round_offset
         self.train_metric_keys = train_metric_keys
@@ -203,6 +211,14 @@ class StageMixin:
                     "round %s %s: update from %s REJECTED: %s", true_round, self.action, site, problem
                 )
                 continue
+            cap = self.example_cap_of(msg.metadata.src_node_id) if self.example_cap_of else None
+            problem = examples_problem(float(metric_recs[0][P.NUM_EXAMPLES]), cap)
+            if problem is not None:
+                rec.rejected[site] = problem
+                log.warning(
+                    "round %s %s: update from %s REJECTED: %s", true_round, self.action, site, problem
+                )
+                continue
             if int(metric_recs[0][P.NUM_EXAMPLES]) == 0:
                 rec.rejected[site] = "no training examples for this stage (skipped)"
                 log.info("round %s %s: %s had no training examples, skipped", true_round, self.action, site)
@@ -216,6 +232,7 @@ class StageMixin:
                 reason = errors.get(site, "no reply (timeout or disconnect)")
                 rec.failed[site] = reason
                 log.warning("round %s %s: site %s FAILED: %s", true_round, self.action, site, reason)
+        good = self._within_norm_bound(true_round, good, rec)
         good.sort(key=lambda t: t[0])  # fixed order -> identical float sums on resume
         rec.contributed = [s for s, _ in good]
         rec.aggregated_at = time.time()
@@ -225,10 +242,34 @@ class StageMixin:
                 f"({', '.join(rec.contributed) or 'none'}), the configured minimum is {self.min_sites} "
                 f"(min-sites); failed: {rec.failed or 'none'}; rejected: {rec.rejected or 'none'}"
             )
+        self.check_contributors(true_round, rec.contributed)
         arrays, metrics = super().aggregate_train(true_round, [m for _, m in good])  # type: ignore[misc]
         if metrics is not None:
             rec.train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
         return arrays, metrics
+
+    def _within_norm_bound(
+        self, true_round: int, good: list[tuple[str, Message]], rec: TrainRound
+    ) -> list[tuple[str, Message]]:
+        """The updates whose delta norm is within ``update-norm-factor`` x the round's median; the others are
+        rejected and logged with the site named (:mod:`server.update_bounds`)."""
+        if self.update_norm_factor <= 0 or not good:
+            return good
+        reference = self._global_numpy or {}
+        norms = {
+            site: delta_norm(reference, record_to_numpy(next(iter(m.content.array_records.values()))))
+            for site, m in good
+        }
+        rec.update_norms = {site: float(f"{norm:.6g}") for site, norm in norms.items()}
+        outliers = norm_outliers(norms, self.update_norm_factor)
+        for site, why in outliers.items():
+            rec.rejected[site] = why
+            rec.site_train_seconds.pop(site, None)
+            log.warning("round %s %s: update from %s REJECTED: %s", true_round, self.action, site, why)
+        return [(site, m) for site, m in good if site not in outliers]
+
+    def check_contributors(self, true_round: int, sites: list[str]) -> None:
+        """Hook before aggregation: a strategy that cannot aggregate these sites meaningfully raises."""
 
     # ---- evaluation --------------------------------------------------------------------------------
 
@@ -314,6 +355,11 @@ def collect_eval_sums(
         recs = list(msg.content.metric_records.values())
         if len(recs) != 1 or (metric_keys and set(recs[0].keys()) != set(metric_keys)):
             failed[site] = "reply without the expected metric keys"
+            continue
+        problem = eval_problem(dict(recs[0]))
+        if problem is not None:
+            failed[site] = f"malformed evaluation reply: {problem}"
+            log.warning("evaluation reply of %s REJECTED: %s", site, problem)
             continue
         sums[site] = dict(recs[0])
     for site in sent_to:
