@@ -296,7 +296,7 @@ class FinalTestFails:
     "client, expected",
     [
         (NoTrainingRoi(), "every classifier dataset was skipped"),
-        (FinalTestFails(), "final test of t2: 1 training site"),
+        (FinalTestFails(), "final test of the classifier t2: 1 training site"),
     ],
 )
 def test_a_study_without_a_classifier_or_without_min_sites_at_the_final_test_fails(
