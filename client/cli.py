@@ -12,6 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.validate_cmd",
         "check a site folder (DICOM + labels.csv) before joining a federation",
     ),
+    "approve": (
+        "client.approve_cmd",
+        "print (and record) the SHA-256 of a reviewed app: only approved apps run at this site",
+    ),
     "join": (
         "client.node_cmd",
         "validate the site folder, then run this site's Flower SuperNode (TLS + node key)",

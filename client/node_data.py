@@ -1,7 +1,8 @@
 """Where a node's data lives, and loading it (ingested once, then read from the on-disk cache).
 
 Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default ``<data-path>/../.nasofl-cache/
-<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt``.
+<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt`` (default: the site's own random salt
+in ``<cache-path>/pseudonym-salt``, see :func:`shared.pseudonym.site_salt`).
 Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
 partition id picks the i-th site folder in sorted order (folders starting with ``_`` or ``.`` are not sites);
 the cache goes to run config ``sim-cache-root`` (default ``<sim-data-root>/_cache``).
@@ -18,6 +19,7 @@ from typing import Any
 
 from shared.data.patient import PatientVolumes
 from shared.errors import ConfigError, SiteDataError
+from shared.pseudonym import site_salt
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,11 @@ class NodeSite:
     eval_only: bool
     salt: str | None = None
     simulated: bool = False
+
+
+def default_cache_dir(data_dir: Path, site_name: str) -> Path:
+    """A deployed site's cache folder when none is given: ``<data_dir>/../.nasofl-cache/<site_name>``."""
+    return data_dir.parent / ".nasofl-cache" / site_name
 
 
 def site_folders(root: Path) -> list[Path]:
@@ -55,10 +62,10 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         if not data_dir.is_dir():
             raise ConfigError(f"node config data-path={str(data_dir)!r} is not a folder")
         name = str(node_config.get("site-name", data_dir.name))
-        cache = Path(str(node_config.get("cache-path", data_dir.parent / ".nasofl-cache" / name)))
+        cache = Path(str(node_config.get("cache-path", default_cache_dir(data_dir, name))))
         eval_only = _as_bool("eval-only", node_config.get("eval-only", False)) or name in eval_only_names
         salt = node_config.get("pseudonym-salt")
-        return NodeSite(name, data_dir, cache, eval_only, str(salt) if salt else None)
+        return NodeSite(name, data_dir, cache, eval_only, str(salt) if salt else site_salt(cache))
     if "partition-id" in node_config:
         root = str(run_config.get("sim-data-root", ""))
         if not root:
