@@ -74,12 +74,15 @@ def tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else f"({path} missing)"
 
 
-def make_hospitals(data: Path) -> None:
+def make_hospitals(data: Path, sites: int = 3) -> None:
+    """``sites`` synthetic toy hospitals (hospital-a, hospital-b, ...) of 6 patients each under ``data``."""
     from shared.data.synth.cohort import CohortConfig, generate_cohort
     from shared.data.synth.site_profile import GridPreset
     from simulations.cohort_loading import TOY_GRID_ARGS
 
-    config = CohortConfig(sites=3, patients_per_site=(6, 6, 6), seed=11, grid=GridPreset(**TOY_GRID_ARGS))
+    config = CohortConfig(
+        sites=sites, patients_per_site=(6,) * sites, seed=11, grid=GridPreset(**TOY_GRID_ARGS)
+    )
     generate_cohort(data, config, progress=False)
 
 
