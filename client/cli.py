@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.node_cmd",
         "validate the site folder, then run this site's Flower SuperNode (TLS + node key)",
     ),
+    "clientapp-exec": (
+        "client.clientapp_exec_cmd",
+        "run the site's ClientApp executor beside a SuperNode joined with --isolation process",
+    ),
 }
 
 

@@ -84,6 +84,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-retries", type=int, help="give up after this many connection attempts (default: retry forever)"
     )
+    parser.add_argument(
+        "--isolation",
+        choices=("subprocess", "process"),
+        default="subprocess",
+        help="subprocess (default): the SuperNode starts its ClientApp processes itself; process: they come from "
+        "a separate `nasofl-site clientapp-exec` (its own sandbox: no network, no node key), and the SuperNode's "
+        "Runtime API hands tasks only to holders of <cache>/superexec.secret",
+    )
     parser.add_argument("--check", action="store_true", help="only test the TLS connection to the SuperLink")
     parser.add_argument(
         "--dry-run", action="store_true", help="validate, then print the command instead of running it"
@@ -156,6 +164,22 @@ def node_config(site_dir: Path, cache: Path, eval_only: bool, site_name: str | N
     return " ".join(parts)
 
 
+def superexec_secret(cache: Path) -> Path:
+    """``<cache>/superexec.secret`` (256 random bits, 0600, made on first use): the SuperNode's Runtime API hands
+    ClientApp tasks only to a SuperExec holding it (``--isolation process``)."""
+    import secrets
+
+    path = cache / "superexec.secret"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path} is readable by other users: chmod 600 {path}")
+    return path
+
+
 def site_cache(args: argparse.Namespace) -> Path:
     from client.node_data import default_cache_dir
 
@@ -199,6 +223,9 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     ]
     if args.max_retries is not None:
         cmd += ["--max-retries", str(args.max_retries)]
+    if args.isolation == "process":
+        secret = superexec_secret(site_cache(args))
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(secret.resolve())]
     return cmd
 
 

@@ -12,7 +12,9 @@ the public port, each with its own approved-apps file. An outsider holds only ``
   SuperExec does) without the SuperExec secret gets 401; the same call with the secret is accepted;
 - the coordinator's run of an app approved by hospital-a only: hospital-a's ClientApp runs, hospital-b refuses it
   at the node (log line, no ClientApp code ran) and the ServerApp receives "app not approved by site hospital-b";
-  a copy of the approved app with one changed byte is refused by both.
+  a copy of the approved app with one changed byte is refused by both. hospital-b runs as the sandboxed
+  systemd units would: ``join --isolation process`` plus ``nasofl-site clientapp-exec`` (its SuperNode's Runtime
+  API refuses a local process without the site's SuperExec secret).
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def post_status(url: str, context: ssl.SSLContext, body: bytes = b"") -> int:
         return err.code
 
 
-def acquire_task(port: int, ca: Path, secret: bytes | None):
-    """What Flower's SuperExec sends to take a ServerApp task (``AcquireTask``), with or without the secret."""
+def acquire_task(port: int, ca: Path | None, secret: bytes | None, task_type: str = "flwr-serverapp"):
+    """What Flower's SuperExec sends to take a task (``AcquireTask``), with or without the secret; TLS with ``ca``,
+    plain HTTP (a SuperNode's local Runtime API) without."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
@@ -81,10 +84,13 @@ def acquire_task(port: int, ca: Path, secret: bytes | None):
         methods = frozenset({"/flwr.proto.Runtime/AcquireTask"})
         interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=methods))
     client = RuntimeHttpClient.from_server_address(
-        f"127.0.0.1:{port}", insecure=False, root_certificates=ca.read_bytes(), interceptors=interceptors
+        f"127.0.0.1:{port}",
+        insecure=ca is None,
+        root_certificates=ca.read_bytes() if ca else None,
+        interceptors=interceptors,
     )
     try:
-        return client.AcquireTask(AcquireTaskRequest(supported_task_types=["serverapp"]))
+        return client.AcquireTask(AcquireTaskRequest(supported_task_types=[task_type]))
     finally:
         client.close()
 
@@ -180,7 +186,10 @@ def test_only_the_coordinator_starts_runs_and_only_approved_apps_run_at_a_site(t
         assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
         for site in SITES:
             ok([str(BIN / "flwr"), "supernode", "register", str(keys / f"{site}.pub"), "fed", "--name", site], coordinator)  # fmt: skip
+        runtime_port = {site: free_port() for site in SITES}
         for site in SITES:
+            # hospital-b: its ClientApps come from a separate executor (their own sandbox in deployment)
+            isolation = ["--isolation", "process"] if site == "hospital-b" else []
             start(
                 site,
                 [
@@ -198,11 +207,34 @@ def test_only_the_coordinator_starts_runs_and_only_approved_apps_run_at_a_site(t
                     "--cache",
                     str(tmp_path / "cache" / site),
                     "--runtime-port",
-                    str(free_port()),
+                    str(runtime_port[site]),
                     "--no-progress",
+                    *isolation,
                 ],  # fmt: skip
                 flwr_env(tmp_path / f"{site}-home"),
             )
+        secret_b = tmp_path / "cache" / "hospital-b" / "superexec.secret"
+        deadline = time.time() + 120
+        while not secret_b.exists():
+            alive()
+            assert time.time() < deadline, "hospital-b's join made no superexec.secret\n" + all_logs()
+            time.sleep(0.5)
+        start(
+            "hospital-b-exec",
+            [
+                str(BIN / "nasofl-site"),
+                "clientapp-exec",
+                "--approved-apps",
+                str(approved["hospital-b"]),
+                "--cache",
+                str(tmp_path / "cache" / "hospital-b"),
+                "--site-name",
+                "hospital-b",
+                "--runtime-port",
+                str(runtime_port["hospital-b"]),
+            ],  # fmt: skip
+            flwr_env(tmp_path / "hospital-b-exec-home"),
+        )
 
         def nodes() -> dict[str, str]:
             """{node id: status} as the coordinator sees them."""
@@ -252,9 +284,12 @@ def test_only_the_coordinator_starts_runs_and_only_approved_apps_run_at_a_site(t
         with pytest.raises(httpx.HTTPStatusError) as err:
             acquire_task(internal, ca, secret=None)
         assert err.value.response.status_code == 401
-        assert not acquire_task(internal, ca, secret.read_bytes()).HasField(
-            "task"
-        )  # same call, with the secret
+        with_secret = acquire_task(internal, ca, secret.read_bytes())  # the same call, with the secret
+        assert not with_secret.HasField("task")  # accepted (no run pending yet)
+        # ... and at hospital-b (process isolation), a local process asking its SuperNode for ClientApp tasks
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            acquire_task(runtime_port["hospital-b"], None, None, "flwr-clientapp")
+        assert err.value.response.status_code == 401
 
         # --- the coordinator's run: approved by hospital-a, not by hospital-b ---
         result = coordinator_run(ECHO_APP, tmp_path / "echo.json", tmp_path / "ran")
@@ -265,7 +300,7 @@ def test_only_the_coordinator_starts_runs_and_only_approved_apps_run_at_a_site(t
         assert [p.name for p in (tmp_path / "ran").iterdir()] == [node_of["hospital-a"]], (
             "an unapproved ClientApp ran"
         )
-        node_b = tail(logs / "hospital-b.log", 200_000)
+        node_b = tail(logs / "hospital-b-exec.log", 200_000)
         assert f"REFUSED: app not approved by site hospital-b: FAB sha256 {echo_sha}" in node_b, node_b[
             -3000:
         ]
