@@ -5,7 +5,7 @@ puts a small ``flwr-clientapp`` script first on the SuperNode's ``PATH`` that ru
 own ClientApp process (``flwr.supernode.runtime.run_clientapp``) with one change: the step that installs the
 run's FAB first checks the FAB's SHA-256 against the approved-apps file (``NASOFL_APPROVED_APPS``). An unapproved
 app is never unpacked or imported: Flower's process turns the :class:`client.approval.AppNotApproved` into an
-error reply (code 1) whose reason, "app not approved by site X: FAB sha256 ...", the coordinator's study records
+error reply (code 2, CLIENT_APP_RAISED_EXCEPTION) whose reason, "app not approved by site X: FAB sha256 ...", the coordinator's study records
 for that site; the refusal is logged here at ERROR level.
 """
 
@@ -33,6 +33,14 @@ def write_launcher(folder: Path) -> Path:
     return folder
 
 
+def forget_installed_packages() -> None:
+    """Drop this process's imports of nasofl's own packages (the gate's), so that the ClientApp Flower loads next
+    comes from the approved FAB's files (first on ``sys.path``), not from the installed copy of nasofl."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("client", "shared", "server", "simulations"):
+            del sys.modules[name]
+
+
 def main() -> None:
     from logging import ERROR, INFO
 
@@ -54,6 +62,7 @@ def main() -> None:
             log(ERROR, "nasofl: REFUSED: %s", err)
             raise
         log(INFO, "nasofl: app FAB sha256 %s is approved by site %s", digest, site)
+        forget_installed_packages()
         return install_from_fab(fab_content, *args, **kwargs)
 
     runtime.install_from_fab = install_approved

@@ -142,3 +142,15 @@ def test_the_clientapp_opens_the_site_folder_for_reading_only(tmp_path):
     assert done.stdout.strip() == "4 writes: []", done.stdout
     assert sorted((p.relative_to(site), p.stat().st_mtime_ns) for p in site.rglob("*")) == before
     assert any((tmp_path / "cache").rglob("*")), "the cache was not written at all: the hook saw nothing"
+
+
+def test_the_gate_forgets_its_own_imports_before_flower_loads_the_approved_fab():
+    """The gate imports nasofl's installed ``client`` / ``shared``; Flower then imports the FAB's ``client.app``,
+    which must come from the FAB's files, not from those already imported packages."""
+    code = (
+        "import sys; import client.clientapp_gate as gate; import client.approval, shared.errors; "
+        "gate.forget_installed_packages(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('client', 'shared')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
