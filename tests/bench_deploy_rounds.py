@@ -1,6 +1,7 @@
 """Round time in the shipped deployment on loopback (benchmark, not collected by pytest).
 
     python -m tests.bench_deploy_rounds [--study-rounds 2] [--echo-rounds 3] [--skip-study]
+        [--in-memory-state] [--direct]
 
 Starts the coordinator with deploy/superlink.sh (SuperLink on 127.0.0.1, nginx proxy, SuperExec) and two
 hospitals with ``nasofl-site join`` through the proxy, then measures, side by side:
@@ -9,7 +10,10 @@ hospitals with ``nasofl-site join`` through the proxy, then measures, side by si
 - the nasofl study's ResNet101 classifier rounds (toy hospitals, 32 px: local training is short, so the round is
   mostly what crosses the SuperLink and the per-message ClientApp start), with ``transport-dtype`` float32 and
   float16; figures from the study's run log (seconds_round, slowest local training, bytes).
-Prints one table. Each run takes minutes on a shared 2-core machine.
+- an echo round with no payload (what a round costs besides moving the model: ClientApp process start, polling).
+``--in-memory-state`` runs the SuperLink without its SQLite state (its object store then lives in memory),
+``--direct`` connects the hospitals to the SuperLink's port instead of the nginx proxy: both show where the time
+goes, neither is the shipped deployment. Prints one table. Each run takes minutes on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(root: Path) -> Iterator[Deployment]:
+def deployment(root: Path, in_memory_state: bool, direct: bool) -> Iterator[Deployment]:
     dep = Deployment(root)
     dep.logs.mkdir()
     certs, keys, data = root / "certs", root / "keys", root / "data"
@@ -113,9 +117,9 @@ def deployment(root: Path) -> Iterator[Deployment]:
             NASOFL_PUBLIC_PORT=str(public),
             NASOFL_SUPERLINK_PORT=str(internal),
         )
-        dep.start(
-            "coordinator", ["bash", str(REPO / "deploy/superlink.sh"), str(certs), str(root / "state")], env
-        )
+        extra = ["--database", ":flwr-in-memory:"] if in_memory_state else []  # argparse: the last one wins
+        script = ["bash", str(REPO / "deploy/superlink.sh"), str(certs), str(root / "state"), *extra]
+        dep.start("coordinator", script, env)
         while not check_superlink(f"127.0.0.1:{public}", certs / "ca.crt", timeout=2)[0]:
             dep.alive()
             time.sleep(0.5)
@@ -128,7 +132,7 @@ def deployment(root: Path) -> Iterator[Deployment]:
                     "join",
                     str(data / site),
                     "--superlink",
-                    f"127.0.0.1:{public}",
+                    f"127.0.0.1:{internal if direct else public}",
                     "--ca",
                     str(certs / "ca.crt"),
                     "--key",
@@ -149,7 +153,7 @@ def deployment(root: Path) -> Iterator[Deployment]:
 
 
 def echo_rounds(dep: Deployment, megabytes: float, dtype: str, rounds: int) -> list[float]:
-    out = dep.root / f"echo-{dtype}.json"
+    out = dep.root / f"echo-{dtype}-{megabytes:.0f}.json"
     run_id = dep.run(ECHO_APP, f'out="{out}" nodes=2 rounds={rounds} payload-mb={megabytes} dtype="{dtype}"')
     status = dep.wait(run_id, timeout=1800)
     if status != "finished:completed" or not out.exists():
@@ -169,8 +173,8 @@ def study_rounds(dep: Deployment, dtype: str, rounds: int) -> list[dict]:
     })  # fmt: skip
     run_id = dep.run(REPO, run_config_arg(values))
     status = dep.wait(run_id)
-    if status != "finished:completed":
-        raise RuntimeError(f"study {run_id}: {status}\n{tail(out / 'STATUS')}")
+    if status != "finished:completed" or not (out / "STATUS").read_text().startswith("COMPLETED"):
+        raise RuntimeError(f"study {run_id}: {status}: {tail(out / 'STATUS', 300)}")
     lines = [x for x in read_run_log(out / "run-log.jsonl") if x["event"] == "round" and x["stage"] == "cls"]
     results = json.loads((out / "results.json").read_text())
     for line in lines:
@@ -183,11 +187,20 @@ def main() -> None:
     parser.add_argument("--echo-rounds", type=int, default=3)
     parser.add_argument("--study-rounds", type=int, default=2)
     parser.add_argument("--skip-study", action="store_true")
+    parser.add_argument(
+        "--in-memory-state", action="store_true", help="SuperLink without --database (not shipped)"
+    )
+    parser.add_argument(
+        "--direct", action="store_true", help="hospitals bypass the nginx proxy (not shipped)"
+    )
     args = parser.parse_args()
     megabytes = resnet101_float32_mb()
     rows: list[str] = []
-    with TemporaryDirectory(prefix="nasofl-bench-") as tmp, deployment(Path(tmp)) as dep:
-        for dtype, mb in (("float32", megabytes), ("float16", megabytes / 2)):
+    with (
+        TemporaryDirectory(prefix="nasofl-bench-") as tmp,
+        deployment(Path(tmp), args.in_memory_state, args.direct) as dep,
+    ):
+        for dtype, mb in (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2)):
             seconds = echo_rounds(dep, mb, dtype, args.echo_rounds)
             rows.append(
                 f"no training, echo {mb:6.1f} MB x 2 sites ({dtype}) | median {statistics.median(seconds):6.1f} s/round"
@@ -196,7 +209,12 @@ def main() -> None:
             print(rows[-1], flush=True)
         if not args.skip_study:
             for dtype in ("float32", "float16"):
-                lines = study_rounds(dep, dtype, args.study_rounds)
+                try:
+                    lines = study_rounds(dep, dtype, args.study_rounds)
+                except RuntimeError as err:
+                    rows.append(f"study ResNet101 ({dtype}) | FAILED | {str(err)[:300]}")
+                    print(rows[-1], flush=True)
+                    continue
                 for x in lines:
                     rows.append(
                         f"study ResNet101 cls round {x['round']} ({dtype}) | {x['seconds_round']:6.1f} s/round"
