@@ -12,9 +12,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.validate_cmd",
         "check a site folder (DICOM + labels.csv) before joining a federation",
     ),
+    "approve": (
+        "client.approve_cmd",
+        "print (and record) the SHA-256 of a reviewed app: only approved apps run at this site",
+    ),
     "join": (
         "client.node_cmd",
         "validate the site folder, then run this site's Flower SuperNode (TLS + node key)",
+    ),
+    "clientapp-exec": (
+        "client.clientapp_exec_cmd",
+        "run the site's ClientApp executor beside a SuperNode joined with --isolation process",
     ),
 }
 

@@ -1,12 +1,18 @@
 """``nasofl-site join``: validate the site folder, then become a Flower 1.42 SuperNode of the federation.
 
-    nasofl-site join SITE_DIR --superlink HOST:8000 --ca ca.crt --key keys/hospital-a [--cache DIR] [--eval-only]
+    nasofl-site join SITE_DIR --superlink HOST:8000 --ca ca.crt --key keys/hospital-a \
+        --approved-apps approved-apps.txt [--cache DIR] [--eval-only]
     nasofl-site join --check --superlink HOST:8000 --ca ca.crt      # connection self-test only
 
 The site folder is validated first (same checks as ``nasofl-site validate``); blocking problems print the report
 and stop here (exit 1). Otherwise the process is replaced by ``flower-supernode`` with TLS (``--ca``), node
 authentication (``--key``: the private key of ``deploy/node-keys.sh``, registered by the coordinator) and the
 node config ``data-path="..." cache-path="..." eval-only=...``. ``--dry-run`` prints that command instead.
+
+Only apps the site approved run here: the SuperNode's ``PATH`` starts with ``<cache>/clientapp-gate``, whose
+``flwr-clientapp`` (``client.clientapp_gate``) refuses any FAB whose SHA-256 is not in ``--approved-apps``
+(written by ``nasofl-site approve``). Pseudonyms use the site's own random salt (``<cache>/pseudonym-salt``,
+generated on first use); the public default salt is refused.
 
 What leaves the site once joined: model arrays and the aggregate counts / histograms of ``shared/protocol.py``.
 """
@@ -26,7 +32,7 @@ from pathlib import Path
 
 from shared.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from shared.errors import ConfigError
-from shared.pseudonym import DEFAULT_SALT
+from shared.pseudonym import DEFAULT_SALT, site_salt
 
 #: Environment the SuperNode (and the ClientApp processes it starts) runs with: no anonymous usage telemetry,
 #: no PyPI update check, never install packages at run time (the hospital's environment is fixed).
@@ -60,7 +66,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-only", action="store_true", help="this site only evaluates, never trains")
     parser.add_argument("--site-name", help="site name reported to the coordinator (default: folder name)")
     parser.add_argument(
-        "--salt", default=DEFAULT_SALT, help="site pseudonym salt (same as nasofl-site validate)"
+        "--approved-apps",
+        type=Path,
+        metavar="FILE",
+        help="the site's approved-apps file (nasofl-site approve): only these app FABs run here (required)",
+    )
+    parser.add_argument(
+        "--salt",
+        help="site pseudonym salt (default: the site's own random salt, <cache>/pseudonym-salt, made on first use)",
     )
     parser.add_argument(
         "--runtime-port",
@@ -70,6 +83,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-retries", type=int, help="give up after this many connection attempts (default: retry forever)"
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=("subprocess", "process"),
+        default="subprocess",
+        help="subprocess (default): the SuperNode starts its ClientApp processes itself; process: they come from "
+        "a separate `nasofl-site clientapp-exec` (its own sandbox: no network, no node key), and the SuperNode's "
+        "Runtime API hands tasks only to holders of <cache>/superexec.secret",
     )
     parser.add_argument("--check", action="store_true", help="only test the TLS connection to the SuperLink")
     parser.add_argument(
@@ -128,17 +149,59 @@ def toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def node_config(site_dir: Path, cache: Path | None, eval_only: bool, site_name: str | None, salt: str) -> str:
-    """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths."""
-    parts = [f"data-path={toml_string(str(site_dir.resolve()))}"]
-    if cache is not None:
-        parts.append(f"cache-path={toml_string(str(cache.resolve()))}")
-    parts.append(f"eval-only={'true' if eval_only else 'false'}")
+def node_config(site_dir: Path, cache: Path, eval_only: bool, site_name: str | None, salt: str | None) -> str:
+    """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths. ``salt`` only when
+    given on the command line (else the ClientApp reads the site salt file itself: node config shows in ``ps``)."""
+    parts = [
+        f"data-path={toml_string(str(site_dir.resolve()))}",
+        f"cache-path={toml_string(str(cache.resolve()))}",
+        f"eval-only={'true' if eval_only else 'false'}",
+    ]
     if site_name:
         parts.append(f"site-name={toml_string(site_name)}")
-    if salt != DEFAULT_SALT:
+    if salt is not None:
         parts.append(f"pseudonym-salt={toml_string(salt)}")
     return " ".join(parts)
+
+
+def superexec_secret(cache: Path) -> Path:
+    """``<cache>/superexec.secret`` (256 random bits, 0600, made on first use): the SuperNode's Runtime API hands
+    ClientApp tasks only to a SuperExec holding it (``--isolation process``)."""
+    import secrets
+
+    path = cache / "superexec.secret"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path} is readable by other users: chmod 600 {path}")
+    return path
+
+
+def site_cache(args: argparse.Namespace) -> Path:
+    from client.node_data import default_cache_dir
+
+    return args.cache if args.cache is not None else default_cache_dir(args.site_dir, site_label(args))
+
+
+def site_label(args: argparse.Namespace) -> str:
+    return args.site_name or args.site_dir.resolve().name
+
+
+def node_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment of the SuperNode: :data:`NODE_ENV` plus the approved-apps gate for its ClientApp processes."""
+    from client.approval import APPROVED_APPS_ENV, SITE_NAME_ENV
+    from client.clientapp_gate import write_launcher
+
+    gate = write_launcher(site_cache(args).resolve() / "clientapp-gate")
+    return {
+        **NODE_ENV,
+        APPROVED_APPS_ENV: str(args.approved_apps.resolve()),
+        SITE_NAME_ENV: site_label(args),
+        "PATH": f"{gate}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def supernode_command(args: argparse.Namespace) -> list[str]:
@@ -156,17 +219,21 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         "--port",
         str(args.runtime_port),
         "--node-config",
-        node_config(args.site_dir, args.cache, args.eval_only, args.site_name, args.salt),
+        node_config(args.site_dir, site_cache(args), args.eval_only, args.site_name, args.salt),
     ]
     if args.max_retries is not None:
         cmd += ["--max-retries", str(args.max_retries)]
+    if args.isolation == "process":
+        secret = superexec_secret(site_cache(args))
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(secret.resolve())]
     return cmd
 
 
 def validate_site(args: argparse.Namespace) -> bool:
     from client.validate_cmd import site_report
 
-    report = site_report(args.site_dir, args.cache, args.salt, not args.no_progress and sys.stderr.isatty())
+    salt = args.salt if args.salt is not None else site_salt(site_cache(args))
+    report = site_report(args.site_dir, args.cache, salt, not args.no_progress and sys.stderr.isatty())
     if not report.ok:
         print(report.format_table(show_ids=False, max_problems=200))
         print(f"not joining: {args.site_dir} has blocking problems (see above); fix them and run again")
@@ -189,19 +256,39 @@ def run(args: argparse.Namespace) -> int:
     if args.key is None:
         print("nasofl-site join: --key is required (private key from deploy/node-keys.sh)", file=sys.stderr)
         return EXIT_USAGE
+    if args.approved_apps is None:
+        print(
+            "nasofl-site join: --approved-apps FILE is required: review the app, then "
+            "`nasofl-site approve APP --approved-apps FILE` (only approved apps run at this site)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.salt == DEFAULT_SALT:
+        raise ConfigError(
+            f"--salt {DEFAULT_SALT!r} is the public default salt: anyone can reverse its pseudonyms by hashing "
+            "candidate patient ids. Leave --salt out (the site's own random salt is used) or give a secret one"
+        )
     for label, path in (("SITE_DIR", args.site_dir), ("--ca", args.ca), ("--key", args.key)):
         if not path.exists():
             raise ConfigError(f"{label} {str(path)!r} does not exist")
     if not args.site_dir.is_dir():
         raise ConfigError(f"SITE_DIR {str(args.site_dir)!r} is not a folder")
+    from client.approval import read_approved
+
+    if not read_approved(args.approved_apps):
+        raise ConfigError(
+            f"--approved-apps {args.approved_apps}: no approved app listed (nasofl-site approve)"
+        )
     if not validate_site(args):
         return EXIT_FAILED
     cmd = supernode_command(args)
+    env = node_env(args)
     if args.dry_run:
-        env = " ".join(f"{k}={v}" for k, v in NODE_ENV.items())
-        print("would run:\n" + env + " " + " ".join(shlex.quote(c) for c in cmd))
+        shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "PATH")
+        print(f"would run (PATH starts with {env['PATH'].split(os.pathsep)[0]}):")
+        print(shown + " " + " ".join(shlex.quote(c) for c in cmd))
         return EXIT_OK
     print("starting: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    os.environ.update(NODE_ENV)
+    os.environ.update(env)
     os.execvp(cmd[0], cmd)
     return EXIT_FAILED  # not reached

@@ -1,7 +1,8 @@
 """Where a node's data lives, and loading it (ingested once, then read from the on-disk cache).
 
 Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default ``<data-path>/../.nasofl-cache/
-<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt``; in both modes optional
+<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt`` (default: the site's own random salt
+in ``<cache-path>/pseudonym-salt``, see :func:`shared.pseudonym.site_salt`); in both modes optional
 ``max-hist-bins`` (default 100) and ``min-hist-count`` (default 2): the evaluation histograms this site answers
 with (``shared.metrics.coarse_histograms``).
 Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
@@ -20,6 +21,7 @@ from typing import Any
 
 from shared.data.patient import PatientVolumes
 from shared.errors import ConfigError, SiteDataError
+from shared.pseudonym import site_salt
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class NodeSite:
     min_hist_count: int = DEFAULT_MIN_HIST_COUNT
 
 
+def default_cache_dir(data_dir: Path, site_name: str) -> Path:
+    """A deployed site's cache folder when none is given: ``<data_dir>/../.nasofl-cache/<site_name>``."""
+    return data_dir.parent / ".nasofl-cache" / site_name
+
+
 def site_folders(root: Path) -> list[Path]:
     """Sorted site folders under a simulation data root (``_truth``, ``_cache``, hidden folders excluded)."""
     if not root.is_dir():
@@ -79,7 +86,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         if not data_dir.is_dir():
             raise ConfigError(f"node config data-path={str(data_dir)!r} is not a folder")
         name = str(node_config.get("site-name", data_dir.name))
-        cache = Path(str(node_config.get("cache-path", data_dir.parent / ".nasofl-cache" / name)))
+        cache = Path(str(node_config.get("cache-path", default_cache_dir(data_dir, name))))
         eval_only = _as_bool("eval-only", node_config.get("eval-only", False)) or name in eval_only_names
         salt = node_config.get("pseudonym-salt")
         max_bins, min_count = histogram_limits(node_config)
@@ -88,7 +95,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             data_dir,
             cache,
             eval_only,
-            str(salt) if salt else None,
+            str(salt) if salt else site_salt(cache),
             max_hist_bins=max_bins,
             min_hist_count=min_count,
         )

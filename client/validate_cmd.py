@@ -17,7 +17,7 @@ from pathlib import Path
 from shared.cli import EXIT_FAILED, EXIT_OK
 from shared.data.report import ValidationReport
 from shared.data.site import IngestSettings, load_site
-from shared.pseudonym import DEFAULT_SALT
+from shared.pseudonym import site_salt
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="show raw patient ids next to pseudonyms in the printed table (site-local use only; never in JSON)",
     )
-    parser.add_argument("--salt", default=DEFAULT_SALT, help="site pseudonym salt (same as the node config)")
+    parser.add_argument(
+        "--salt",
+        help="site pseudonym salt (default: the site's own random salt in <cache>/pseudonym-salt, made on first "
+        "use; the cache defaults to <SITE_DIR>/../.nasofl-cache/<site>, as for nasofl-site join)",
+    )
     parser.add_argument(
         "--max-problems", type=int, default=200, help="problems listed in the table (all in JSON)"
     )
@@ -51,7 +55,12 @@ def site_report(site_dir: Path, cache: Path | None, salt: str, progress: bool) -
 
 
 def run(args: argparse.Namespace) -> int:
-    report = site_report(args.site_dir, args.cache, args.salt, not args.no_progress and sys.stderr.isatty())
+    from client.node_data import default_cache_dir
+
+    salt = args.salt
+    if salt is None:
+        salt = site_salt(args.cache or default_cache_dir(args.site_dir, args.site_dir.resolve().name))
+    report = site_report(args.site_dir, args.cache, salt, not args.no_progress and sys.stderr.isatty())
     print(report.format_table(show_ids=args.show_ids, max_problems=args.max_problems))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

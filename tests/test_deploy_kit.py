@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import shlex
+import shutil
 import ssl
 import subprocess
 import sys
@@ -77,33 +79,51 @@ def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
         progress=False,
     )
     site = next(p for p in (tmp_path / "data").iterdir() if not p.name.startswith(("_", ".")))
-    ca, key = tmp_path / "ca.crt", tmp_path / "key"
+    ca, key, approved = tmp_path / "ca.crt", tmp_path / "key", tmp_path / "approved-apps.txt"
     ca.write_text("x")
     key.write_text("x")
+    approved.write_text("# reviewed 2026-11-30\n" + "ab" * 32 + "  nasofl 0.1.0\n")
     base = ["--superlink", "fl.example.org:8000", "--ca", ca, "--key", key, "--no-progress"]
+    cache = tmp_path / "cache dir"
     done = join(
-        site, *base, "--cache", tmp_path / "cache dir", "--eval-only", "--runtime-port", "9195", "--dry-run"
-    )
+        site, *base, "--approved-apps", approved, "--cache", cache, "--eval-only", "--runtime-port", "9195",
+        "--dry-run",
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    line = done.stdout.strip().splitlines()[-1]
-    words = shlex.split(line)
-    assert words[:3] == [
+    shown = done.stdout.strip().splitlines()
+    gate = cache.resolve() / "clientapp-gate"
+    assert shown[-2] == f"would run (PATH starts with {gate}):"
+    assert (gate / "flwr-clientapp").read_text().endswith('-m client.clientapp_gate "$@"\n')
+    words = shlex.split(shown[-1])
+    assert words[:5] == [
         "FLWR_TELEMETRY_ENABLED=0",
         "FLWR_DISABLE_UPDATE_CHECK=1",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1",
+        f"NASOFL_APPROVED_APPS={approved.resolve()}",
+        f"NASOFL_SITE_NAME={site.name}",
     ]
-    cmd = words[3:]
+    cmd = words[5:]
     assert Path(cmd[0]).name == "flower-supernode"
     opts = dict(zip(cmd[1::2], cmd[2::2], strict=True))
     assert opts["--superlink"] == "fl.example.org:8000" and opts["--root-certificates"] == str(ca.resolve())
     assert opts["--auth-supernode-private-key"] == str(key.resolve()) and opts["--port"] == "9195"
     assert opts["--node-config"] == (
-        f'data-path="{site.resolve()}" cache-path="{(tmp_path / "cache dir").resolve()}" eval-only=true'
-    )
+        f'data-path="{site.resolve()}" cache-path="{cache.resolve()}" eval-only=true'
+    )  # no salt in the node config (it shows in `ps`): the ClientApp reads <cache>/pseudonym-salt
+    assert (cache / "pseudonym-salt").stat().st_mode & 0o777 == 0o600
+    # no approved-apps file, an empty one, or the public default salt: refused before validation
+    no_list = join(site, *base, "--dry-run")
+    assert no_list.returncode == 2 and "--approved-apps FILE is required" in no_list.stderr
+    empty_list = tmp_path / "empty-list.txt"
+    empty_list.write_text("# nothing reviewed yet\n")
+    nothing = join(site, *base, "--approved-apps", empty_list, "--dry-run")
+    assert nothing.returncode == 2 and "no approved app listed" in nothing.stderr, nothing.stderr
+    public_salt = join(site, *base, "--approved-apps", approved, "--salt", "nasofl-local-salt", "--dry-run")
+    assert public_salt.returncode == 2 and "public default salt" in public_salt.stderr
     # blocking problems (no labels.csv): the report is printed and flower-supernode never starts
     empty = tmp_path / "empty-site"
     empty.mkdir()
-    refused = join(empty, *base, "--dry-run")
+    refused = join(empty, *base, "--approved-apps", approved, "--dry-run")
     assert (
         refused.returncode == 1
         and "not joining" in refused.stdout
@@ -194,3 +214,24 @@ def test_compose_files_parse_and_reference_existing_files():
     for src in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
         for item in src.split():
             assert (REPO / item).exists(), f"Dockerfile copies {item}, which does not exist"
+
+
+def test_systemd_units_verify_with_the_install_paths_filled_in(tmp_path):
+    """``systemd-analyze verify`` (unknown keys, bad values, missing executables) on each unit, with /opt/nasofl
+    pointed at this checkout and its Python environment; the sandbox lines of the hospital units are there."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze not found (Debian package: systemd)"
+    units = sorted((DEPLOY / "systemd").glob("*.service"))
+    for unit in units:
+        text = unit.read_text().replace("/opt/nasofl/.venv/bin/", f"{Path(sys.executable).parent}/")
+        (tmp_path / unit.name).write_text(text.replace("/opt/nasofl/src/", f"{REPO}/"))
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}  # the units find each other (BindsTo=, Wants=)
+    for unit in units:
+        done = subprocess.run(
+            [analyze, "verify", str(tmp_path / unit.name)], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0 and not done.stderr.strip(), f"{unit.name}: {done.stderr}"
+    clientapp = (DEPLOY / "systemd/nasofl-clientapp.service").read_text()
+    for line in ("IPAddressDeny=any", "IPAddressAllow=localhost", "ProtectSystem=strict", "InaccessiblePaths=/etc/nasofl/keys", "NoNewPrivileges=true"):  # fmt: skip
+        assert f"\n{line}\n" in clientapp, line
+    assert "--isolation process" in (DEPLOY / "systemd/nasofl-supernode.service").read_text()

@@ -1,10 +1,14 @@
 """A real Flower 1.42 deployment on loopback, built with the deploy/ kit:
 
 - deploy/certs.sh (CA + server cert with IP:127.0.0.1/DNS:localhost SANs) and deploy/node-keys.sh (ECDSA P-384),
-- ``flower-superlink`` with TLS, ``--enable-supernode-auth`` and ``--database``,
-- ``flwr supernode register`` for the three keys (CLI config.toml with root-certificates in a temp FLWR_HOME),
-- ``nasofl-site join --check`` (TLS self-test), then three ``nasofl-site join`` SuperNodes (validation, then exec
-  of flower-supernode) on synthetic toy hospitals,
+- the coordinator as deploy/superlink.sh starts it: ``flower-superlink`` on 127.0.0.1 only (TLS,
+  ``--enable-supernode-auth``, ``--database``, ``--isolation process`` + SuperExec secret), its ``flower-superexec``
+  and the nginx proxy on the public port (Fleet API and /health only),
+- ``flwr supernode register`` for the three keys through the SuperLink's loopback port (CLI config.toml with
+  root-certificates in a temp FLWR_HOME),
+- ``nasofl-site join --check`` (TLS self-test through the proxy), ``nasofl-site approve`` of this repository at each
+  site, then three ``nasofl-site join`` SuperNodes (validation, then exec of flower-supernode behind the
+  approved-apps gate) on synthetic toy hospitals, connected to the proxy's public port,
 - ``flwr run <repo> <connection>`` at the toy size of tests/test_fed_simulation.py, polled with
   ``flwr ls --format json`` until finished; the study's STATUS must be COMPLETED.
 - a site crash: hospital-c's SuperNode is killed (SIGKILL to its process group: no goodbye to the SuperLink)
@@ -74,12 +78,15 @@ def tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else f"({path} missing)"
 
 
-def make_hospitals(data: Path) -> None:
+def make_hospitals(data: Path, sites: int = 3) -> None:
+    """``sites`` synthetic toy hospitals (hospital-a, hospital-b, ...) of 6 patients each under ``data``."""
     from simulations.cohort_loading import TOY_GRID_ARGS
     from simulations.synth.cohort import CohortConfig, generate_cohort
     from simulations.synth.site_profile import GridPreset
 
-    config = CohortConfig(sites=3, patients_per_site=(6, 6, 6), seed=11, grid=GridPreset(**TOY_GRID_ARGS))
+    config = CohortConfig(
+        sites=sites, patients_per_site=(6,) * sites, seed=11, grid=GridPreset(**TOY_GRID_ARGS)
+    )
     generate_cohort(data, config, progress=False)
 
 
@@ -111,12 +118,12 @@ def test_tls_authenticated_deployment_runs_the_toy_study_through_a_site_crash(tm
     make_hospitals(data)
     assert sorted(p.name for p in data.iterdir() if not p.name.startswith("_")) == list(SITES)
 
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    port, internal = free_port(), free_port()
+    address = f"127.0.0.1:{port}"  # the proxy: what hospitals use
     coord_home.mkdir()
     (coord_home / "config.toml").write_text(
         '[superlink]\ndefault = "nasofl-test"\n\n'
-        f'[superlink.nasofl-test]\naddress = "{address}"\nroot-certificates = "{certs / "ca.crt"}"\n'
+        f'[superlink.nasofl-test]\naddress = "127.0.0.1:{internal}"\nroot-certificates = "{certs / "ca.crt"}"\n'
     )
     env = flwr_env(coord_home)
     procs: dict[str, subprocess.Popen] = {}
@@ -165,6 +172,8 @@ def test_tls_authenticated_deployment_runs_the_toy_study_through_a_site_crash(tm
                 str(certs / "ca.crt"),
                 "--key",
                 str(keys / site),
+                "--approved-apps",
+                str(approved),
                 "--cache",
                 str(tmp_path / "cache" / site),
                 "--runtime-port",
@@ -179,27 +188,18 @@ def test_tls_authenticated_deployment_runs_the_toy_study_through_a_site_crash(tm
 
     dead: list[subprocess.Popen] = []
 
+    approved = tmp_path / "approved-apps.txt"  # every site reviewed this repository's app
+    run_ok([str(BIN / "nasofl-site"), "approve", str(REPO), "--approved-apps", str(approved)], env)
+
     try:
+        coordinator_env = flwr_env(tmp_path / "superlink-home")
+        coordinator_env.update(
+            NASOFL_PUBLIC_HOST="127.0.0.1", NASOFL_PUBLIC_PORT=str(port), NASOFL_SUPERLINK_PORT=str(internal)
+        )
         start(
             "superlink",
-            [
-                str(BIN / "flower-superlink"),
-                "--ssl-ca-certfile",
-                str(certs / "ca.crt"),
-                "--ssl-certfile",
-                str(certs / "server.pem"),
-                "--ssl-keyfile",
-                str(certs / "server.key"),
-                "--enable-supernode-auth",
-                "--database",
-                str(tmp_path / "state.db"),
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],  # fmt: skip
-            flwr_env(tmp_path / "superlink-home"),
+            ["bash", str(REPO / "deploy/superlink.sh"), str(certs), str(tmp_path / "state")],
+            coordinator_env,
         )
         deadline = time.time() + 60
         while not check_superlink(address, certs / "ca.crt", timeout=2)[0]:
