@@ -1,7 +1,8 @@
 """Where a node's data lives, and loading it (ingested once, then read from the on-disk cache).
 
 Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default ``<data-path>/../.nasofl-cache/
-<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt``.
+<site>``), ``eval-only`` (bool), optional ``site-name``, ``pseudonym-salt`` and ``privacy-budget-epsilon`` (the site's total
+epsilon over every study under local DP, unit: one patient; see PRIVACY.md).
 Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
 partition id picks the i-th site folder in sorted order (folders starting with ``_`` or ``.`` are not sites);
 the cache goes to run config ``sim-cache-root`` (default ``<sim-data-root>/_cache``).
@@ -30,6 +31,26 @@ class NodeSite:
     eval_only: bool
     salt: str | None = None
     simulated: bool = False
+    privacy_budget: float | None = (
+        None  # node config privacy-budget-epsilon (unit: one patient); None: no cap
+    )
+
+
+def privacy_budget(node_config: Mapping[str, Any]) -> float | None:
+    """Node config ``privacy-budget-epsilon``: the site's total epsilon over all studies (absent: no cap)."""
+    raw = node_config.get("privacy-budget-epsilon")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value != value:
+        raise ConfigError(
+            f"node config privacy-budget-epsilon={raw!r}: expected a number > 0 (the site's total epsilon "
+            "over every study, unit: one patient)"
+        )
+    return value
 
 
 def site_folders(root: Path) -> list[Path]:
@@ -58,7 +79,14 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         cache = Path(str(node_config.get("cache-path", data_dir.parent / ".nasofl-cache" / name)))
         eval_only = _as_bool("eval-only", node_config.get("eval-only", False)) or name in eval_only_names
         salt = node_config.get("pseudonym-salt")
-        return NodeSite(name, data_dir, cache, eval_only, str(salt) if salt else None)
+        return NodeSite(
+            name,
+            data_dir,
+            cache,
+            eval_only,
+            str(salt) if salt else None,
+            privacy_budget=privacy_budget(node_config),
+        )
     if "partition-id" in node_config:
         root = str(run_config.get("sim-data-root", ""))
         if not root:
@@ -80,6 +108,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             Path(cache_root) / data_dir.name,
             data_dir.name in eval_only_names,
             simulated=True,
+            privacy_budget=privacy_budget(node_config),
         )
     raise ConfigError(
         "node config has neither data-path nor partition-id: start the SuperNode with "

@@ -14,8 +14,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import federation_from_run_config, pipeline_from_run_config
+from server.privacy import check_privacy_settings, privacy_summary
 from server.report import write_report
 from server.run_log import RunLog
+from server.strategies.central_dp import CentralDP
 from server.study import Study
 from shared.errors import ConfigError
 
@@ -52,6 +54,7 @@ def main(grid: Grid, context: Context) -> None:
             context.run_config
         )  # ConfigError names the key; the run ends at once
         cfg = pipeline_from_run_config(context.run_config)
+        check_privacy_settings(fed, cfg)
     except ConfigError as err:
         log.error("CONFIG ERROR, study not started: %s", err)
         _mark_failed(str(context.run_config.get("out-dir", "")), f"ConfigError: {err}")
@@ -65,7 +68,14 @@ def main(grid: Grid, context: Context) -> None:
     try:
         study = Study(grid, fed, cfg, run_log)
         outcome = study.run()
-        paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0)
+        privacy = privacy_summary(
+            study.recorder.history,
+            cfg,
+            fed,
+            sum(s.releases for s in study.dp_strategies if isinstance(s, CentralDP)),
+            len(study.roster.train_site_names()),
+        )
+        paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0, privacy)
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         log.error("STUDY FAILED: %s", message)
