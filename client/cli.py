@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.node_cmd",
         "validate the site folder, then run this site's Flower SuperNode (TLS + node key)",
     ),
+    "privacy": (
+        "client.privacy_cmd",
+        "print the site's privacy ledger: epsilon spent on its patients by every study (unit: one patient)",
+    ),
 }
 
 

@@ -77,6 +77,23 @@ def test_ledger_composes_rounds_and_runs_and_refuses_over_budget(tmp_path):
     assert "one patient" in text and "study-two" in text and "remaining epsilon" in text
 
 
+def test_nasofl_site_privacy_prints_the_ledger(tmp_path, capsys):
+    from client.cli import main
+
+    assert main(["privacy", str(tmp_path)]) == 1
+    PrivacyLedger(tmp_path).record(_entry("study-one", 1))
+    PrivacyLedger(tmp_path).record(_entry("study-two", 1))
+    capsys.readouterr()
+    assert main(["privacy", str(tmp_path), "--budget", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "study study-one: epsilon" in out and "site total" in out and "remaining epsilon" in out
+    assert all("one patient" in line for line in out.splitlines() if "epsilon" in line and ":" in line)
+    assert main(["privacy", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["unit"] == "one patient" and len(data["entries"]) == 2
+    assert data["epsilon_total"] == pytest.approx(opacus_epsilon([Release(1.2, 0.5, 8)], 1e-3, "rdp"))
+
+
 def test_an_unreadable_ledger_is_not_an_empty_one(tmp_path):
     (tmp_path / "privacy-ledger.json").write_text("{broken")
     with pytest.raises(PrivacyBudgetError, match="unreadable"):
@@ -224,7 +241,9 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
     for x in rounds:
         assert x["sites_contributed"] == ["hospital-a", "hospital-b"]
         assert "refuses this round" in x["sites_failed"]["hospital-c"]
-    assert len(PrivacyLedger(cohort / "_cache" / "hospital-c").entries) == 2  # the refused rounds spent nothing
+    assert (
+        len(PrivacyLedger(cohort / "_cache" / "hospital-c").entries) == 2
+    )  # the refused rounds spent nothing
     assert audit_replies(grid2.replies, cohort, 100) > 0
 
 
@@ -238,13 +257,19 @@ def test_central_dp_study_both_stages_epsilon_per_site_and_audit(cohort, tmp_pat
     assert priv["epsilon_independent_rdp"] == pytest.approx(expected)
     assert priv["epsilon"] <= expected * (1 + 1e-9)
     # the clipping mod ran at the sites: their replies' updates are within the clipping norm
-    train = [(m, r) for m, r in zip(grid.sent, grid.replies, strict=False) if m.metadata.message_type.startswith("train")]
+    train = [
+        (m, r)
+        for m, r in zip(grid.sent, grid.replies, strict=False)
+        if m.metadata.message_type.startswith("train")
+    ]
     assert train
     for sent, reply in train:
         if reply.has_error():
             continue
         g = sent.content[P.ARRAYS]
         r = reply.content[P.ARRAYS]
-        norm = np.sqrt(sum(float(((r[k].numpy() - g[k].numpy()).astype(np.float64) ** 2).sum()) for k in g.keys()))
+        norm = np.sqrt(
+            sum(float(((r[k].numpy() - g[k].numpy()).astype(np.float64) ** 2).sum()) for k in g.keys())
+        )
         assert norm <= 1.0 + 1e-3
     assert audit_replies(grid.replies, cohort, 100) > 0

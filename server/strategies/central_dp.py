@@ -24,7 +24,8 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
@@ -67,6 +68,10 @@ class CentralDP(DifferentialPrivacyClientSideFixedClipping):
         self.strategy.load_strategy_state(state)
 
     # ---- aggregation ----------------------------------------------------------------------------------
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self.current_arrays = arrays  # the updates are clipped relative to these at aggregation
+        return super().configure_train(server_round, arrays, config, grid)
 
     def _clipped(self, msg: Message) -> Message:
         """The reply with its update clipped to ``clipping_norm`` (left as is when keys or shapes differ: the
