@@ -110,7 +110,7 @@ def train_cls(
             n_patients=len(ds.patients),
             batch_size=cfg.cls.batch_size,
             epochs=epochs,
-            train=lambda plan: train_classifier_dp(model, ds, cfg_r, device, plan, cfg_r.seed),
+            train=lambda plan: train_classifier_dp(model, ds, cfg_r, device, plan),
         )
         metrics.update(dp_metrics)
     else:

@@ -70,9 +70,7 @@ def train_seg(
             n_patients=seg_training_patients(patients, cfg),
             batch_size=cfg.seg.batch_size,
             epochs=cfg.seg_epochs,
-            train=lambda plan: train_segmenter_dp(
-                model, patients, cfg_r, device, plan, cfg_r.seed, epoch=rnd - 1
-            ),
+            train=lambda plan: train_segmenter_dp(model, patients, cfg_r, device, plan, epoch=rnd - 1),
         )
         metrics.update(dp_metrics)
     else:

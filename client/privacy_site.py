@@ -13,10 +13,12 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from client.node_data import SiteData
 from shared import protocol as P
 from shared.config import PipelineConfig
-from shared.privacy.accounting import auto_delta
+from shared.privacy.accounting import Release, auto_delta
 from shared.privacy.dp_sgd import DPPlan, plan_stage
 from shared.privacy.ledger import PrivacyLedger, new_entry
 from shared.training.device import TrainStats
@@ -95,3 +97,42 @@ def private_round(
         P.DP_DELTA: float(delta),
     }
     return stats, metrics
+
+
+def noisy_eval_reply(
+    metrics: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, conf: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The classifier's evaluation reply with Gaussian noise (std ``dp-hist-noise``) on every histogram bin.
+
+    Adding or removing one patient moves one count of one bin: L2 sensitivity 1, so each evaluation is one
+    Gaussian release with noise multiplier ``dp-hist-noise`` on the site's patients, checked against the budget
+    and recorded in the ledger like a training round (stage ``eval-cls``). Counts are then the noisy histograms'
+    totals and the evaluation loss (a per-patient mean) is not released (0.0). Noise: OS entropy, never the seed.
+    """
+    sigma = cfg.dp_hist_noise
+    delta = site_delta(cfg, data)
+    release = Release(sigma, 1.0, 1)
+    ledger = PrivacyLedger(data.site.cache_dir)
+    ledger.check_budget(data.site.name, data.site.privacy_budget, release, delta, cfg.dp_accountant)
+    rng = np.random.default_rng()
+    out = dict(metrics)
+    for key in (P.HIST_POS, P.HIST_NEG):
+        counts = np.asarray(metrics[key], dtype=np.float64) + rng.normal(0.0, sigma, len(metrics[key]))
+        out[key] = [int(v) for v in np.clip(np.rint(counts), 0, None)]
+    total = sum(out[P.HIST_POS]) + sum(out[P.HIST_NEG])
+    out[P.NUM_EXAMPLES] = total
+    out[P.NUM_PATIENTS] = total
+    out[P.EVAL_LOSS] = 0.0
+    ledger.record(
+        new_entry(
+            study=str(conf.get(P.CFG_STUDY, "study")),
+            stage="eval-cls",
+            dataset=str(conf.get(P.CFG_DATASET, "")),
+            round=int(conf.get(P.CFG_ROUND, 0)),
+            release=release,
+            max_grad_norm=1.0,  # the histograms' L2 sensitivity
+            delta=delta,
+            accountant=cfg.dp_accountant,
+        )
+    )
+    return out

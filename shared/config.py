@@ -143,6 +143,7 @@ class PipelineConfig:
     dp_delta: float
     dp_max_grad_norm: float
     dp_accountant: str
+    dp_hist_noise: float
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -162,6 +163,7 @@ class PipelineConfig:
         _check_range("dp-delta", self.dp_delta, 0.0, 0.1)
         _check_range("dp-max-grad-norm", self.dp_max_grad_norm, 0.0, 1e6, lo_open=True)
         _check_choice("dp-accountant", self.dp_accountant, DP_ACCOUNTANTS)
+        _check_range("dp-hist-noise", self.dp_hist_noise, 0.0, 10_000.0)
         if self.dp == "local" and self.amp:
             raise ConfigError(
                 "dp='local' with amp=true: Opacus' per-sample gradients are not checked under mixed precision; "

@@ -100,6 +100,42 @@ def test_an_unreadable_ledger_is_not_an_empty_one(tmp_path):
         PrivacyLedger(tmp_path)
 
 
+def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_path):
+    from client.node_data import NodeSite, SiteData
+    from client.privacy_site import noisy_eval_reply
+
+    site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False, privacy_budget=10.0)
+    data = SiteData(site, [object()] * 20, None)  # 20 patients: auto delta 1/200
+    cfg = PipelineConfig.defaults({"dp-hist-noise": 3.0})
+    hist_pos, hist_neg = [0, 1, 4, 5], [6, 2, 1, 0]
+    reply = {
+        P.NUM_EXAMPLES: 19,
+        P.NUM_PATIENTS: 19,
+        P.HIST_POS: hist_pos,
+        P.HIST_NEG: hist_neg,
+        P.EVAL_LOSS: 0.4,
+        P.EVAL_SECONDS: 1.0,
+    }
+    conf = {P.CFG_STUDY: "s1", P.CFG_DATASET: "t2", P.CFG_ROUND: 1}
+    noisy = noisy_eval_reply(reply, data, cfg, conf)
+    assert set(noisy) == set(reply) and noisy[P.EVAL_LOSS] == 0.0
+    assert all(isinstance(v, int) and v >= 0 for v in noisy[P.HIST_POS] + noisy[P.HIST_NEG])
+    assert noisy[P.NUM_PATIENTS] == sum(noisy[P.HIST_POS]) + sum(noisy[P.HIST_NEG])
+    ledger = PrivacyLedger(site.cache_dir)
+    assert [(e.stage, e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries] == [
+        ("eval-cls", 3.0, 1.0, 1)
+    ]
+    spent = ledger.epsilon(1 / 200, "rdp")
+    assert spent == pytest.approx(rdp_epsilon([Release(3.0, 1.0, 1)], 1 / 200), rel=0.06)
+    n_ok = 1
+    with pytest.raises(PrivacyBudgetError, match="refuses"):
+        for _ in range(100):  # each release costs the same: the budget of 10 runs out
+            noisy_eval_reply(reply, data, cfg, conf)
+            n_ok += 1
+    assert PrivacyLedger(site.cache_dir).epsilon(1 / 200, "rdp") <= 10.0
+    assert len(PrivacyLedger(site.cache_dir).entries) == n_ok
+
+
 @pytest.mark.parametrize(
     "changes,match",
     [
@@ -207,7 +243,8 @@ def _run(cohort: Path, out: Path, budgets: dict[int, float] | None = None, **ove
 
 @pytest.mark.slow
 def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(cohort, tmp_path):
-    grid, results = _run(cohort, tmp_path / "run1", dp="local", **{"dp-epsilon": 8.0})
+    # every privacy option of a local-DP study on: DP-SGD in both stages, noisy evaluation histograms
+    grid, results = _run(cohort, tmp_path / "run1", dp="local", **{"dp-epsilon": 8.0, "dp-hist-noise": 2.0})
     assert (tmp_path / "run1" / "STATUS").read_text().startswith("COMPLETED")
     priv = results["privacy"]
     assert priv["mode"] == "local" and priv["unit"] == "one patient"
@@ -217,11 +254,17 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
     for e in priv["sites"].values():
         assert 8.0 < e["epsilon_study"] <= 16.0 + 0.1
     ledger = PrivacyLedger(cohort / "_cache" / "hospital-a")
-    assert [(x.stage, x.dataset) for x in ledger.entries] == [("seg", ""), ("cls", "t2")]
+    trained = [x for x in ledger.entries if x.stage != "eval-cls"]
+    assert [(x.stage, x.dataset) for x in trained] == [("seg", ""), ("cls", "t2")]
+    # the noisy histograms are releases too: validation of round 1 and the final test
+    assert [(x.stage, x.round, x.noise_multiplier) for x in ledger.entries if x.stage == "eval-cls"] == [
+        ("eval-cls", 1, 2.0),
+        ("eval-cls", 1, 2.0),
+    ]
     d = ledger.entries[0].delta
     assert d == pytest.approx(1 / 60)  # auto: 1 / (10 x 6 patients)
-    independent = rdp_epsilon([x.release for x in ledger.entries], d)
-    assert first["hospital-a"] == pytest.approx(opacus_epsilon([x.release for x in ledger.entries], d, "rdp"))
+    independent = rdp_epsilon([x.release for x in trained], d)
+    assert first["hospital-a"] == pytest.approx(opacus_epsilon([x.release for x in trained], d, "rdp"))
     assert first["hospital-a"] <= independent <= first["hospital-a"] * 1.06
     assert audit_replies(grid.replies, cohort, 100) > 0
     table = (tmp_path / "run1" / "table.txt").read_text()

@@ -47,6 +47,7 @@ OTHER_VALUE = {
     "dp-delta": 1e-4,
     "dp-max-grad-norm": 2.0,
     "dp-accountant": "prv",
+    "dp-hist-noise": 2.0,
 }
 
 

@@ -16,6 +16,7 @@ rounds spend ``dp-epsilon`` (:func:`plan_stage`), identical at every round, so a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,25 +96,31 @@ def run_dp_sgd(
     batch_of: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]],
     loss_of: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
     plan: DPPlan,
-    seed: int,
     after_step: Callable[[], None] | None = None,
 ) -> DPStats:
     """``plan.steps`` DP-SGD steps on ``model`` in place.
 
     ``slices_of_patient[i]``: the slice indices patient i may contribute; ``batch_of(slice indices)`` returns the
     batch ``(x, y)`` on the model's device; ``loss_of(module, x, y)`` the mean per-sample loss.
+
+    The sampling and the noise draw from the operating system's entropy, never from the study seed: the seed
+    travels in the run config, and whoever knows it could regenerate the noise and subtract it (and knowing which
+    patients were sampled voids the amplification by sampling). DP training is therefore not reproducible.
     """
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng()  # OS entropy
+    device = next(model.parameters()).device
+    noise_gen = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
     gsm = GradSampleModule(model)
     dp_opt = DPOptimizer(
         optimizer,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
         expected_batch_size=plan.expected_batch,
+        generator=noise_gen,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     stats = DPStats([], 0, 0, 0.0)

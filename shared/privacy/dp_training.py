@@ -44,7 +44,6 @@ def train_segmenter_dp(
     cfg: PipelineConfig,
     device: torch.device,
     plan: DPPlan,
-    seed: int,
     epoch: int,
 ) -> TrainStats:
     """One round of DP-SGD on the segmenter (Adam at ``cfg.seg.lr``); ``epoch`` picks the candidate slices."""
@@ -69,7 +68,7 @@ def train_segmenter_dp(
     def loss_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return per_sample_seg_loss(module(x).float(), y, cfg.seg.loss)
 
-    stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan, seed)
+    stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
     log.info(
         "segmenter DP-SGD: %s steps, q %.3f, noise %.3f, %s noise-only steps",
         plan.steps,
@@ -81,7 +80,7 @@ def train_segmenter_dp(
 
 
 def train_classifier_dp(
-    model: nn.Module, ds: RoiDataset, cfg: PipelineConfig, device: torch.device, plan: DPPlan, seed: int
+    model: nn.Module, ds: RoiDataset, cfg: PipelineConfig, device: torch.device, plan: DPPlan
 ) -> TrainStats:
     """One round of DP-SGD on the classifier (AdamW at a constant ``cfg.cls.lr``; no warm-up under DP)."""
     if len(ds) == 0:
@@ -101,5 +100,5 @@ def train_classifier_dp(
     def loss_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return smoothed_bce(module(x).float().squeeze(1), y, cfg.cls.label_smoothing)
 
-    stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan, seed)
+    stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
     return _stats(stats, 1)
