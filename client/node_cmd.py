@@ -60,6 +60,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-only", action="store_true", help="this site only evaluates, never trains")
     parser.add_argument("--site-name", help="site name reported to the coordinator (default: folder name)")
     parser.add_argument(
+        "--privacy-budget",
+        type=float,
+        metavar="EPS",
+        help="the site's total epsilon over every study under local DP (unit: one patient); rounds that would "
+        "exceed it are refused (node config privacy-budget-epsilon; see PRIVACY.md)",
+    )
+    parser.add_argument(
         "--salt", default=DEFAULT_SALT, help="site pseudonym salt (same as nasofl-site validate)"
     )
     parser.add_argument(
@@ -128,7 +135,14 @@ def toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def node_config(site_dir: Path, cache: Path | None, eval_only: bool, site_name: str | None, salt: str) -> str:
+def node_config(
+    site_dir: Path,
+    cache: Path | None,
+    eval_only: bool,
+    site_name: str | None,
+    salt: str,
+    privacy_budget: float | None = None,
+) -> str:
     """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths."""
     parts = [f"data-path={toml_string(str(site_dir.resolve()))}"]
     if cache is not None:
@@ -138,6 +152,8 @@ def node_config(site_dir: Path, cache: Path | None, eval_only: bool, site_name: 
         parts.append(f"site-name={toml_string(site_name)}")
     if salt != DEFAULT_SALT:
         parts.append(f"pseudonym-salt={toml_string(salt)}")
+    if privacy_budget is not None:
+        parts.append(f"privacy-budget-epsilon={float(privacy_budget)!r}")
     return " ".join(parts)
 
 
@@ -156,7 +172,9 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         "--port",
         str(args.runtime_port),
         "--node-config",
-        node_config(args.site_dir, args.cache, args.eval_only, args.site_name, args.salt),
+        node_config(
+            args.site_dir, args.cache, args.eval_only, args.site_name, args.salt, args.privacy_budget
+        ),
     ]
     if args.max_retries is not None:
         cmd += ["--max-retries", str(args.max_retries)]

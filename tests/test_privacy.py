@@ -316,3 +316,17 @@ def test_central_dp_study_both_stages_epsilon_per_site_and_audit(cohort, tmp_pat
         )
         assert norm <= 1.0 + 1e-3
     assert audit_replies(grid.replies, cohort, 100) > 0
+
+
+def test_the_site_budget_travels_from_nasofl_site_join_to_the_node(tmp_path):
+    from flwr.common.config import parse_config_args
+
+    from client.node_cmd import node_config
+    from client.node_data import privacy_budget
+    from shared.pseudonym import DEFAULT_SALT
+
+    text = node_config(tmp_path, None, False, None, DEFAULT_SALT, privacy_budget=12.5)
+    assert privacy_budget(parse_config_args([text])) == 12.5
+    assert privacy_budget(parse_config_args([node_config(tmp_path, None, False, None, DEFAULT_SALT)])) is None
+    with pytest.raises(ConfigError, match="privacy-budget-epsilon"):
+        privacy_budget({"privacy-budget-epsilon": -1.0})
