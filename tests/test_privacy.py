@@ -148,12 +148,16 @@ def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_
     ],
 )
 def test_refused_privacy_combinations_name_both_keys(changes, match):
+    from simulations.run_cmd import validate_run_config
+
     rc = default_run_config()
     rc.update(changes)
     with pytest.raises(ConfigError, match=match):
         fed = federation_from_run_config(rc)
         cfg = PipelineConfig.defaults({k: v for k, v in changes.items() if k in ("dp", "amp")})
         check_privacy_settings(fed, cfg)
+    with pytest.raises(ConfigError, match=match):  # nasofl-sim run refuses it before Flower starts
+        validate_run_config(changes)
 
 
 # ---------------------------------------------------------------- in-process studies (slow) ----------
