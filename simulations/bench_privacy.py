@@ -81,6 +81,36 @@ def step_overhead(arch: str, size: int, batch: int, steps: int, repeats: int, de
     return out
 
 
+def _child_peak_rss(kind: str, args: argparse.Namespace) -> float:
+    """Peak resident memory (MiB) of a fresh process that builds the model and runs ``kind`` steps."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "simulations.bench_privacy", "--only", kind, "--arch", args.arch, "--size",
+           str(args.size), "--batch", str(args.batch), "--steps", "2", "--threads", str(args.threads or 1)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1].split()[-1])
+
+
+def _only(kind: str, args: argparse.Namespace) -> None:
+    import resource
+
+    device = torch.device("cpu")
+    if kind != "none":
+        cfg = PipelineConfig.defaults({"cls-arch": args.arch, "cls-image-size": args.size, "amp": False})
+        model = build_classifier(cfg.cls, 2, dp=True).to(device)
+        x = torch.randn(args.batch, 2, args.size, args.size)
+        y = (torch.rand(args.batch) > 0.5).float()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if kind == "plain":
+            _steps_plain(model.train(), opt, x, y, args.steps)
+        else:
+            plan = DPPlan(1.0, 1.0, args.steps, args.batch, 1.0)
+            run_dp_sgd(model, opt, [[i] for i in range(args.batch)], lambda p: (x[p], y[p]),
+                       lambda m, xb, yb: smoothed_bce(m(xb).float().squeeze(1), yb, 0.1), plan)  # fmt: skip
+    print(f"maxrss_mib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+
+
 def histogram_noise_effect(
     sigma: float, sites: int, patients_per_site: int, bins: int, draws: int, seed: int = 0
 ) -> dict:
@@ -124,16 +154,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--draws", type=int, default=200)
+    ap.add_argument("--only", choices=("plain", "dp", "none"), help=argparse.SUPPRESS)  # memory child process
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only:
+        _only(args.only, args)
+        return 0
     device = select_device(args.device)
     r = step_overhead(args.arch, args.size, args.batch, args.steps, args.repeats, device)
     mem = (
         f"; peak memory {r['peak_mib_plain']:.0f} vs {r['peak_mib_dp']:.0f} MiB = {r['memory_ratio']:.2f}x"
         if "memory_ratio" in r
-        else "; peak memory n/a on CPU"
+        else ""
     )
+    if (
+        device.type == "cpu"
+    ):  # CPU: peak RSS of fresh processes, above one that only imports and builds nothing
+        base, plain, dp = (_child_peak_rss(k, args) for k in ("none", "plain", "dp"))
+        mem = (
+            f"; peak memory above imports (fresh processes): non-DP {plain - base:.0f} MiB, DP-SGD "
+            f"{dp - base:.0f} MiB = {(dp - base) / max(plain - base, 1e-9):.2f}x"
+        )
     print(
         f"{args.arch} {args.size}px batch {args.batch} on {device.type}: non-DP {r['s_per_step_plain']:.3f} s/step, "
         f"DP-SGD {r['s_per_step_dp']:.3f} s/step = {r['time_ratio']:.2f}x{mem}"

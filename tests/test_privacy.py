@@ -333,3 +333,50 @@ def test_the_site_budget_travels_from_nasofl_site_join_to_the_node(tmp_path):
     assert privacy_budget(parse_config_args([node_config(tmp_path, None, False, None, DEFAULT_SALT)])) is None
     with pytest.raises(ConfigError, match="privacy-budget-epsilon"):
         privacy_budget({"privacy-budget-epsilon": -1.0})
+
+
+def test_central_dp_clips_at_the_server_averages_uniformly_noises_and_survives_a_failed_site(monkeypatch):
+    """Flower's wrapper would skip the round on any error reply; ours drops it, clips every update again (a site
+    without the mod), weighs the sites equally whatever their examples, and adds noise of std z C / n."""
+    from flwr.app import Error, Message
+
+    from server.strategies.central_dp import CentralDP
+    from tests import test_fed_strategies
+    from tests.test_fed_strategies import configure, reply_to
+
+    # DP models hold float arrays only (GroupNorm: no BatchNorm counter like the helpers' "n")
+    monkeypatch.delitem(test_fed_strategies.GLOBAL, "n")
+    strategy = CentralDP(_uniform_fedavg(), 1e-6, 1.0)
+    msgs = configure(strategy)
+    assert all(m.content[P.CONFIG]["clipping_norm"] == 1.0 for m in msgs)
+    by_node = {m.metadata.dst_node_id: m for m in msgs}
+    # site-a moves w by 10 per entry (norm 20): clipped to 1; site-b moves by 0.1 (norm 0.2) with 100x the examples
+    replies = [
+        reply_to(by_node[11], {"w": np.full((2, 2), 11.0, np.float32)}, n=1),
+        reply_to(by_node[12], {"w": np.full((2, 2), 1.1, np.float32)}, n=100),
+        reply_to(by_node[13], {"w": np.full((2, 2), 1.1, np.float32)}, n=1),
+        Message(Error(code=2, reason="site refuses this round"), reply_to=by_node[14]),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    w = arrays["w"].numpy()
+    # (1 + 0.5) for site-a after clipping (norm 1 over 4 entries), 1.1 for b and c: uniform mean
+    assert np.allclose(w, (1.5 + 1.1 + 1.1) / 3, atol=1e-4)
+    assert strategy.releases == 1 and strategy.num_sampled_clients == 3
+    assert strategy.last_train.contributed == ["site-a", "site-b", "site-c"]
+
+
+def _uniform_fedavg():
+    from server.strategies.base import Participants
+    from server.strategies.fedavg import CheckedFedAvg
+    from tests.test_fed_strategies import NODES
+
+    s = CheckedFedAvg(
+        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+        min_available_nodes=1, weighted_by_key=P.UPDATE_WEIGHT,
+    )  # fmt: skip
+    s.setup_stage(
+        action="seg",
+        participants=Participants(NODES, frozenset([11, 12, 13, 14]), frozenset(NODES), frozenset([15])),
+        min_sites=2,
+    )
+    return s
