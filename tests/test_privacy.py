@@ -380,3 +380,12 @@ def _uniform_fedavg():
         min_sites=2,
     )
     return s
+
+
+def test_opacus_is_not_imported_where_no_dp_runs():
+    import subprocess
+    import sys
+
+    code = "import sys, client.app, server.app, shared.models; print('opacus' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
