@@ -36,6 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override applied to every run, e.g. --set dp-noise-multiplier=0.5")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed for each run")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the runs already COMPLETED in OUT (rerun only the others)"
+    )
 
 
 def epsilon_cell(privacy: dict[str, Any] | None) -> str:
@@ -92,14 +95,17 @@ def run(args: argparse.Namespace) -> int:
         folder = out / name.split(" (")[0].replace(" ", "-")
         extra = [f"{k}={json.dumps(v)}" for k, v in changes.items()]
         extra += ["amp=false", f"sim-cache-root={json.dumps(str(folder / 'cache'))}"]
+        path = folder / "study" / "results.json"
+        done = (folder / "study" / "STATUS").exists() and (
+            folder / "study" / "STATUS"
+        ).read_text().startswith("COMPLETED")
         print(f"[{i}/{len(VARIANTS)}] {name} ...", flush=True)
-        rc = run_cmd.run(
+        rc = 0 if (args.reuse and done and path.exists()) else run_cmd.run(
             argparse.Namespace(
                 preset=args.preset, out=str(folder), data=str(data), seed=args.seed,
                 set=[*args.set, *extra], timeout=args.timeout,
             )
         )  # fmt: skip
-        path = folder / "study" / "results.json"
         results = json.loads(path.read_text()) if rc == 0 and path.exists() else None
         failed += results is None
         auc = (results or {}).get("auc") or {}
