@@ -389,3 +389,22 @@ def test_opacus_is_not_imported_where_no_dp_runs():
     code = "import sys, client.app, server.app, shared.models; print('opacus' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_privacy_table_names_each_epsilons_unit():
+    from simulations.privacy_table_cmd import epsilon_cell, format_table
+
+    assert epsilon_cell({"mode": "off"}) == "inf"
+    assert epsilon_cell({"mode": "central", "unit": "one site", "epsilon": 2.5}) == "2.50 (one site)"
+    local = {
+        "mode": "local",
+        "unit": "one patient",
+        "sites": {"a": {"epsilon_study": 3.0}, "b": {"epsilon_study": 4.0}},
+    }
+    assert epsilon_cell(local) == "<= 4.00 (one patient)"
+    rows = [
+        {"name": "no DP (eps inf)", "epsilon": "inf", "dice": 0.5, "auc": {"t2": 0.7}},
+        {"name": "local eps 8", "epsilon": epsilon_cell(local), "dice": 0.45, "auc": {"t2": None}},
+    ]
+    text = format_table(rows, ["t2"])
+    assert "0.900" in text and "(one patient)" in text and " - " in text + " "
