@@ -17,7 +17,6 @@ from server.config import federation_from_run_config, pipeline_from_run_config
 from server.privacy import check_privacy_settings, privacy_summary
 from server.report import write_report
 from server.run_log import RunLog
-from server.strategies.central_dp import CentralDP
 from server.study import Study
 from shared.errors import ConfigError
 
@@ -72,7 +71,9 @@ def main(grid: Grid, context: Context) -> None:
             study.recorder.history,
             cfg,
             fed,
-            sum(s.releases for s in study.dp_strategies if isinstance(s, CentralDP)),
+            # every training round of every stage that ran is one release (a round that cannot aggregate ends
+            # the study), counted from the settings so that rounds done before a resume count too
+            fed.seg_rounds + fed.cls_rounds * len(outcome.classifiers),
             len(study.roster.train_site_names()),
         )
         paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0, privacy)

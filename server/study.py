@@ -92,7 +92,6 @@ class Study:
         self.seg_hash = ""
         self.selections: dict[str, RoundSelection] = {}
         self.seg_arrays: Arrays = {}
-        self.dp_strategies: list = []  # every stage's strategy: central DP counts its releases (privacy report)
 
     def _roi_content(self) -> RecordDict:
         """What ``query.roi`` sends: the final global segmenter and its hash."""
@@ -148,7 +147,6 @@ class Study:
             log.info("resuming %s after round %s", key, start_round)
             self.run_log.append("resume", stage=stage.kind.value, dataset=stage.dataset, round=start_round)
         strategy = build_strategy(self.fed, self.cfg.dp)
-        self.dp_strategies.append(strategy)
         strategy.setup_stage(
             action=stage.action,
             participants=roster.participants(stage),

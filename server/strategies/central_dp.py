@@ -14,8 +14,9 @@ What we change, and why:
   enlarge the sensitivity;
 - the inner strategy averages uniformly (``update-weight`` = 1), so one site moves the mean by at most C/n.
 
-Each aggregated round is one Gaussian release on the sites' data; :attr:`releases` counts them, and
-:mod:`server.privacy_report` turns all releases of all stages into one epsilon whose unit is ONE SITE.
+Each aggregated round is one Gaussian release on the sites' data (:attr:`releases` counts this stage's);
+:func:`server.privacy.privacy_summary` composes every training round of every stage into one epsilon whose unit
+is ONE SITE.
 """
 
 from __future__ import annotations
