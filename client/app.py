@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client import handlers_cls, handlers_seg
 from client.node_data import SiteData, load_site_data, resolve_site
@@ -129,6 +131,14 @@ def _device(cfg: PipelineConfig) -> torch.device:
     return select_device(cfg.device)
 
 
+def central_dp_clipping(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``fixedclipping_mod`` when the server runs central DP (its instruction carries the clipping
+    norm): the site's update leaves clipped. Without central DP the instruction has no norm: nothing to clip."""
+    if KEY_CLIPPING_NORM in _conf(msg):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 @app.query("info")
 @guarded(P.QUERY_INFO)
 def query_info(msg: Message, context: Context, data: SiteData) -> Message:
@@ -161,7 +171,7 @@ def query_roi(msg: Message, context: Context, data: SiteData) -> Message:
     return _reply(msg, metrics)
 
 
-@app.train("seg")
+@app.train("seg", mods=[central_dp_clipping])
 @guarded(P.TRAIN_SEG)
 def train_seg(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)
@@ -177,7 +187,7 @@ def evaluate_seg(msg: Message, context: Context, data: SiteData) -> Message:
     return _reply(msg, handlers_seg.evaluate_seg(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg)))
 
 
-@app.train("cls")
+@app.train("cls", mods=[central_dp_clipping])
 @guarded(P.TRAIN_CLS)
 def train_cls(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)
@@ -190,7 +200,12 @@ def train_cls(msg: Message, context: Context, data: SiteData) -> Message:
 @guarded(P.EVALUATE_CLS)
 def evaluate_cls(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)
-    return _reply(msg, handlers_cls.evaluate_cls(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg)))
+    metrics = handlers_cls.evaluate_cls(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg))
+    if cfg.dp_hist_noise > 0:
+        from client.privacy_site import noisy_eval_reply
+
+        metrics = noisy_eval_reply(metrics, data, cfg, _conf(msg))
+    return _reply(msg, metrics)
 
 
 __all__ = ["app", "ArrayRecord"]

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.clientapp_exec_cmd",
         "run the site's ClientApp executor beside a SuperNode joined with --isolation process",
     ),
+    "privacy": (
+        "client.privacy_cmd",
+        "print the site's privacy ledger: epsilon spent on its patients by every study (unit: one patient)",
+    ),
 }
 
 

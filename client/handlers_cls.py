@@ -36,7 +36,7 @@ def query_roi(
     """Predict masks with the final segmenter, build and cache the ROI datasets -> per-dataset counts."""
     key = roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg)
     if not has_roi(data.site.cache_dir, key, cfg.datasets):
-        model = build_segmenter(cfg.seg)
+        model = build_segmenter(cfg.seg, dp=cfg.dp_models)
         load_global(model, record)
         masks = predict_masks(model, data.patients, cfg, device)
         datasets, report = build_roi_datasets(masks, data.patients, cfg.datasets, cfg)
@@ -76,7 +76,7 @@ def train_cls(
     rnd = int(conf[P.CFG_ROUND])
     name, full = _dataset(conf, data, cfg)
     cfg_r = seeded_config(cfg, "cls", name, rnd, data.site.name)
-    model = build_classifier(cfg.cls, len(parse_dataset_name(name)))
+    model = build_classifier(cfg.cls, len(parse_dataset_name(name)), dp=cfg.dp_models)
     load_global(model, record)
     fedbn = bool(conf.get(P.CFG_KEEP_LOCAL_NORM, False))
     study = str(conf.get(P.CFG_STUDY, "study"))
@@ -89,6 +89,7 @@ def train_cls(
         P.TRAIN_LOSS: 0.0,
         P.TRAIN_LOSS_FIRST: 0.0,
         P.TRAIN_SECONDS: 0.0,
+        **P.NO_DP_METRICS,
     }
     if len(ds) < 2 or data.site.eval_only:  # one slice cannot train BatchNorm layers (batch of 1)
         log.warning(
@@ -99,16 +100,31 @@ def train_cls(
         return state_to_numpy(model.state_dict()), metrics
     epochs = cfg.cls_epochs
     total = int(conf.get(P.CFG_TOTAL_ROUNDS, rnd)) * epochs
-    stats = train_classifier(
-        model,
-        ds,
-        cfg_r,
-        device,
-        epochs=epochs,
-        prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
-        start_epoch=(rnd - 1) * epochs,
-        total_epochs=max(total, rnd * epochs),
-    )
+    if cfg.dp == "local":
+        from client.privacy_site import private_round
+        from shared.privacy.dp_training import train_classifier_dp
+
+        stats, dp_metrics = private_round(
+            data=data,
+            cfg=cfg,
+            conf=conf,
+            n_patients=len(ds.patients),
+            batch_size=cfg.cls.batch_size,
+            epochs=epochs,
+            train=lambda plan: train_classifier_dp(model, ds, cfg_r, device, plan),
+        )
+        metrics.update(dp_metrics)
+    else:
+        stats = train_classifier(
+            model,
+            ds,
+            cfg_r,
+            device,
+            epochs=epochs,
+            prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
+            start_epoch=(rnd - 1) * epochs,
+            total_epochs=max(total, rnd * epochs),
+        )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, f"cls:{name}", rnd)
     metrics.update(
@@ -131,7 +147,7 @@ def evaluate_cls(
     name, full = _dataset(conf, data, cfg)
     split = str(conf.get(P.CFG_SPLIT, "val"))
     ds = full if (data.site.eval_only and split == "test") else full.subset(split)
-    model = build_classifier(cfg.cls, len(parse_dataset_name(name)))
+    model = build_classifier(cfg.cls, len(parse_dataset_name(name)), dp=cfg.dp_models)
     load_global(model, record)
     rnd = int(conf.get(P.CFG_ROUND, 0))
     if conf.get(P.CFG_KEEP_LOCAL_NORM, False) and not data.site.eval_only:

@@ -34,7 +34,7 @@ def train_seg(
     """One round of local segmenter training -> (updated state as numpy, ``TRAIN_METRICS``)."""
     rnd = int(conf[P.CFG_ROUND])
     cfg_r = seeded_config(cfg, "seg", "", rnd, data.site.name)
-    model = build_segmenter(cfg.seg)
+    model = build_segmenter(cfg.seg, dp=cfg.dp_models)
     load_global(model, record)
     fedbn = bool(conf.get(P.CFG_KEEP_LOCAL_NORM, False))
     study = str(conf.get(P.CFG_STUDY, "study"))
@@ -49,6 +49,7 @@ def train_seg(
         P.TRAIN_LOSS: 0.0,
         P.TRAIN_LOSS_FIRST: 0.0,
         P.TRAIN_SECONDS: 0.0,
+        **P.NO_DP_METRICS,
     }
     if not patients or data.site.eval_only:
         log.warning(
@@ -58,15 +59,30 @@ def train_seg(
         )
         metrics[P.NUM_PATIENTS] = 0
         return state_to_numpy(model.state_dict()), metrics
-    stats = train_segmenter(
-        model,
-        patients,
-        cfg_r,
-        device,
-        epochs=cfg.seg_epochs,
-        prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
-        start_epoch=(rnd - 1) * cfg.seg_epochs,
-    )
+    if cfg.dp == "local":
+        from client.privacy_site import private_round
+        from shared.privacy.dp_training import seg_training_patients, train_segmenter_dp
+
+        stats, dp_metrics = private_round(
+            data=data,
+            cfg=cfg,
+            conf=conf,
+            n_patients=seg_training_patients(patients, cfg),
+            batch_size=cfg.seg.batch_size,
+            epochs=cfg.seg_epochs,
+            train=lambda plan: train_segmenter_dp(model, patients, cfg_r, device, plan, epoch=rnd - 1),
+        )
+        metrics.update(dp_metrics)
+    else:
+        stats = train_segmenter(
+            model,
+            patients,
+            cfg_r,
+            device,
+            epochs=cfg.seg_epochs,
+            prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
+            start_epoch=(rnd - 1) * cfg.seg_epochs,
+        )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, "seg", rnd)
     metrics.update(
@@ -87,7 +103,7 @@ def evaluate_seg(
     import time
 
     t0 = time.perf_counter()
-    model = build_segmenter(cfg.seg)
+    model = build_segmenter(cfg.seg, dp=cfg.dp_models)
     load_global(model, record)
     rnd = int(conf.get(P.CFG_ROUND, 0))
     if conf.get(P.CFG_KEEP_LOCAL_NORM, False) and not data.site.eval_only:

@@ -72,6 +72,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the site's approved-apps file (nasofl-site approve): only these app FABs run here (required)",
     )
     parser.add_argument(
+        "--privacy-budget",
+        type=float,
+        metavar="EPS",
+        help="the site's total epsilon over every study under local DP (unit: one patient); rounds that would "
+        "exceed it are refused (node config privacy-budget-epsilon; see PRIVACY.md)",
+    )
+    parser.add_argument(
         "--salt",
         help="site pseudonym salt (default: the site's own random salt, <cache>/pseudonym-salt, made on first use)",
     )
@@ -149,7 +156,14 @@ def toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def node_config(site_dir: Path, cache: Path, eval_only: bool, site_name: str | None, salt: str | None) -> str:
+def node_config(
+    site_dir: Path,
+    cache: Path,
+    eval_only: bool,
+    site_name: str | None,
+    salt: str | None,
+    privacy_budget: float | None = None,
+) -> str:
     """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths. ``salt`` only when
     given on the command line (else the ClientApp reads the site salt file itself: node config shows in ``ps``)."""
     parts = [
@@ -161,6 +175,8 @@ def node_config(site_dir: Path, cache: Path, eval_only: bool, site_name: str | N
         parts.append(f"site-name={toml_string(site_name)}")
     if salt is not None:
         parts.append(f"pseudonym-salt={toml_string(salt)}")
+    if privacy_budget is not None:
+        parts.append(f"privacy-budget-epsilon={float(privacy_budget)!r}")
     return " ".join(parts)
 
 
@@ -219,7 +235,9 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         "--port",
         str(args.runtime_port),
         "--node-config",
-        node_config(args.site_dir, site_cache(args), args.eval_only, args.site_name, args.salt),
+        node_config(
+            args.site_dir, site_cache(args), args.eval_only, args.site_name, args.salt, args.privacy_budget
+        ),
     ]
     if args.max_retries is not None:
         cmd += ["--max-retries", str(args.max_retries)]

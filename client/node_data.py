@@ -1,8 +1,9 @@
 """Where a node's data lives, and loading it (ingested once, then read from the on-disk cache).
 
 Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default ``<data-path>/../.nasofl-cache/
-<site>``), ``eval-only`` (bool), optional ``site-name`` and ``pseudonym-salt`` (default: the site's own random salt
-in ``<cache-path>/pseudonym-salt``, see :func:`shared.pseudonym.site_salt`); in both modes optional
+<site>``), ``eval-only`` (bool), optional ``site-name``, ``pseudonym-salt`` (default: the site's own random salt
+in ``<cache-path>/pseudonym-salt``, see :func:`shared.pseudonym.site_salt`) and ``privacy-budget-epsilon`` (the
+site's total epsilon over every study under local DP, unit: one patient; see PRIVACY.md); in both modes optional
 ``max-hist-bins`` (default 100) and ``min-hist-count`` (default 2): the evaluation histograms this site answers
 with (``shared.metrics.coarse_histograms``).
 Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
@@ -56,11 +57,31 @@ class NodeSite:
     simulated: bool = False
     max_hist_bins: int = DEFAULT_MAX_HIST_BINS
     min_hist_count: int = DEFAULT_MIN_HIST_COUNT
+    privacy_budget: float | None = (
+        None  # node config privacy-budget-epsilon (unit: one patient); None: no cap
+    )
 
 
 def default_cache_dir(data_dir: Path, site_name: str) -> Path:
     """A deployed site's cache folder when none is given: ``<data_dir>/../.nasofl-cache/<site_name>``."""
     return data_dir.parent / ".nasofl-cache" / site_name
+
+
+def privacy_budget(node_config: Mapping[str, Any]) -> float | None:
+    """Node config ``privacy-budget-epsilon``: the site's total epsilon over all studies (absent: no cap)."""
+    raw = node_config.get("privacy-budget-epsilon")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value != value:
+        raise ConfigError(
+            f"node config privacy-budget-epsilon={raw!r}: expected a number > 0 (the site's total epsilon "
+            "over every study, unit: one patient)"
+        )
+    return value
 
 
 def site_folders(root: Path) -> list[Path]:
@@ -98,6 +119,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             str(salt) if salt else site_salt(cache),
             max_hist_bins=max_bins,
             min_hist_count=min_count,
+            privacy_budget=privacy_budget(node_config),
         )
     if "partition-id" in node_config:
         root = str(run_config.get("sim-data-root", ""))
@@ -123,6 +145,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             simulated=True,
             max_hist_bins=max_bins,
             min_hist_count=min_count,
+            privacy_budget=privacy_budget(node_config),
         )
     raise ConfigError(
         "node config has neither data-path nor partition-id: start the SuperNode with "

@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import federation_from_run_config, pipeline_from_run_config
+from server.privacy import check_privacy_settings, privacy_summary
 from server.report import write_report
 from server.run_log import RunLog
 from server.status import Heartbeat, write_status
@@ -58,6 +59,7 @@ def main(grid: Grid, context: Context) -> None:
             context.run_config
         )  # ConfigError names the key; the run ends at once
         cfg = pipeline_from_run_config(context.run_config)
+        check_privacy_settings(fed, cfg)
     except ConfigError as err:
         log.error("CONFIG ERROR, study not started: %s", err)
         _mark_failed(str(context.run_config.get("out-dir", "")), f"ConfigError: {err}")
@@ -80,7 +82,16 @@ def main(grid: Grid, context: Context) -> None:
         with Heartbeat(status):
             study = Study(grid, fed, cfg, run_log)
             outcome = study.run()
-            paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0)
+            privacy = privacy_summary(
+                study.recorder.history,
+                cfg,
+                fed,
+                # every training round of every stage that ran is one release (a round that cannot aggregate
+                # ends the study), counted from the settings so that rounds done before a resume count too
+                fed.seg_rounds + fed.cls_rounds * len(outcome.classifiers),
+                len(study.roster.train_site_names()),
+            )
+            paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0, privacy)
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         log.error("STUDY FAILED: %s", message)

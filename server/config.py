@@ -51,6 +51,8 @@ class FederationConfig:
     eval_only_sites: str
     select_round: str
     debug_stop_after_round: int
+    dp_clipping_norm: float
+    dp_noise_multiplier: float
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -88,6 +90,11 @@ class FederationConfig:
                 "(best-val keeps the round with the best pooled validation Dice / AUC, last the final round)"
             )
         _range("debug-stop-after-round", self.debug_stop_after_round, 0, 1_000_000)
+        if not self.dp_clipping_norm > 0:
+            raise ConfigError(f"dp-clipping-norm={self.dp_clipping_norm!r}: expected a value > 0")
+        if not self.dp_noise_multiplier > 0:
+            raise ConfigError(f"dp-noise-multiplier={self.dp_noise_multiplier!r}: expected a value > 0")
+        _range("dp-noise-multiplier", self.dp_noise_multiplier, 0.0, 1000.0)
 
     @property
     def out_path(self) -> Path:

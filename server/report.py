@@ -202,6 +202,10 @@ def model_card(
         f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px",
         f"- seed {cfg.seed}",
     ]
+    if results.get("privacy"):
+        from server.privacy import privacy_lines
+
+        lines += [f"- {line.strip()}" for line in privacy_lines(results["privacy"])]
     for key, kept in results.get("extra", {}).get("kept_rounds", {}).items():
         value = "n/a" if kept.get("value") is None else f"{kept['value']:.3f}"
         lines.append(
@@ -237,12 +241,19 @@ def write_report(
     history: list[dict[str, Any]],
     out: Path,
     wall_seconds: float,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     results = build_results(study, cfg, fed, wall_seconds)
+    if privacy is not None:
+        results["privacy"] = privacy  # server.privacy.privacy_summary: every epsilon with its unit
     paths = {"results": write_results(results, out / "results.json")}
     table = format_seed_table(results) + "\n\nper site (test split; eval-only sites: all their patients)\n"
     table += site_table(results, cfg.datasets) + "\n"
+    if privacy is not None:
+        from server.privacy import privacy_lines
+
+        table += "\n" + "\n".join(privacy_lines(privacy)) + "\n"
     (out / "table.txt").write_text(table)
     paths["table"] = out / "table.txt"
     curves = {}

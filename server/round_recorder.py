@@ -90,6 +90,7 @@ class RoundRecorder:
             if train_phase and train_phase > 0
             else float("nan"),
             site_train_seconds=train.site_train_seconds if train else {},
+            site_privacy=train.site_privacy if train else {},
             train_metrics=train.train_metrics if train else {},
             eval_pooled=evaluation.pooled if evaluation else {},
             eval_per_site=evaluation.per_site if evaluation else {},

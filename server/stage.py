@@ -79,8 +79,8 @@ class Stage:
 
     def build_model(self, cfg: PipelineConfig) -> torch.nn.Module:
         if self.is_segmenter:
-            return build_segmenter(cfg.seg)
-        return build_classifier(cfg.cls, len(parse_dataset_name(self.dataset)))
+            return build_segmenter(cfg.seg, dp=cfg.dp_models)
+        return build_classifier(cfg.cls, len(parse_dataset_name(self.dataset)), dp=cfg.dp_models)
 
     def has_data(self, counts: Mapping[str, float], roi: Mapping[str, float]) -> bool:
         """Whether a training site with these ``query.info`` counts and ``query.roi`` counts trains here."""

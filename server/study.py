@@ -149,7 +149,7 @@ class Study:
                 selection.arrays = ck.kept_arrays
             log.info("resuming %s after round %s", key, start_round)
             self.run_log.append("resume", stage=stage.kind.value, dataset=stage.dataset, round=start_round)
-        strategy = build_strategy(self.fed)
+        strategy = build_strategy(self.fed, self.cfg.dp)
         strategy.setup_stage(
             action=stage.action,
             participants=roster.participants(stage),

@@ -23,6 +23,8 @@ SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DP_MODES: tuple[str, ...] = ("off", "local", "central")
+DP_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
 
 def _check_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
@@ -136,6 +138,12 @@ class PipelineConfig:
     amp: bool
     seed: int
     hist_bins: int
+    dp: str
+    dp_epsilon: float
+    dp_delta: float
+    dp_max_grad_norm: float
+    dp_accountant: str
+    dp_hist_noise: float
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -150,6 +158,24 @@ class PipelineConfig:
         _check_choice("device", self.device, DEVICES)
         _check_range("seed", self.seed, 0, 2**31 - 1)
         _check_range("hist-bins", self.hist_bins, 2, 1_000_000)
+        _check_choice("dp", self.dp, DP_MODES)
+        _check_range("dp-epsilon", self.dp_epsilon, 0.0, 1000.0, lo_open=True)
+        _check_range("dp-delta", self.dp_delta, 0.0, 0.1)
+        _check_range("dp-max-grad-norm", self.dp_max_grad_norm, 0.0, 1e6, lo_open=True)
+        _check_choice("dp-accountant", self.dp_accountant, DP_ACCOUNTANTS)
+        _check_range("dp-hist-noise", self.dp_hist_noise, 0.0, 10_000.0)
+        if self.dp == "local" and self.amp:
+            raise ConfigError(
+                "dp='local' with amp=true: Opacus' per-sample gradients are not checked under mixed precision; "
+                "set amp=false (DP-SGD runs in float32)"
+            )
+
+    @property
+    def dp_models(self) -> bool:
+        """Whether the models are the DP-compatible variant (GroupNorm, no in-place residuals): any DP mode.
+
+        Central DP adds noise to every array: BatchNorm running statistics would take it too."""
+        return self.dp != "off"
 
     def dataset_sequences(self, name: str) -> tuple[str, ...]:
         return parse_dataset_name(name)

@@ -57,7 +57,32 @@ TRAIN_LOSS = "train-loss"  # mean loss over the local epochs
 TRAIN_LOSS_FIRST = "train-loss-first"  # mean loss of the first local epoch
 TRAIN_SECONDS = "train-seconds"  # wall time of local training only
 
-TRAIN_METRICS = (NUM_EXAMPLES, NUM_PATIENTS, TRAIN_LOSS, TRAIN_LOSS_FIRST, TRAIN_SECONDS)
+UPDATE_WEIGHT = "update-weight"  # always 1: central DP averages the sites' clipped updates uniformly
+DP_EPSILON_STUDY = "dp-epsilon-study"  # local DP: this study's epsilon at the site so far (unit: one patient)
+DP_EPSILON_SITE = "dp-epsilon-site-total"  # local DP: the site's ledger, every study composed (one patient)
+DP_EPSILON_LEFT = "dp-epsilon-left"  # local DP: budget minus ledger total; -1 when the site set no budget
+DP_DELTA = "dp-delta-site"  # local DP: the delta the site's epsilons are given at
+
+TRAIN_METRICS = (
+    NUM_EXAMPLES,
+    NUM_PATIENTS,
+    TRAIN_LOSS,
+    TRAIN_LOSS_FIRST,
+    TRAIN_SECONDS,
+    UPDATE_WEIGHT,
+    DP_EPSILON_STUDY,
+    DP_EPSILON_SITE,
+    DP_EPSILON_LEFT,
+    DP_DELTA,
+)
+DP_SITE_METRICS = (DP_EPSILON_STUDY, DP_EPSILON_SITE, DP_EPSILON_LEFT, DP_DELTA)
+NO_DP_METRICS = {
+    UPDATE_WEIGHT: 1,
+    DP_EPSILON_STUDY: 0.0,
+    DP_EPSILON_SITE: 0.0,
+    DP_EPSILON_LEFT: -1.0,
+    DP_DELTA: 0.0,
+}
 
 DICE_INTERSECTION = "dice-intersection"
 DICE_PRED_SUM = "dice-pred-sum"

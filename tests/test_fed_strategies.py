@@ -43,6 +43,7 @@ def reply_to(msg: Message, arrays: dict, n: int = 10) -> Message:
         P.TRAIN_LOSS: 0.5,
         P.TRAIN_LOSS_FIRST: 0.6,
         P.TRAIN_SECONDS: 1.0,
+        **P.NO_DP_METRICS,
     }
     content = RecordDict(
         {P.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}), P.METRICS: MetricRecord(metrics)}

@@ -12,7 +12,8 @@ from torchvision.models import resnet18
 
 from shared.config import PipelineConfig
 from shared.errors import ConfigError
-from shared.models import build_classifier, build_segmenter, make_dp_compatible, weights_origin
+from shared.models import build_classifier, build_segmenter, weights_origin
+from shared.models.dp_compat import make_dp_compatible
 from shared.training.classification import smoothed_bce
 from shared.training.segmentation import segmentation_loss
 

@@ -42,6 +42,12 @@ OTHER_VALUE = {
     "amp": False,
     "seed": 7,
     "hist-bins": 200,
+    "dp": "central",
+    "dp-epsilon": 3.0,
+    "dp-delta": 1e-4,
+    "dp-max-grad-norm": 2.0,
+    "dp-accountant": "prv",
+    "dp-hist-noise": 2.0,
 }
 
 

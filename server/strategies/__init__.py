@@ -6,13 +6,24 @@ from server.config import FederationConfig
 from server.strategies.base import EvalRound, StageMixin, TooFewSitesError, TrainRound
 
 
-def build_strategy(fed: FederationConfig) -> StageMixin:
+def build_strategy(fed: FederationConfig, dp: str = "off") -> StageMixin:
     """A fresh strategy object for one stage (or one classifier dataset).
 
     Flower's own minimums are set to 1 so that sampling never blocks waiting for nodes (Flower samples only
     among connected nodes and would wait for the configured minimum to connect);
     nasofl enforces ``min-sites`` itself on the checked replies (:class:`TooFewSitesError`).
+    ``dp="central"``: the strategy averages uniformly and is wrapped in Flower's client-side fixed-clipping DP
+    wrapper (:class:`server.strategies.central_dp.CentralDP`).
     """
+    inner = _build(fed, uniform=dp == "central")
+    if dp != "central":
+        return inner
+    from server.strategies.central_dp import CentralDP
+
+    return CentralDP(inner, fed.dp_noise_multiplier, fed.dp_clipping_norm)  # type: ignore[return-value]
+
+
+def _build(fed: FederationConfig, uniform: bool) -> StageMixin:
     common = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
@@ -20,6 +31,10 @@ def build_strategy(fed: FederationConfig) -> StageMixin:
         min_evaluate_nodes=1,
         min_available_nodes=1,
     )
+    if uniform:
+        from shared.protocol import UPDATE_WEIGHT
+
+        common["weighted_by_key"] = UPDATE_WEIGHT
     if fed.strategy == "fedavg":
         from server.strategies.fedavg import CheckedFedAvg
 

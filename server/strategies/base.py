@@ -52,6 +52,7 @@ class TrainRound:
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why the update was dropped
     update_norms: dict[str, float] = field(default_factory=dict)  # site -> L2 norm of update - global
     site_train_seconds: dict[str, float] = field(default_factory=dict)
+    site_privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> P.DP_* (local DP)
     train_metrics: dict[str, float] = field(default_factory=dict)
     aggregated_at: float = 0.0
 
@@ -224,6 +225,7 @@ class StageMixin:
                 log.info("round %s %s: %s had no training examples, skipped", true_round, self.action, site)
                 continue
             rec.site_train_seconds[site] = float(metric_recs[0][P.TRAIN_SECONDS])
+            rec.site_privacy[site] = {k: float(metric_recs[0][k]) for k in P.DP_SITE_METRICS}
             good.append((site, msg))
         errors = error_reasons(replies, self._sent_train, self._site)
         self.unavailable |= unavailable_nodes(replies, self._sent_train)

@@ -8,7 +8,6 @@ and every ReLU made non-inplace.
 from __future__ import annotations
 
 import torch
-from opacus.validators import ModuleValidator
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -41,6 +40,8 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
 
     Raises ModelMismatchError when Opacus still reports problems after the fix.
     """
+    from opacus.validators import ModuleValidator  # Opacus is loaded only where DP runs
+
     fixed = ModuleValidator.fix(model)
     for module in fixed.modules():
         if isinstance(module, nn.ReLU | nn.ReLU6 | nn.LeakyReLU | nn.ELU):

@@ -1,0 +1,104 @@
+"""The two local training loops under DP-SGD (:mod:`shared.privacy.dp_sgd`), patient as the unit.
+
+Same data as the non-DP loops (``shared.training``): the segmenter's slices of :class:`SegSliceDataset`
+(each patient's candidate slices, two thirds with tumour), the classifier's ROI crops; only the sampling (one
+slice per Poisson-sampled patient), the loss (per-slice) and the optimiser step (Opacus) differ.
+Both need a DP-compatible model (``build_*(..., dp=True)``: GroupNorm, out-of-place residuals).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.config import PipelineConfig
+from shared.data.patient import PatientVolumes
+from shared.privacy.dp_sgd import DPPlan, DPStats, per_sample_seg_loss, run_dp_sgd
+from shared.roi.datasets import RoiDataset
+from shared.training.classification import smoothed_bce
+from shared.training.device import TrainStats, place_batch, place_model
+from shared.training.seg_dataset import SegSliceDataset
+
+log = logging.getLogger(__name__)
+
+
+def _stats(dp: DPStats, epochs: int) -> TrainStats:
+    if not dp.losses:
+        return TrainStats(float("nan"), float("nan"), float("nan"), dp.n_examples, dp.seconds, epochs)
+    return TrainStats(
+        dp.losses[0], dp.losses[-1], float(np.mean(dp.losses)), dp.n_examples, dp.seconds, epochs
+    )
+
+
+def seg_training_patients(patients: list[PatientVolumes], cfg: PipelineConfig) -> int:
+    """How many patients the DP segmenter loop samples from (mask and the segmenter's sequences)."""
+    return sum(1 for p in patients if p.mask is not None and p.has(*cfg.seg.in_sequences))
+
+
+def train_segmenter_dp(
+    model: nn.Module,
+    patients: list[PatientVolumes],
+    cfg: PipelineConfig,
+    device: torch.device,
+    plan: DPPlan,
+    epoch: int,
+) -> TrainStats:
+    """One round of DP-SGD on the segmenter (Adam at ``cfg.seg.lr``); ``epoch`` picks the candidate slices."""
+    ds = SegSliceDataset(
+        patients, cfg.seg.in_sequences, cfg.seg.image_size, cfg.seg.slices_per_patient, seed=cfg.seed
+    )
+    if ds.n_patients == 0:
+        raise ValueError("no patient has a tumour mask and the segmenter's sequences: nothing to train on")
+    ds.resample(epoch)
+    slices: list[list[int]] = [[] for _ in range(ds.n_patients)]
+    for k, (i, _z) in enumerate(ds.index):
+        slices[i].append(k)
+    place_model(model, device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
+
+    def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [ds[k] for k in picks]
+        x = torch.stack([a for a, _ in items])
+        y = torch.stack([b for _, b in items])
+        return place_batch(x, device), y.to(device)
+
+    def loss_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return per_sample_seg_loss(module(x).float(), y, cfg.seg.loss)
+
+    stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
+    log.info(
+        "segmenter DP-SGD: %s steps, q %.3f, noise %.3f, %s noise-only steps",
+        plan.steps,
+        plan.sample_rate,
+        plan.noise_multiplier,
+        stats.empty_steps,
+    )
+    return _stats(stats, 1)
+
+
+def train_classifier_dp(
+    model: nn.Module, ds: RoiDataset, cfg: PipelineConfig, device: torch.device, plan: DPPlan
+) -> TrainStats:
+    """One round of DP-SGD on the classifier (AdamW at a constant ``cfg.cls.lr``; no warm-up under DP)."""
+    if len(ds) == 0:
+        raise ValueError(f"dataset {ds.name!r} has no ROI slices to train on")
+    slices: list[list[int]] = [[] for _ in range(len(ds.patients))]
+    for k, i in enumerate(ds.slice_patient):
+        slices[int(i)].append(k)
+    slices = [s for s in slices if s]
+    place_model(model, device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.cls.lr, weight_decay=cfg.cls.weight_decay)
+
+    def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = ds.images[picks]
+        y = torch.tensor([float(ds.labels[int(ds.slice_patient[k])]) for k in picks])
+        return place_batch(x, device), y.to(device)
+
+    def loss_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return smoothed_bce(module(x).float().squeeze(1), y, cfg.cls.label_smoothing)
+
+    stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
+    return _stats(stats, 1)
