@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.node_cmd",
         "validate the site folder, then run this site's Flower SuperNode (TLS + node key)",
     ),
+    "predict": ("client.predict_cmd", "run a trained model bundle on new patients (SEG, RTSTRUCT, report)"),
+    "readers": ("shared.readers.cmd", "compare readers' scores with model scores (AUC, paired DeLong, ROC)"),
 }
 
 

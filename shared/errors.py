@@ -30,3 +30,8 @@ class PrivacyBudgetError(NasoflError):
 
 class ModelMismatchError(NasoflError):
     """Received or loaded weights do not match the model (keys, shapes, non-finite values)."""
+
+
+class BundleError(NasoflError):
+    """A model bundle cannot be used: a file changed or is missing, or its format or settings do not fit this
+    version of nasofl. The message names the file or key and what differs."""
