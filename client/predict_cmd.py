@@ -13,11 +13,21 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="model bundle folder (OUT/bundle of a study)")
-    parser.add_argument("study_dir", type=Path, metavar="STUDY_DIR", help="DICOM of one or more patients (read only)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="result folder (outside STUDY_DIR)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
-    parser.add_argument("--salt", default=None, help="pseudonym salt for folder names (default: nasofl's local salt)")
+    parser.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="model bundle folder (OUT/bundle of a study)"
+    )
+    parser.add_argument(
+        "study_dir", type=Path, metavar="STUDY_DIR", help="DICOM of one or more patients (read only)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="result folder (outside STUDY_DIR)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present"
+    )
+    parser.add_argument(
+        "--salt", default=None, help="pseudonym salt for folder names (default: nasofl's local salt)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

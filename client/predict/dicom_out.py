@@ -18,7 +18,12 @@ from highdicom.sr.coding import CodedConcept
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    RTStructureSetStorage,
+    generate_uid,
+)
 
 from shared.data.dicom.geometry import VolumeGeometry
 from shared.data.synth.rtstruct_writer import slice_polygons
@@ -83,8 +88,21 @@ def write_seg(sources: list[Dataset], mask: np.ndarray, path: Path, software: st
         device_serial_number="none",
         series_description="nasofl predicted tumour (decision support)",
     )
+    _exact_source_geometry(seg, sources)
     seg.save_as(path)
     return path
+
+
+def _exact_source_geometry(seg: Dataset, sources: list[Dataset]) -> None:
+    """highdicom re-formats PixelSpacing and ImagePositionPatient to fewer digits (4.0208333 -> 4.0208): over a
+    48-pixel row that moves the last column off the source grid and a reader drops it. Put back the source
+    images' own strings, frame by frame (matched through the frame's source image reference)."""
+    by_uid = {s.SOPInstanceUID: s for s in sources}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared.PixelMeasuresSequence[0].PixelSpacing = sources[0].PixelSpacing
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        frame.PlanePositionSequence[0].ImagePositionPatient = by_uid[ref].ImagePositionPatient
 
 
 def _lps_contours(mask: np.ndarray, geom: VolumeGeometry) -> list[tuple[int, np.ndarray]]:
@@ -161,7 +179,10 @@ def write_rtstruct(
     for number, (k, lps) in enumerate(_lps_contours(np.asarray(mask), geom), start=1):
         item = Dataset()
         ref = Dataset()
-        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = sources[k].SOPClassUID, sources[k].SOPInstanceUID
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = (
+            sources[k].SOPClassUID,
+            sources[k].SOPInstanceUID,
+        )
         item.ContourImageSequence = Sequence([ref])
         item.ContourNumber = number
         item.ContourGeometricType = "CLOSED_PLANAR"

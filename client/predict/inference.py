@@ -161,8 +161,10 @@ def predict_patient(
         rated = [(d, o.validated_auc) for d, o in result.outputs.items() if o.validated_auc is not None]
         if rated:
             result.recommended = max(rated, key=lambda r: r[1])[0]
-            why = f"{dataset_label(rec)} cannot run ({result.not_run.get(rec, 'no validated AUC')})" if rec else reason
-            result.recommended_reason = (
-                f"best validated AUC among the models that can run ({why})"
+            why = (
+                f"{dataset_label(rec)} cannot run ({result.not_run.get(rec, 'no validated AUC')})"
+                if rec
+                else reason
             )
+            result.recommended_reason = f"best validated AUC among the models that can run ({why})"
     return result

@@ -57,7 +57,14 @@ def model_rows(bundle: ModelBundle, pred: PatientPrediction) -> list[list[str]]:
     return rows
 
 
-HEADER = ["model", "P(NPL)", "call", "validated AUC [95% CI]", "operating point (validation)", "Grad-CAM core / periphery"]
+HEADER = [
+    "model",
+    "P(NPL)",
+    "call",
+    "validated AUC [95% CI]",
+    "operating point (validation)",
+    "Grad-CAM core / periphery",
+]
 
 
 def _verdict(pred: PatientPrediction) -> str:
@@ -76,7 +83,9 @@ def _verdict(pred: PatientPrediction) -> str:
 
 def write_html(bundle: ModelBundle, pred: PatientPrediction, path: Path, extra: dict[str, Any]) -> Path:
     e = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in model_rows(bundle, pred))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in model_rows(bundle, pred)
+    )
     imgs = "".join(
         f'<figure><img src="{e(o.overlay)}" width="220"><figcaption>{e(dataset_label(d))}</figcaption></figure>'
         for d, o in pred.outputs.items()
@@ -138,9 +147,12 @@ def write_png(bundle: ModelBundle, pred: PatientPrediction, path: Path, out_dir:
         iax.axis("off")
     if overlays:
         y -= 0.25
-    for line in ["About the models:"] + training_lines(bundle) + [
-        f"Recommended: {bundle.card.get('recommended_reason', '')}"
-    ] + [f"Not run: {dataset_label(k) if k != 'segmenter' else k}: {v}" for k, v in pred.not_run.items()]:
+    for line in (
+        ["About the models:"]
+        + training_lines(bundle)
+        + [f"Recommended: {bundle.card.get('recommended_reason', '')}"]
+        + [f"Not run: {dataset_label(k) if k != 'segmenter' else k}: {v}" for k, v in pred.not_run.items()]
+    ):
         fig.text(0.05, y, line, fontsize=7.5, wrap=True)
         y -= 0.03
     fig.savefig(path)

@@ -34,7 +34,14 @@ from shared.reporting.table import dataset_label
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ["patient", "tumour_found", "tumour_ml", "recommended", "p_npl_recommended", "call_recommended"]
+SUMMARY_FIELDS = [
+    "patient",
+    "tumour_found",
+    "tumour_ml",
+    "recommended",
+    "p_npl_recommended",
+    "call_recommended",
+]
 
 
 @dataclass
@@ -54,11 +61,15 @@ def study_patients(study_dir: Path) -> dict[str, list[InstanceHeader]]:
         for h in entry.headers:
             by_patient[patient_of(h)].append(h)
     if not by_patient:
-        raise SiteDataError(f"study folder {study_dir}: no DICOM file found; expected the patient's MR series")
+        raise SiteDataError(
+            f"study folder {study_dir}: no DICOM file found; expected the patient's MR series"
+        )
     return dict(by_patient)
 
 
-def _write_contours(study_dir: Path, ref: Any, mask: Any, folder: Path, software: str) -> tuple[dict[str, str], list[str]]:
+def _write_contours(
+    study_dir: Path, ref: Any, mask: Any, folder: Path, software: str
+) -> tuple[dict[str, str], list[str]]:
     """SEG and RTSTRUCT on the reference series (mask resampled onto its own slices when the grid differs)."""
     from shared.data.dicom.resample import resample_mask
 
@@ -73,7 +84,9 @@ def _write_contours(study_dir: Path, ref: Any, mask: Any, folder: Path, software
         return {}, [f"no SEG / RTSTRUCT written: {err}"]
     files = {
         "seg": write_seg(sources, on_source, folder / "seg.dcm", software).name,
-        "rtstruct": write_rtstruct(sources, on_source, ref.series.geometry, folder / "rtstruct.dcm", software).name,
+        "rtstruct": write_rtstruct(
+            sources, on_source, ref.series.geometry, folder / "rtstruct.dcm", software
+        ).name,
     }
     return files, notes
 
@@ -94,12 +107,16 @@ def predict_study(
     for pid, headers in sorted(study_patients(study_dir).items(), key=lambda kv: pseudonym(kv[0], salt)):
         t0 = time.perf_counter()
         pseudo = pseudonym(pid, salt)
-        ingested, ref = ingest_patient_with_reference(study_dir, headers, bundle.ingest, mapping, patterns, pseudo)
+        ingested, ref = ingest_patient_with_reference(
+            study_dir, headers, bundle.ingest, mapping, patterns, pseudo
+        )
         folder = out / pseudo
         folder.mkdir(parents=True, exist_ok=True)
         problems = [f"{p.code}: {p.message}" for p in ingested.problems if p.severity != "info"]
         if not ingested.images or ref is None:
-            pred = PatientPrediction(pseudo, None, 0, 0.0, not_run={"segmenter": "no usable T1 / T2 / T1CE series"})
+            pred = PatientPrediction(
+                pseudo, None, 0, 0.0, not_run={"segmenter": "no usable T1 / T2 / T1CE series"}
+            )
         else:
             volumes = PatientVolumes(pseudo, None, ingested.images, None, ingested.spacing_mm, "test")
             pred = predict_patient(bundle, volumes, device, folder)
@@ -114,7 +131,10 @@ def predict_study(
         files["html"] = write_html(bundle, pred, folder / "report.html", extra).name
         files["png"] = write_png(bundle, pred, folder / "report.png", folder).name
         (folder / "result.json").write_text(
-            json.dumps({**pred.as_dict(), "seconds": round(seconds, 3), "device": str(device), "files": files}, indent=2)
+            json.dumps(
+                {**pred.as_dict(), "seconds": round(seconds, 3), "device": str(device), "files": files},
+                indent=2,
+            )
         )
         runs.append(PatientRun(pseudo, folder, pred, seconds, files))
         log.info("patient %s: %.1f s", pseudo, seconds)
@@ -136,7 +156,9 @@ def summary_rows(runs: list[PatientRun], bundle: ModelBundle) -> tuple[list[str]
             "recommended": p.recommended or "",
             "p_npl_recommended": f"{rec.probability:.4f}" if rec else "",
             "call_recommended": (rec.call or "") if rec else "",
-            "not_run": "; ".join(f"{dataset_label(k) if k != 'segmenter' else k}: {v}" for k, v in p.not_run.items()),
+            "not_run": "; ".join(
+                f"{dataset_label(k) if k != 'segmenter' else k}: {v}" for k, v in p.not_run.items()
+            ),
             "seconds": f"{r.seconds:.2f}",
         }
         for d in datasets:

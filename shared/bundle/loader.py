@@ -49,7 +49,9 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ModelMismatchError(f"{path.name}: cannot read it as a torch state dict ({type(err).__name__}: {err})") from None
+        raise ModelMismatchError(
+            f"{path.name}: cannot read it as a torch state dict ({type(err).__name__}: {err})"
+        ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelMismatchError(f"{path.name}: expected a dict of tensors, found {type(state).__name__}")
     expected = model.state_dict()
@@ -69,18 +71,24 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es) (file vs model, e.g. {shapes[:3]})")
         raise ModelMismatchError(
-            f"{path.name} does not fit the {what}: " + "; ".join(parts) + ". The bundle's settings.json and its "
+            f"{path.name} does not fit the {what}: "
+            + "; ".join(parts)
+            + ". The bundle's settings.json and its "
             "weights disagree: use the bundle exactly as the study wrote it"
         )
     model.load_state_dict(state, strict=True)
     model.eval()
 
 
-def _settings(root: Path, manifest: Mapping[str, Any]) -> tuple[PipelineConfig, IngestSettings, dict[str, Any]]:
+def _settings(
+    root: Path, manifest: Mapping[str, Any]
+) -> tuple[PipelineConfig, IngestSettings, dict[str, Any]]:
     path = root / "settings.json"
     settings = json.loads(path.read_text())
     if settings_fingerprint(settings) != manifest.get("settings_fingerprint"):
-        raise BundleError(f"{path}: settings fingerprint differs from the manifest's; the bundle is inconsistent")
+        raise BundleError(
+            f"{path}: settings fingerprint differs from the manifest's; the bundle is inconsistent"
+        )
     pipeline = settings.get("pipeline", {})
     known = set(PipelineConfig().to_mapping())
     absent = sorted(known - set(pipeline))
@@ -119,16 +127,22 @@ def load_bundle(path: Path) -> ModelBundle:
     card = json.loads((root / "card.json").read_text())
     segmenter = build_segmenter(cfg.seg)
     load_state_strict(
-        segmenter, root / card["segmenter"]["file"], f"U-Net segmenter ({cfg.seg.encoder}, {cfg.seg.in_channels} inputs)"
+        segmenter,
+        root / card["segmenter"]["file"],
+        f"U-Net segmenter ({cfg.seg.encoder}, {cfg.seg.in_channels} inputs)",
     )
     # the weights origin only matters for training: inference overwrites every parameter
     cls_cfg = replace(cfg.cls, weights="random")
     classifiers: dict[str, nn.Module] = {}
     for dataset, info in card["classifiers"].items():
         if dataset not in cfg.datasets:
-            raise BundleError(f"{root / 'card.json'}: classifier {dataset!r} is not in the settings' datasets {cfg.datasets}")
+            raise BundleError(
+                f"{root / 'card.json'}: classifier {dataset!r} is not in the settings' datasets {cfg.datasets}"
+            )
         n_in = len(cfg.dataset_sequences(dataset))
         model = build_classifier(cls_cfg, n_in)
-        load_state_strict(model, root / info["file"], f"{cfg.cls.arch} classifier with {n_in} input channel(s)")
+        load_state_strict(
+            model, root / info["file"], f"{cfg.cls.arch} classifier with {n_in} input channel(s)"
+        )
         classifiers[dataset] = model
     return ModelBundle(root, cfg, ingest, segmenter, classifiers, card, manifest)

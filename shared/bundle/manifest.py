@@ -35,7 +35,9 @@ def settings_fingerprint(settings: Mapping[str, Any]) -> str:
 
 def bundle_files(root: Path) -> list[str]:
     """Every file under ``root`` but the manifest, as POSIX paths relative to ``root``, sorted."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST
+    )
 
 
 def write_manifest(root: Path, fingerprint: str, code_version: str, created: str) -> Path:

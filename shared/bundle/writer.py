@@ -101,12 +101,18 @@ def bundle_settings(cfg: PipelineConfig, ingest: IngestSettings) -> dict[str, An
 
 def recommend(classifiers: Sequence[ClassifierExport]) -> tuple[str | None, str]:
     """The classifier with the best validated AUC (first in order on ties) and the reason, in words."""
-    rated = [(c.dataset, c.validation["value"]) for c in classifiers if c.validation and c.validation.get("value") is not None]
+    rated = [
+        (c.dataset, c.validation["value"])
+        for c in classifiers
+        if c.validation and c.validation.get("value") is not None
+    ]
     if not rated:
         return None, "no classifier has a validated AUC (validation split lacked a class)"
     best, value = max(rated, key=lambda r: r[1])
     others = ", ".join(f"{dataset_label(d)} {v:.3f}" for d, v in rated if d != best)
-    return best, f"best validated AUC: {dataset_label(best)} {value:.3f}" + (f" (others: {others})" if others else "")
+    return best, f"best validated AUC: {dataset_label(best)} {value:.3f}" + (
+        f" (others: {others})" if others else ""
+    )
 
 
 def _tensor_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:

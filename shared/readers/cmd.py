@@ -11,7 +11,9 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("csv", type=Path, metavar="CSV", help="patient,truth,reader_<name>...,model_<name>...")
+    parser.add_argument(
+        "csv", type=Path, metavar="CSV", help="patient,truth,reader_<name>...,model_<name>..."
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
 
 

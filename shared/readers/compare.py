@@ -69,7 +69,9 @@ def load_reader_csv(path: Path) -> ReaderTable:
             values[c].append(v)
     y = np.asarray(truth, dtype=np.int64)
     if y.sum() < 2 or (len(y) - y.sum()) < 2:
-        raise SiteDataError(f"{path}: {int(y.sum())} NPL and {int(len(y) - y.sum())} NPC; need at least 2 of each")
+        raise SiteDataError(
+            f"{path}: {int(y.sum())} NPL and {int(len(y) - y.sum())} NPC; need at least 2 of each"
+        )
     return ReaderTable(
         [r["patient"] for r in rows],
         y,
@@ -123,7 +125,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, e in result["auc"].items():
         ops = " ".join(
-            f">={o['cut']:g}: {o['sensitivity']:.2f}/{o['specificity']:.2f}" for o in e.get("operating_points", [])
+            f">={o['cut']:g}: {o['sensitivity']:.2f}/{o['specificity']:.2f}"
+            for o in e.get("operating_points", [])
         )
         auc = f"{e['auc']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
         lines.append(f"{name:<18} {e['kind']:<7} {auc:<24} {ops}")
@@ -150,7 +153,9 @@ def plot_readers(table: ReaderTable, result: dict[str, Any], path: Path) -> Path
     markers = "osD^v<>"
     for i, (name, s) in enumerate(table.readers.items()):
         fpr, tpr, _ = roc_curve_points(s, table.truth)
-        line = ax.plot(fpr, tpr, lw=1, ls="--", label=f"reader {name}: AUC {result['auc'][name]['auc']:.3f}")[0]
+        line = ax.plot(fpr, tpr, lw=1, ls="--", label=f"reader {name}: AUC {result['auc'][name]['auc']:.3f}")[
+            0
+        ]
         ops = result["auc"][name]["operating_points"]
         ax.scatter(
             [1 - o["specificity"] for o in ops],

@@ -19,6 +19,22 @@ def same_grid(a: VolumeGeometry, b: VolumeGeometry, tol: float = 1e-3) -> bool:
     )
 
 
+#: Voxel-index tolerance: a sample this close outside the source volume is on its edge (rounded DICOM strings).
+EDGE_TOLERANCE = 1e-3
+
+
+def snap_to_edges(coords: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``coords (3, ...)`` voxel indices; those within :data:`EDGE_TOLERANCE` outside ``[0, n - 1]`` are moved onto
+    the edge. ``map_coordinates(mode="constant")`` returns 0 for any point outside, so without this the last row of
+    a mask read back from a SEG whose geometry strings are rounded (j = 47.000001 of 48) is lost."""
+    out = coords.copy()
+    for axis, n in enumerate(shape):
+        c = out[axis]
+        c[(c < 0) & (c >= -EDGE_TOLERANCE)] = 0.0
+        c[(c > n - 1) & (c <= n - 1 + EDGE_TOLERANCE)] = float(n - 1)
+    return out
+
+
 def resample(volume: np.ndarray, src: VolumeGeometry, dst: VolumeGeometry, order: int = 1) -> np.ndarray:
     """Sample ``volume`` (Z, H, W) on grid ``src`` at the voxel centres of grid ``dst``.
 
@@ -28,7 +44,7 @@ def resample(volume: np.ndarray, src: VolumeGeometry, dst: VolumeGeometry, order
     if same_grid(src, dst):
         return volume.astype(np.float32, copy=True)
     idx = src.to_index(dst.world())  # (Z', H', W', 3)
-    coords = np.moveaxis(idx, -1, 0)
+    coords = snap_to_edges(np.moveaxis(idx, -1, 0), volume.shape)
     out = map_coordinates(
         volume.astype(np.float32, copy=False), coords, order=order, mode="constant", cval=0.0
     )
