@@ -140,8 +140,8 @@ def write_png(bundle: ModelBundle, pred: PatientPrediction, path: Path, out_dir:
     table.set_fontsize(6.5)
     table.auto_set_column_width(list(range(len(HEADER))))
     y -= 0.04 * (len(rows) + 1) + 0.03
-    overlays = [(d, o.overlay) for d, o in pred.outputs.items() if o.overlay][:4]
-    for i, (d, name) in enumerate(overlays):
+    overlays = [o.overlay for o in pred.outputs.values() if o.overlay][:4]
+    for i, name in enumerate(overlays):
         iax = fig.add_axes([0.05 + i * 0.23, y - 0.22, 0.21, 0.22])
         iax.imshow(mpimg.imread(out_dir / name))
         iax.axis("off")
