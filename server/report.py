@@ -214,6 +214,49 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def _write_bundle(
+    study: Mapping[str, Any],
+    cfg: PipelineConfig,
+    federation: Mapping[str, Any],
+    results: Mapping[str, Any],
+    out: Path,
+) -> Path:
+    """The versioned model bundle for ``nasofl-site predict``: kept arrays, settings, validation operating
+    points (pooled validation histograms of the training sites), model card. Sites ingest with default
+    ingestion settings (node config has no ingestion keys)."""
+    from shared.bundle import ClassifierExport, TrainingSummary, write_bundle
+    from shared.data.settings import IngestSettings
+
+    exports = []
+    for ds, arrays in study["cls"].items():
+        val = study["tests"].get(ds, {}).get("val")
+        entry = None
+        if val is not None:
+            entry = _auc_entry([val["sums"][s] for s in val["train_sites"] if s in val["sums"]])
+            entry = entry if entry.get("value") is not None else None
+        exports.append(ClassifierExport(ds, arrays, entry, results["auc"].get(ds)))
+    sites = [
+        {
+            "name": info.name,
+            "role": info.role,
+            "patients": int(info.counts.get("patients", 0)),
+            "npc": int(info.counts.get("patients-npc", 0)),
+            "npl": int(info.counts.get("patients-npl", 0)),
+        }
+        for info in sorted(study["sites"].values(), key=lambda s: s.name)
+    ]
+    training = TrainingSummary(
+        mode="federated",
+        sites=sites,
+        weights_origin=weights_origin(cfg.cls),
+        segmenter_test_dice=results.get("dice"),
+        details={
+            k: federation.get(k) for k in ("strategy", "fedbn", "seg-rounds", "cls-rounds", "min-sites")
+        },
+    )
+    return write_bundle(out, cfg, IngestSettings(), study["seg"], exports, training)
+
+
 def write_report(
     study: Mapping[str, Any],
     cfg: PipelineConfig,
@@ -247,5 +290,6 @@ def write_report(
     saved = _save_models(study, out)
     (out / "models" / "MODEL_CARD.md").write_text(model_card(results, cfg, federation, saved))
     paths["model_card"] = out / "models" / "MODEL_CARD.md"
+    paths["bundle"] = _write_bundle(study, cfg, federation, results, out / "bundle")
     log.info("report written to %s", out)
     return paths

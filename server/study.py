@@ -221,7 +221,7 @@ class Study:
 
     # ---- final federated test ---------------------------------------------------------------------
 
-    def final_test(self, kind: str, arrays: Arrays, dataset: str = "") -> dict[str, Any]:
+    def final_test(self, kind: str, arrays: Arrays, dataset: str = "", split: str = "test") -> dict[str, Any]:
         rounds = self._rounds(kind)
         kept = self.selections.get(stage_key(kind, dataset))
         if kept is not None and kept.round:
@@ -230,7 +230,7 @@ class Study:
             {
                 P.CFG_STAGE: kind,
                 P.CFG_DATASET: dataset,
-                P.CFG_SPLIT: "test",
+                P.CFG_SPLIT: split,
                 P.CFG_ROUND: rounds,
                 P.CFG_STUDY: self.study_id,
                 P.CFG_KEEP_LOCAL_NORM: self.fed.fedbn,
@@ -255,7 +255,7 @@ class Study:
         pooled, per_site = pool(kind, sums, train_names)
         pooled_external, _ = pool(kind, sums, external) if external else ({}, {})
         self.run_log.append(
-            "final-test",
+            "final-test" if split == "test" else f"final-{split}",
             stage=kind,
             dataset=dataset,
             pooled=pooled,
@@ -306,6 +306,8 @@ class Study:
         tests = {"seg": self.final_test("seg", self.seg_arrays)}
         for dataset, arrays in cls_arrays.items():
             tests[dataset] = self.final_test("cls", arrays, dataset)
+            # the model bundle's decision threshold: the kept classifier's operating point on pooled validation
+            tests[dataset]["val"] = self.final_test("cls", arrays, dataset, split="val")
         return {
             "seg": self.seg_arrays,
             "cls": cls_arrays,

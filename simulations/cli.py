@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "federated vs centralized (pooled) vs each site alone, side by side",
     ),
     "centralized": ("simulations.centralized_cmd", "pooled baseline: seed pipeline on all sites' patients"),
+    "readers": (
+        "simulations.readers_cmd",
+        "reader study on the synthetic cohort: simulated readers vs the models",
+    ),
 }
 
 
