@@ -31,11 +31,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from client.predict.study import predict_study, summary_rows
     from shared.bundle import load_bundle
     from shared.pseudonym import DEFAULT_SALT
     from shared.training.device import select_device
 
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one INFO line per copied module and patient
     bundle = load_bundle(args.bundle)
     device = select_device(args.device)
     runs = predict_study(bundle, args.study_dir, args.out, device, args.salt or DEFAULT_SALT)

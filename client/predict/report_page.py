@@ -133,13 +133,14 @@ def write_png(bundle: ModelBundle, pred: PatientPrediction, path: Path, out_dir:
              fontsize=8.5)  # fmt: skip
     y -= 0.02
     rows = model_rows(bundle, pred)
-    ax = fig.add_axes([0.03, y - 0.04 * (len(rows) + 1), 0.94, 0.04 * (len(rows) + 1)])
+    height = 0.026 * (len(rows) + 1)
+    ax = fig.add_axes([0.05, y - height, 0.9, height])
     ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=HEADER, loc="center", cellLoc="left")
+    table = ax.table(cellText=rows, colLabels=HEADER, cellLoc="left", bbox=[0, 0, 1, 1],
+                     colWidths=[0.12, 0.08, 0.22, 0.2, 0.24, 0.14])  # fmt: skip
     table.auto_set_font_size(False)
     table.set_fontsize(6.5)
-    table.auto_set_column_width(list(range(len(HEADER))))
-    y -= 0.04 * (len(rows) + 1) + 0.03
+    y -= height + 0.03
     overlays = [o.overlay for o in pred.outputs.values() if o.overlay][:4]
     for i, name in enumerate(overlays):
         iax = fig.add_axes([0.05 + i * 0.23, y - 0.22, 0.21, 0.22])
