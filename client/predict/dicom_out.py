@@ -15,9 +15,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from highdicom.sr.coding import CodedConcept
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
@@ -120,6 +122,18 @@ def _lps_contours(mask: np.ndarray, geom: VolumeGeometry) -> list[tuple[int, np.
     return out
 
 
+CONTOUR_DATA = Tag(0x3006, 0x0050)
+
+
+def _ds_element(tag: BaseTag, values: np.ndarray) -> RawDataElement:
+    """A DS element written as is: pydicom validates a DS value per number on assignment (seconds for a few
+    thousand contours); these are formatted within DS's 16 characters here."""
+    text = "\\".join(f"{v:.4f}" for v in values).encode("ascii")
+    if len(text) % 2:
+        text += b" "
+    return RawDataElement(tag, "DS", len(text), text, 0, False, True)
+
+
 def write_rtstruct(
     sources: list[Dataset], mask: np.ndarray, geom: VolumeGeometry, path: Path, software: str
 ) -> Path:
@@ -187,7 +201,7 @@ def write_rtstruct(
         item.ContourNumber = number
         item.ContourGeometricType = "CLOSED_PLANAR"
         item.NumberOfContourPoints = len(lps)
-        item.ContourData = [f"{v:.4f}" for v in lps.reshape(-1)]
+        item[CONTOUR_DATA] = _ds_element(CONTOUR_DATA, lps.reshape(-1))
         rc.ContourSequence.append(item)
     ds.ROIContourSequence = Sequence([rc])
     obs = Dataset()
