@@ -12,6 +12,7 @@ patient (wall and process CPU).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -61,12 +62,13 @@ def main() -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         runs = predict_study(bundle, root / "cohort" / "hospital-a", root / "out", device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        steps = {r.pseudonym: json.loads((r.folder / "result.json").read_text())["cpu_seconds"] for r in runs}
     print(f"preset {args.preset}: U-Net {cfg.seg.encoder} {cfg.seg.image_size} px, {len(cfg.datasets)} x "
           f"{cfg.cls.arch} {cfg.cls.image_size} px, device {device}, torch threads {torch.get_num_threads()}")  # fmt: skip
     for r in runs:
         p = r.prediction
         print(f"  {r.pseudonym}: {r.seconds:.2f} s, tumour {p.tumour_found}, models run {len(p.outputs)}, "
-              f"mask shape {None if p.mask is None else p.mask.shape}")  # fmt: skip
+              f"mask shape {None if p.mask is None else p.mask.shape}, CPU s per step {steps[r.pseudonym]}")  # fmt: skip
     print(f"per patient: {wall / len(runs):.2f} s wall, {cpu / len(runs):.2f} s process CPU")
 
 
