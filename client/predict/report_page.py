@@ -63,7 +63,7 @@ HEADER = [
     "call",
     "validated AUC [95% CI]",
     "operating point (validation)",
-    "Grad-CAM core / periphery",
+    "CAM core / periph.",
 ]
 
 
