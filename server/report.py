@@ -224,17 +224,27 @@ def _write_bundle(
     """The versioned model bundle for ``nasofl-site predict``: kept arrays, settings, validation operating
     points (pooled validation histograms of the training sites), model card. Sites ingest with default
     ingestion settings (node config has no ingestion keys)."""
+    from dataclasses import replace
+
     from shared.bundle import ClassifierExport, TrainingSummary, write_bundle
     from shared.data.settings import IngestSettings
+    from shared.models import build_classifier, build_segmenter
+    from shared.records import numpy_to_record, record_to_state
 
+    def as_state(arrays: Mapping[str, np.ndarray], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Arrays as the model holds them (Flower stores 0-d buffers as shape (1,)); checks keys and shapes."""
+        return dict(record_to_state(numpy_to_record(arrays), model.state_dict()))
+
+    cls_cfg = replace(cfg.cls, weights="random")  # only shapes matter here
     exports = []
     for ds, arrays in study["cls"].items():
+        state = as_state(arrays, build_classifier(cls_cfg, len(cfg.dataset_sequences(ds))))
         val = study["tests"].get(ds, {}).get("val")
         entry = None
         if val is not None:
             entry = _auc_entry([val["sums"][s] for s in val["train_sites"] if s in val["sums"]])
             entry = entry if entry.get("value") is not None else None
-        exports.append(ClassifierExport(ds, arrays, entry, results["auc"].get(ds)))
+        exports.append(ClassifierExport(ds, state, entry, results["auc"].get(ds)))
     sites = [
         {
             "name": info.name,
@@ -254,7 +264,8 @@ def _write_bundle(
             k: federation.get(k) for k in ("strategy", "fedbn", "seg-rounds", "cls-rounds", "min-sites")
         },
     )
-    return write_bundle(out, cfg, IngestSettings(), study["seg"], exports, training)
+    seg_state = as_state(study["seg"], build_segmenter(cfg.seg))
+    return write_bundle(out, cfg, IngestSettings(), seg_state, exports, training)
 
 
 def write_report(
