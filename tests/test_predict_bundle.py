@@ -114,9 +114,12 @@ def test_predict_leaves_the_study_folder_untouched_and_writes_every_output(predi
             "report.html",
             "report.png",
             "result.json",
-            "gradcam_t1_t2.png",
         ):
             assert (run.folder / name).is_file(), name
+        rec = run.prediction.recommended
+        cams = [p.name for p in run.folder.glob("gradcam_*.png")]
+        assert rec and cams == [f"gradcam_{rec.replace('+', '_')}.png"]
+        assert run.prediction.outputs[rec].overlay is not None
         html = (run.folder / "report.html").read_text()
         assert "not a diagnosis" in html and "validated AUC" in html
     summary = (out / "summary.csv").read_text().splitlines()
