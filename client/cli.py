@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.privacy_cmd",
         "print the site's privacy ledger: epsilon spent on its patients by every study (unit: one patient)",
     ),
+    "predict": ("client.predict_cmd", "run a trained model bundle on new patients (SEG, RTSTRUCT, report)"),
+    "readers": ("shared.readers.cmd", "compare readers' scores with model scores (AUC, paired DeLong, ROC)"),
 }
 
 

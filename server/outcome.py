@@ -32,13 +32,15 @@ class FinalTest:
 @dataclass(frozen=True)
 class StudyOutcome:
     """``segmenter``: kept segmenter arrays; ``classifiers``: dataset -> kept arrays (datasets that trained);
-    ``segmenter_test`` / ``classifier_tests``: final tests; ``sites``: node id -> SiteInfo; ``skipped``: site ->
+    ``segmenter_test`` / ``classifier_tests``: final tests; ``classifier_val``: the kept classifiers on the pooled
+    validation split (the bundle's decision thresholds); ``sites``: node id -> SiteInfo; ``skipped``: site ->
     {stage or dataset: why it sat out}; ``kept_rounds``: stage key -> the kept-round summary."""
 
     segmenter: Arrays
     classifiers: dict[str, Arrays]
     segmenter_test: FinalTest
     classifier_tests: dict[str, FinalTest]
+    classifier_val: dict[str, FinalTest]
     sites: dict[int, SiteInfo]
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
     kept_rounds: dict[str, dict[str, object]] = field(default_factory=dict)

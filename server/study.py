@@ -235,7 +235,7 @@ class Study:
 
     # ---- final federated test ---------------------------------------------------------------------
 
-    def final_test(self, stage: Stage, arrays: Arrays) -> FinalTest:
+    def final_test(self, stage: Stage, arrays: Arrays, split: str = "test") -> FinalTest:
         rounds = stage.rounds
         kept = self.selections.get(stage.key)
         if kept is not None and kept.round:
@@ -244,7 +244,7 @@ class Study:
             {
                 P.CFG_STAGE: stage.kind.value,
                 P.CFG_DATASET: stage.dataset,
-                P.CFG_SPLIT: "test",
+                P.CFG_SPLIT: split,
                 P.CFG_ROUND: rounds,
                 P.CFG_STUDY: self.study_id,
                 P.CFG_KEEP_LOCAL_NORM: self.fed.fedbn,
@@ -265,7 +265,7 @@ class Study:
         pooled, per_site = stage.pool(sums, train_names)
         pooled_external, _ = stage.pool(sums, external) if external else ({}, {})
         self.run_log.append(
-            "final-test",
+            "final-test" if split == "test" else f"final-{split}",
             stage=stage.kind.value,
             dataset=stage.dataset,
             pooled=pooled,
@@ -320,6 +320,8 @@ class Study:
             )
         segmenter_test = self.final_test(segmenter, seg_arrays)
         classifier_tests = {d: self.final_test(st, a) for d, (st, a) in trained.items()}
+        # the model bundle's decision thresholds: each kept classifier's operating point on pooled validation
+        classifier_val = {d: self.final_test(st, a, split="val") for d, (st, a) in trained.items()}
         for stage, test in [(segmenter, segmenter_test)] + [
             (st, classifier_tests[d]) for d, (st, _) in trained.items()
         ]:
@@ -335,6 +337,7 @@ class Study:
             classifiers={d: a for d, (_, a) in trained.items()},
             segmenter_test=segmenter_test,
             classifier_tests=classifier_tests,
+            classifier_val=classifier_val,
             sites=self.roster.sites,
             skipped=self.roster.skipped,
             kept_rounds={

@@ -42,3 +42,8 @@ class ModelMismatchError(NasoflError):
 class CheckpointError(NasoflError):
     """A checkpoint file is missing, empty or unreadable, or cannot be written. The message names the file and
     what to do."""
+
+
+class BundleError(NasoflError):
+    """A model bundle cannot be used: a file changed or is missing, or its format or settings do not fit this
+    version of nasofl. The message names the file or key and what differs."""

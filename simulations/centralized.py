@@ -5,7 +5,8 @@ Stages (same loops as the federated ClientApp, so the comparison is fair):
 2. masks predicted for every patient, ROI datasets built (T1WI, T2WI, T1CE, T1WI+T2WI...);
 3. one classifier per dataset trained on train, epoch selected on validation AUC, AUC [DeLong 95% CI] on test;
 4. outputs in OUT: results.json, roc_test.png, curves, Grad-CAM overlays with the core/periphery share,
-   models/*.pt and MODEL_CARD.md.
+   models/*.pt and MODEL_CARD.md;
+5. the versioned model bundle in OUT/bundle (``shared.bundle``) for ``nasofl-site predict``.
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def run_classifier(
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     summary: dict[str, Any] = {
+        # the kept model's operating point on validation: the bundle's decision threshold
+        "validation": auc_entry(*patient_scores(model, val, cfg, device)) if val_ok else None,
         "history": history,
         "selected_epoch": int(best["epoch"]) + 1 if best["state"] is not None else cfg.cls_epochs,
         "n_train": len(train.patients),
@@ -277,6 +280,7 @@ def run_centralized(
     curves: dict[str, Any] = {}
     cls_summaries: dict[str, Any] = {}
     gradcam: dict[str, Any] | None = None
+    kept_models: dict[str, torch.nn.Module] = {}
     cam_dataset = "t1+t2" if "t1+t2" in cfg.datasets else cfg.datasets[-1]
     for name in cfg.datasets:
         ds = datasets[name]
@@ -284,6 +288,7 @@ def run_centralized(
             log.warning("dataset %s: no training ROI; skipped", name)
             continue
         model, summary = run_classifier(ds, cfg, device, progress)
+        kept_models[name] = model
         torch.save(_cpu_state(model), out_dir / "models" / f"classifier_{name.replace('+', '_')}.pt")
         if "entry" in summary:
             auc_entries[name] = summary.pop("entry")
@@ -318,4 +323,45 @@ def run_centralized(
     )
     write_results(results, out_dir / "results.json")
     write_model_card(out_dir, results, cfg)
+    _write_bundle(out_dir / "bundle", cfg, seg_model, kept_models, results, patients)
     return results
+
+
+def _write_bundle(
+    out: Path,
+    cfg: PipelineConfig,
+    seg_model: torch.nn.Module,
+    classifiers: dict[str, torch.nn.Module],
+    results: dict[str, Any],
+    patients: Sequence[PatientVolumes],
+) -> Path:
+    """The versioned model bundle for ``nasofl-site predict`` (ingestion settings: the defaults used here)."""
+    from shared.bundle import ClassifierExport, TrainingSummary, write_bundle
+    from shared.data.settings import IngestSettings
+
+    extra = results["extra"]
+    per_site = (extra.get("data") or {}).get("sites") or {
+        "pooled (in-process)": {
+            "patients": len(patients),
+            "npc": sum(1 for p in patients if p.label == 0),
+            "npl": sum(1 for p in patients if p.label == 1),
+        }
+    }
+    sites = [{"name": name, "role": "train", **counts} for name, counts in per_site.items()]
+    exports = [
+        ClassifierExport(
+            name,
+            _cpu_state(model),
+            extra["classifiers"][name].get("validation"),
+            results["auc"].get(name),
+        )
+        for name, model in classifiers.items()
+    ]
+    training = TrainingSummary(
+        mode="centralized",
+        sites=sites,
+        weights_origin=results["weights_origin"],
+        segmenter_test_dice=results["dice"],
+        details={"seg-epochs": cfg.seg_epochs, "cls-epochs": cfg.cls_epochs, "seed": cfg.seed},
+    )
+    return write_bundle(out, cfg, IngestSettings(), _cpu_state(seg_model), exports, training)

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "utility vs privacy: no DP, local DP at epsilon 8/3/1, central DP on one cohort, side by side",
     ),
     "centralized": ("simulations.centralized_cmd", "pooled baseline: seed pipeline on all sites' patients"),
+    "readers": (
+        "simulations.readers_cmd",
+        "reader study on the synthetic cohort: simulated readers vs the models",
+    ),
 }
 
 

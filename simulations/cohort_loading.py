@@ -48,6 +48,8 @@ def load_sites(data_dir: Path, cache_root: Path | None, progress: bool) -> tuple
         summary[site.name] = {
             "patients": len(cohort.patients),
             "labelled": len(cohort.labelled),
+            "npc": sum(1 for p in cohort.labelled if p.label == 0),
+            "npl": sum(1 for p in cohort.labelled if p.label == 1),
             "with_mask": sum(1 for p in cohort.patients if p.mask is not None),
             "seconds": round(time.perf_counter() - t0, 1),
         }

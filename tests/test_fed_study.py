@@ -110,6 +110,22 @@ def test_poisoned_updates_are_rejected_counted_and_never_averaged(poisoned_run):
         assert (out / name).exists(), name
 
 
+def test_the_study_writes_a_loadable_bundle_with_validation_thresholds(poisoned_run):
+    from shared.bundle import load_bundle
+
+    out, _, _ = poisoned_run
+    card = load_bundle(out / "bundle").card
+    assert card["mode"] == "federated" and set(card["classifiers"]) == {"t2", "t1+t2"}
+    assert {s["name"] for s in card["sites"]} == set(SITES)
+    assert all(s["npc"] + s["npl"] > 0 for s in card["sites"])
+    validated = [i["validation"] for i in card["classifiers"].values() if i["validation"] is not None]
+    assert validated, "no classifier got a pooled-validation operating point"
+    for val in validated:
+        assert 0.0 <= val["threshold"] <= 1.0 and val["n_npc"] > 0 and val["n_npl"] > 0
+    events = [line["event"] for line in read_run_log(out / "run-log.jsonl")]
+    assert events.count("final-val") == 2
+
+
 def _patient_strings(cohort: Path) -> set[str]:
     ids = set()
     for site in SITES:

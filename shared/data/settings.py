@@ -15,7 +15,7 @@ from shared.errors import ConfigError
 DEFAULT_ROI_PATTERNS: tuple[str, ...] = (r"^gtv[\s_\-]*(nx|p)\d*([\s_\-.].*)?$",)
 
 #: Bumped whenever ingestion output changes for the same input, so old caches are ignored.
-INGEST_VERSION = 4
+INGEST_VERSION = 5
 
 
 @dataclass(frozen=True)

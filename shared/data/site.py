@@ -49,7 +49,7 @@ class SiteCohort:
         return [p for p in self.labelled if p.split == name]
 
 
-def _patient_of(h: InstanceHeader) -> str:
+def patient_of(h: InstanceHeader) -> str:
     if h.patient_id:
         return h.patient_id
     return "no-id:" + h.path.split("/", 1)[0]  # fallback: top-level folder
@@ -103,7 +103,7 @@ def load_site(
         if entry.patient_id:
             scrubber.add(entry.patient_id, patient)
         for h in entry.headers:
-            pid = _patient_of(h)
+            pid = patient_of(h)
             by_patient[pid].append(h)
             pseudo = pseudonym(pid, salt)
             scrubber.add(h.patient_id, pseudo)

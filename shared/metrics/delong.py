@@ -48,3 +48,27 @@ def delong_ci(scores: np.ndarray, labels: np.ndarray, alpha: float = 0.95) -> tu
     value, v10, v01 = delong_placements(scores, labels)
     lo, hi = normal_ci(value, delong_variance(v10, v01), alpha)
     return value, lo, hi
+
+
+def paired_delong_test(
+    scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray
+) -> tuple[float, float, float, float]:
+    """DeLong test of two correlated AUCs on the same patients: ``(z, p, auc_a, auc_b)``.
+
+    As ``pROC::roc.test(roc_a, roc_b, method = "delong", paired = TRUE)``: z = (AUC_a - AUC_b) / sqrt(L S L')
+    with S = S10/m + S01/n the covariance of the two tests' placement values, L = (1, -1); two-sided p. z is NaN
+    (p NaN) when both tests' placements are identical (zero variance of the difference).
+    """
+    auc_a, v10a, v01a = delong_placements(scores_a, labels)
+    auc_b, v10b, v01b = delong_placements(scores_b, labels)
+    m, n = len(v10a), len(v01a)
+    if m < 2 or n < 2:
+        raise ValueError(f"the paired DeLong test needs at least 2 NPL and 2 NPC patients; found {m} and {n}")
+    s10 = np.cov(np.vstack([v10a, v10b]), ddof=1)
+    s01 = np.cov(np.vstack([v01a, v01b]), ddof=1)
+    s = s10 / m + s01 / n
+    var = float(s[0, 0] + s[1, 1] - 2.0 * s[0, 1])
+    if var <= 0:
+        return float("nan"), float("nan"), auc_a, auc_b
+    z = (auc_a - auc_b) / np.sqrt(var)
+    return float(z), float(2.0 * norm.sf(abs(z))), auc_a, auc_b

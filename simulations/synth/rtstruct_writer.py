@@ -7,7 +7,6 @@ line closes. Several contours per plane occur (islands), and holes appear as sep
 from __future__ import annotations
 
 import numpy as np
-from contourpy import LineType, contour_generator
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -17,23 +16,10 @@ from pydicom.uid import (
     RTStructureSetStorage,
 )
 
+from shared.data.contours import slice_polygons
 from simulations.synth.dicom_series import StudyInfo, make_uid
 from simulations.synth.sampling import SeriesGeometry
 from simulations.synth.site_profile import SiteProfile
-
-
-def slice_polygons(mask2d: np.ndarray) -> list[np.ndarray]:
-    """Closed polygons (each float (N, 2) as (column, row) pixel coordinates, not repeating the first point)."""
-    padded = np.pad(mask2d.astype(np.float64), 1)
-    gen = contour_generator(z=padded, line_type=LineType.Separate)
-    polys = []
-    for line in gen.lines(0.5):
-        pts = np.asarray(line, dtype=np.float64) - 1.0
-        if len(pts) > 1 and np.allclose(pts[0], pts[-1]):
-            pts = pts[:-1]
-        if len(pts) >= 3:
-            polys.append(pts)
-    return polys
 
 
 def mask_contours(mask: np.ndarray, geom: SeriesGeometry) -> list[tuple[int, np.ndarray]]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.data.cache import IngestedPatient
 from shared.data.dicom.classify import Classification, apply_time_order, choose, classify_series
+from shared.data.dicom.geometry import VolumeGeometry
 from shared.data.dicom.header import InstanceHeader
 from shared.data.dicom.masks import is_rtstruct, is_seg, mask_from_objects
 from shared.data.dicom.resample import resample
@@ -22,6 +24,16 @@ from shared.data.settings import IngestSettings
 from shared.errors import DicomError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReferenceSeries:
+    """The series the patient's grid comes from. ``grid`` equals ``series.geometry`` unless its slices were
+    unevenly spaced (then ``grid`` is the evenly spaced version)."""
+
+    sequence: str
+    series: LoadedSeries
+    grid: VolumeGeometry
 
 
 def classify_patient(
@@ -78,6 +90,19 @@ def ingest_patient(
     pseudonym: str,
 ) -> IngestedPatient:
     """Never raises for bad data: everything wrong ends up in ``problems`` (warnings)."""
+    return ingest_patient_with_reference(site_dir, headers, settings, mapping, roi_patterns, pseudonym)[0]
+
+
+def ingest_patient_with_reference(
+    site_dir: Path,
+    headers: list[InstanceHeader],
+    settings: IngestSettings,
+    mapping: SiteMapping,
+    roi_patterns: tuple[str, ...],
+    pseudonym: str,
+) -> tuple[IngestedPatient, ReferenceSeries | None]:
+    """:func:`ingest_patient` plus the reference series whose grid the volumes are on (None when no sequence
+    loaded): what ``nasofl-site predict`` needs to write DICOM objects that reference the source images."""
     problems: list[Problem] = []
     summary = PatientSummary(pseudonym, "", "-", "-", False)
     images, copies = drop_cross_series_copies([h for h in headers if h.is_mr_image])
@@ -90,7 +115,7 @@ def ingest_patient(
         problems.append(
             Problem("warning", "no_usable_series", "", "no usable T1 / T2 / T1CE series", pseudonym)
         )
-        return IngestedPatient({}, None, (1.0, 1.0, 1.0), summary, problems)
+        return IngestedPatient({}, None, (1.0, 1.0, 1.0), summary, problems), None
     ranked = sorted(
         studies.items(),
         key=lambda kv: (-len(kv[1]), -sum(g.n_slices for c in kv[1].values() for g, _ in c), kv[0]),
@@ -147,7 +172,7 @@ def ingest_patient(
         if seq not in loaded:
             problems.append(Problem("warning", "missing_sequence", "", f"no usable {seq} series", pseudonym))
     if not loaded:
-        return IngestedPatient({}, None, (1.0, 1.0, 1.0), summary, problems)
+        return IngestedPatient({}, None, (1.0, 1.0, 1.0), summary, problems), None
     ref_seq = next(s for s in settings.reference_order() if s in loaded)
     ref = loaded[ref_seq]
     grid = ref.geometry.uniform()
@@ -183,4 +208,5 @@ def ingest_patient(
     notes = [f"reference grid {ref_seq}"] + [
         f"{k}: series {s.instances[0].series_uid}" for k, s in loaded.items()
     ]
-    return IngestedPatient(images, mask, grid.spacing_zyx, summary, unique, notes)
+    patient = IngestedPatient(images, mask, grid.spacing_zyx, summary, unique, notes)
+    return patient, ReferenceSeries(ref_seq, ref, grid)
