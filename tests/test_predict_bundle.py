@@ -255,8 +255,16 @@ def test_a_state_dict_never_loads_into_the_wrong_architecture(tmp_path) -> None:
     from shared.models import build_classifier
 
     path = tmp_path / "r18.pt"
-    torch.save(build_classifier(replace(PipelineConfig.defaults().cls, arch="resnet18"), 2).state_dict(), path)
+    torch.save(
+        build_classifier(replace(PipelineConfig.defaults().cls, arch="resnet18"), 2).state_dict(), path
+    )
     with pytest.raises(ModelMismatchError, match="r18.pt does not fit"):
-        load_state_strict(build_classifier(replace(PipelineConfig.defaults().cls, arch="resnet50"), 2), path, "resnet50")
+        load_state_strict(
+            build_classifier(replace(PipelineConfig.defaults().cls, arch="resnet50"), 2), path, "resnet50"
+        )
     with pytest.raises(ModelMismatchError, match=r"shape mismatch.*conv1\.weight"):
-        load_state_strict(build_classifier(replace(PipelineConfig.defaults().cls, arch="resnet18"), 1), path, "resnet18, 1 channel")
+        load_state_strict(
+            build_classifier(replace(PipelineConfig.defaults().cls, arch="resnet18"), 1),
+            path,
+            "resnet18, 1 channel",
+        )
