@@ -16,8 +16,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from shared.data.synth.cohort import CohortConfig, generate_cohort
-from shared.data.synth.site_profile import GridPreset
 
 from client.cli import main as site_main
 from client.predict.study import predict_study
@@ -29,6 +27,8 @@ from shared.errors import BundleError, ModelMismatchError
 from shared.pseudonym import pseudonym
 from simulations.centralized import run_centralized
 from simulations.presets import preset_config
+from simulations.synth.cohort import CohortConfig, generate_cohort
+from simulations.synth.site_profile import GridPreset
 from simulations.toy_patients import make_toy_cohort
 
 torch.set_num_threads(1)
