@@ -200,12 +200,7 @@ def train_cls(msg: Message, context: Context, data: SiteData) -> Message:
 @guarded(P.EVALUATE_CLS)
 def evaluate_cls(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)
-    metrics = handlers_cls.evaluate_cls(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg))
-    if cfg.dp_hist_noise > 0:
-        from client.privacy_site import noisy_eval_reply
-
-        metrics = noisy_eval_reply(metrics, data, cfg, _conf(msg))
-    return _reply(msg, metrics)
+    return _reply(msg, handlers_cls.evaluate_cls(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg)))
 
 
 __all__ = ["app", "ArrayRecord"]

@@ -20,7 +20,7 @@ from client.node_data import SiteData
 from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
-from shared.metrics.coarse_histograms import site_histograms
+from shared.metrics.coarse_histograms import fixed_histograms, merge_small_groups
 from shared.models import build_classifier, build_segmenter
 from shared.records import state_to_numpy
 from shared.roi.datasets import build_roi_datasets
@@ -169,14 +169,19 @@ def evaluate_cls(
     scores, labels = patient_scores(model, ds, cfg, device)
     keep = np.isfinite(scores)
     scores, labels = scores[keep], labels[keep]
-    hist_pos, hist_neg, hist_span = site_histograms(
-        scores, labels, cfg.hist_bins, site.max_hist_bins, site.min_hist_count
-    )
+    pos, neg = fixed_histograms(scores, labels, cfg.hist_bins, site.max_hist_bins)
     s = np.clip(scores, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(s) + (1 - labels) * np.log(1 - s))) if len(s) else 0.0
+    n = int(len(scores))
+    if cfg.dp_hist_noise > 0:  # noise on the fixed bins first: the merging below is post-processing
+        from client.privacy_site import noisy_histograms
+
+        pos, neg = noisy_histograms(pos, neg, data, cfg, conf)
+        n, loss = sum(pos) + sum(neg), 0.0  # the loss is a per-patient mean: not released under DP
+    hist_pos, hist_neg, hist_span = merge_small_groups(pos, neg, site.min_hist_count)
     return {
-        P.NUM_EXAMPLES: int(len(scores)),
-        P.NUM_PATIENTS: int(len(scores)),
+        P.NUM_EXAMPLES: n,
+        P.NUM_PATIENTS: n,
         P.HIST_POS: hist_pos,
         P.HIST_NEG: hist_neg,
         P.HIST_SPAN: hist_span,

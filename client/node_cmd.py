@@ -158,19 +158,19 @@ def toml_string(value: str) -> str:
 
 def node_config(
     site_dir: Path,
-    cache: Path,
+    cache: Path | None,
     eval_only: bool,
     site_name: str | None,
     salt: str | None,
     privacy_budget: float | None = None,
 ) -> str:
-    """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths. ``salt`` only when
-    given on the command line (else the ClientApp reads the site salt file itself: node config shows in ``ps``)."""
-    parts = [
-        f"data-path={toml_string(str(site_dir.resolve()))}",
-        f"cache-path={toml_string(str(cache.resolve()))}",
-        f"eval-only={'true' if eval_only else 'false'}",
-    ]
+    """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths. ``cache`` None:
+    the node's default cache folder. ``salt`` only when given on the command line (else the ClientApp reads the
+    site salt file itself: node config shows in ``ps``)."""
+    parts = [f"data-path={toml_string(str(site_dir.resolve()))}"]
+    if cache is not None:
+        parts.append(f"cache-path={toml_string(str(cache.resolve()))}")
+    parts.append(f"eval-only={'true' if eval_only else 'false'}")
     if site_name:
         parts.append(f"site-name={toml_string(site_name)}")
     if salt is not None:

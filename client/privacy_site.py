@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,15 +99,16 @@ def private_round(
     return stats, metrics
 
 
-def noisy_eval_reply(
-    metrics: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, conf: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The classifier's evaluation reply with Gaussian noise (std ``dp-hist-noise``) on every histogram bin.
+def noisy_histograms(
+    pos: Sequence[int], neg: Sequence[int], data: SiteData, cfg: PipelineConfig, conf: Mapping[str, Any]
+) -> tuple[list[int], list[int]]:
+    """The classifier's evaluation histograms (fixed bins, before any merging) with Gaussian noise (std
+    ``dp-hist-noise``) on every bin, rounded and clipped at 0.
 
     Adding or removing one patient moves one count of one bin: L2 sensitivity 1, so each evaluation is one
     Gaussian release with noise multiplier ``dp-hist-noise`` on the site's patients, checked against the budget
-    and recorded in the ledger like a training round (stage ``eval-cls``). Counts are then the noisy histograms'
-    totals and the evaluation loss (a per-patient mean) is not released (0.0). Noise: OS entropy, never the seed.
+    and recorded in the ledger like a training round (stage ``eval-cls``). What the site then does with the noisy
+    counts (merging small groups) is post-processing. Noise: OS entropy, never the seed.
     """
     sigma = cfg.dp_hist_noise
     delta = site_delta(cfg, data)
@@ -115,14 +116,10 @@ def noisy_eval_reply(
     ledger = PrivacyLedger(data.site.cache_dir)
     ledger.check_budget(data.site.name, data.site.privacy_budget, release, delta, cfg.dp_accountant)
     rng = np.random.default_rng()
-    out = dict(metrics)
-    for key in (P.HIST_POS, P.HIST_NEG):
-        counts = np.asarray(metrics[key], dtype=np.float64) + rng.normal(0.0, sigma, len(metrics[key]))
-        out[key] = [int(v) for v in np.clip(np.rint(counts), 0, None)]
-    total = sum(out[P.HIST_POS]) + sum(out[P.HIST_NEG])
-    out[P.NUM_EXAMPLES] = total
-    out[P.NUM_PATIENTS] = total
-    out[P.EVAL_LOSS] = 0.0
+    noisy = []
+    for counts in (pos, neg):
+        values = np.asarray(counts, dtype=np.float64) + rng.normal(0.0, sigma, len(counts))
+        noisy.append([int(v) for v in np.clip(np.rint(values), 0, None)])
     ledger.record(
         new_entry(
             study=str(conf.get(P.CFG_STUDY, "study")),
@@ -135,4 +132,4 @@ def noisy_eval_reply(
             accountant=cfg.dp_accountant,
         )
     )
-    return out
+    return noisy[0], noisy[1]

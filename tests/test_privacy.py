@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client.node_data import DEFAULT_MAX_HIST_BINS
 from server.config import federation_from_run_config
 from server.privacy import check_privacy_settings
 from shared import protocol as P
@@ -102,25 +103,16 @@ def test_an_unreadable_ledger_is_not_an_empty_one(tmp_path):
 
 def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_path):
     from client.node_data import NodeSite, SiteData
-    from client.privacy_site import noisy_eval_reply
+    from client.privacy_site import noisy_histograms
 
     site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False, privacy_budget=10.0)
     data = SiteData(site, [object()] * 20, None)  # 20 patients: auto delta 1/200
     cfg = PipelineConfig.defaults({"dp-hist-noise": 3.0})
     hist_pos, hist_neg = [0, 1, 4, 5], [6, 2, 1, 0]
-    reply = {
-        P.NUM_EXAMPLES: 19,
-        P.NUM_PATIENTS: 19,
-        P.HIST_POS: hist_pos,
-        P.HIST_NEG: hist_neg,
-        P.EVAL_LOSS: 0.4,
-        P.EVAL_SECONDS: 1.0,
-    }
     conf = {P.CFG_STUDY: "s1", P.CFG_DATASET: "t2", P.CFG_ROUND: 1}
-    noisy = noisy_eval_reply(reply, data, cfg, conf)
-    assert set(noisy) == set(reply) and noisy[P.EVAL_LOSS] == 0.0
-    assert all(isinstance(v, int) and v >= 0 for v in noisy[P.HIST_POS] + noisy[P.HIST_NEG])
-    assert noisy[P.NUM_PATIENTS] == sum(noisy[P.HIST_POS]) + sum(noisy[P.HIST_NEG])
+    noisy_pos, noisy_neg = noisy_histograms(hist_pos, hist_neg, data, cfg, conf)
+    assert len(noisy_pos) == len(hist_pos) and len(noisy_neg) == len(hist_neg)
+    assert all(isinstance(v, int) and v >= 0 for v in noisy_pos + noisy_neg)
     ledger = PrivacyLedger(site.cache_dir)
     assert [(e.stage, e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries] == [
         ("eval-cls", 3.0, 1.0, 1)
@@ -130,7 +122,7 @@ def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_
     n_ok = 1
     with pytest.raises(PrivacyBudgetError, match="refuses"):
         for _ in range(100):  # each release costs the same: the budget of 10 runs out
-            noisy_eval_reply(reply, data, cfg, conf)
+            noisy_histograms(hist_pos, hist_neg, data, cfg, conf)
             n_ok += 1
     assert PrivacyLedger(site.cache_dir).epsilon(1 / 200, "rdp") <= 10.0
     assert len(PrivacyLedger(site.cache_dir).entries) == n_ok
@@ -193,7 +185,9 @@ def audit_replies(replies, cohort: Path, hist_bins: int) -> int:
             for key, value in rec.items():
                 assert key in allowed or "/" in key, key
                 if isinstance(value, list):
-                    assert key in (P.HIST_POS, P.HIST_NEG) and len(value) == hist_bins, key
+                    # fixed-length histograms: the site answers at most max-hist-bins (default 100) bins
+                    assert key in (P.HIST_POS, P.HIST_NEG, P.HIST_SPAN), key
+                    assert len(value) == min(hist_bins, DEFAULT_MAX_HIST_BINS), key
                 else:
                     assert isinstance(value, int | float) and np.isfinite(value), key
         for rec in content.config_records.values():
@@ -260,8 +254,10 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
     ledger = PrivacyLedger(cohort / "_cache" / "hospital-a")
     trained = [x for x in ledger.entries if x.stage != "eval-cls"]
     assert [(x.stage, x.dataset) for x in trained] == [("seg", ""), ("cls", "t2")]
-    # the noisy histograms are releases too: validation of round 1 and the final test
+    # the noisy histograms are releases too: validation of round 1, the final test and the final validation
+    # pass that sets the model bundle's decision threshold
     assert [(x.stage, x.round, x.noise_multiplier) for x in ledger.entries if x.stage == "eval-cls"] == [
+        ("eval-cls", 1, 2.0),
         ("eval-cls", 1, 2.0),
         ("eval-cls", 1, 2.0),
     ]
@@ -288,8 +284,8 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
     for x in rounds:
         assert x["sites_contributed"] == ["hospital-a", "hospital-b"]
         assert "refuses this round" in x["sites_failed"]["hospital-c"]
-    # run 1's two training rounds and two noisy evaluations; the refused rounds of run 2 spent nothing
-    assert len(PrivacyLedger(cohort / "_cache" / "hospital-c").entries) == 4
+    # run 1's two training rounds and three noisy evaluations; the refused rounds of run 2 spent nothing
+    assert len(PrivacyLedger(cohort / "_cache" / "hospital-c").entries) == 5
     assert audit_replies(grid2.replies, cohort, 100) > 0
 
 

@@ -43,11 +43,29 @@ def site_histograms(
     scores: np.ndarray, labels: np.ndarray, requested: int, max_bins: int, min_count: int
 ) -> tuple[list[int], list[int], list[int]]:
     """``(hist_pos, hist_neg, hist_span)`` as a site answers them (see the module docstring for the rule)."""
+    pos, neg = fixed_histograms(scores, labels, requested, max_bins)
+    return merge_small_groups(pos, neg, min_count)
+
+
+def fixed_histograms(
+    scores: np.ndarray, labels: np.ndarray, requested: int, max_bins: int
+) -> tuple[list[int], list[int]]:
+    """Per-class counts in ``min(requested, max_bins)`` equal bins on [0, 1] (before any merging; where DP noise
+    on the histograms is on, it is added to these, and the merging is post-processing of the noisy counts)."""
     bins = max(1, min(requested, max_bins))
     if bins == 1:
-        pos = [int(np.sum(np.asarray(labels) == 1))]
-        return pos, [int(np.sum(np.asarray(labels) == 0))], [1]
+        return [int(np.sum(np.asarray(labels) == 1))], [int(np.sum(np.asarray(labels) == 0))]
     pos, neg = score_histograms(scores, labels, bins)
+    return [int(v) for v in pos], [int(v) for v in neg]
+
+
+def merge_small_groups(
+    pos: Sequence[int], neg: Sequence[int], min_count: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Merge neighbouring bins until every non-empty group holds ``min_count`` patients -> (pos, neg, span)."""
+    bins = len(pos)
+    if bins == 1:
+        return [int(pos[0])], [int(neg[0])], [1]
     total = np.asarray(pos) + np.asarray(neg)
     span = [1] * bins
     groups: list[list[int]] = []  # [start, end] of each merged non-empty group
