@@ -32,7 +32,16 @@ from client.node_cmd import check_superlink
 from server.run_log import read_run_log
 from simulations.run_cmd import run_config_arg
 from simulations.scenarios import _TOY
-from tests.test_deploy_superlink import BIN, REPO, flwr_env, free_port, make_hospitals, stop_groups, tail
+from tests.test_deploy_superlink import (
+    BIN,
+    REPO,
+    flwr_env,
+    free_port,
+    join_command,
+    make_hospitals,
+    stop_groups,
+    tail,
+)
 
 ECHO_APP = REPO / "tests" / "apps" / "echoapp"
 SITES = ("hospital-a", "hospital-b")
@@ -127,24 +136,14 @@ def deployment(root: Path, in_memory_state: bool, direct: bool) -> Iterator[Depl
             dep.flwr("supernode", "register", str(keys / f"{site}.pub"), "fed", "--name", site)
             dep.start(
                 site,
-                [
-                    str(BIN / "nasofl-site"),
-                    "join",
-                    str(data / site),
-                    "--superlink",
+                join_command(
+                    data / site,
                     f"127.0.0.1:{internal if direct else public}",
-                    "--ca",
-                    str(certs / "ca.crt"),
-                    "--key",
-                    str(keys / site),
-                    "--approved-apps",
-                    str(approved),
-                    "--cache",
-                    str(root / "cache" / site),
-                    "--runtime-port",
-                    str(free_port()),
-                    "--no-progress",
-                ],  # fmt: skip
+                    certs / "ca.crt",
+                    keys / site,
+                    approved,
+                    root / "cache" / site,
+                ),
                 flwr_env(root / f"{site}-home"),
             )
         yield dep

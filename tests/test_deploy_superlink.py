@@ -78,6 +78,28 @@ def tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else f"({path} missing)"
 
 
+def join_command(site_dir: Path, address: str, ca: Path, key: Path, approved: Path, cache: Path) -> list[str]:
+    """``nasofl-site join`` of one hospital as the runbook has it (TLS, node key, approved apps, own cache)."""
+    return [
+        str(BIN / "nasofl-site"),
+        "join",
+        str(site_dir),
+        "--superlink",
+        address,
+        "--ca",
+        str(ca),
+        "--key",
+        str(key),
+        "--approved-apps",
+        str(approved),
+        "--cache",
+        str(cache),
+        "--runtime-port",
+        str(free_port()),
+        "--no-progress",
+    ]
+
+
 def make_hospitals(data: Path, sites: int = 3) -> None:
     """``sites`` synthetic toy hospitals (hospital-a, hospital-b, ...) of 6 patients each under ``data``."""
     from simulations.cohort_loading import TOY_GRID_ARGS
@@ -162,24 +184,9 @@ def test_tls_authenticated_deployment_runs_the_toy_study_through_a_site_crash(tm
     def join(site: str, log_name: str) -> None:
         start(
             log_name,
-            [
-                str(BIN / "nasofl-site"),
-                "join",
-                str(data / site),
-                "--superlink",
-                address,
-                "--ca",
-                str(certs / "ca.crt"),
-                "--key",
-                str(keys / site),
-                "--approved-apps",
-                str(approved),
-                "--cache",
-                str(tmp_path / "cache" / site),
-                "--runtime-port",
-                str(free_port()),
-                "--no-progress",
-            ],  # fmt: skip
+            join_command(
+                data / site, address, certs / "ca.crt", keys / site, approved, tmp_path / "cache" / site
+            ),
             flwr_env(tmp_path / f"{log_name}-home"),
         )
 
