@@ -8,6 +8,8 @@ separates them; an unknown key, a missing key or a bad value raises ConfigError 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -161,3 +163,22 @@ def federation_from_run_config(run_config: Mapping[str, Any]) -> FederationConfi
 def pipeline_from_run_config(run_config: Mapping[str, Any]) -> PipelineConfig:
     pipe, _, _ = split_run_config(run_config)
     return PipelineConfig.from_mapping(pipe)
+
+
+def settings_fingerprint(fed: FederationConfig, cfg: PipelineConfig) -> str:
+    """SHA-256 of everything that changes the trained weights (not paths, timeouts, resume or debug keys)."""
+    keep = {
+        k: v
+        for k, v in fed.to_mapping().items()
+        if k
+        not in (
+            "out-dir",
+            "checkpoint-dir",
+            "resume",
+            "round-timeout-s",
+            "wait-for-sites-s",
+            "debug-stop-after-round",
+        )
+    }
+    blob = json.dumps({"pipeline": cfg.to_mapping(), "federation": keep}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from shared import protocol as P
-from shared.metrics import dice_from_sums
+from shared.metrics import dice_from_sums, youden_from_curve
 from shared.metrics.coarse_histograms import Site, pooled_auc, pooled_roc
 
 NAN = float("nan")
@@ -105,3 +106,33 @@ def pool(
 
 def finite_or_none(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def auc_entry(stats: list[Mapping[str, object]]) -> dict[str, Any]:
+    """A results.json AUC entry (value, 95% CI, counts, Youden operating point) from sites' histograms."""
+    n_pos, n_neg = class_totals(stats)
+    if n_pos == 0 or n_neg == 0:
+        n = n_pos + n_neg
+        return {
+            "value": None,
+            "ci": [None, None],
+            "n_patients": n,
+            "n_npl": n_pos,
+            "n_npc": n_neg,
+            "source": "histogram",
+            "note": "one class absent: AUC undefined" if n else "no patient (sequence missing or no ROI)",
+        }
+    hists = site_histograms_of(stats)
+    value, lo, hi, _ = pooled_auc(hists)
+    thr, sens, spec = youden_from_curve(*pooled_roc(hists))
+    return {
+        "value": value,
+        "ci": [lo, hi],
+        "n_patients": n_pos + n_neg,
+        "n_npl": n_pos,
+        "n_npc": n_neg,
+        "sensitivity": sens,
+        "specificity": spec,
+        "threshold": thr,
+        "source": "histogram",
+    }

@@ -16,11 +16,10 @@ import torch
 
 from server.config import FederationConfig
 from server.outcome import StudyOutcome
-from server.pooled_eval import class_totals, cls_roc, site_histograms_of
+from server.pooled_eval import auc_entry, cls_roc
+from server.study_bundle import write_study_bundle
 from shared import protocol as P
 from shared.config import PipelineConfig
-from shared.metrics import youden_from_curve
-from shared.metrics.coarse_histograms import pooled_auc, pooled_roc
 from shared.models import weights_origin
 from shared.reporting import (
     dataset_label,
@@ -33,35 +32,6 @@ from shared.reporting.plots import plot_curves, plot_roc
 log = logging.getLogger(__name__)
 
 
-def _auc_entry(stats: list[Mapping[str, object]]) -> dict[str, Any]:
-    n_pos, n_neg = class_totals(stats)
-    if n_pos == 0 or n_neg == 0:
-        n = n_pos + n_neg
-        return {
-            "value": None,
-            "ci": [None, None],
-            "n_patients": n,
-            "n_npl": n_pos,
-            "n_npc": n_neg,
-            "source": "histogram",
-            "note": "one class absent: AUC undefined" if n else "no patient (sequence missing or no ROI)",
-        }
-    hists = site_histograms_of(stats)
-    value, lo, hi, _ = pooled_auc(hists)
-    thr, sens, spec = youden_from_curve(*pooled_roc(hists))
-    return {
-        "value": value,
-        "ci": [lo, hi],
-        "n_patients": n_pos + n_neg,
-        "n_npl": n_pos,
-        "n_npc": n_neg,
-        "sensitivity": sens,
-        "specificity": spec,
-        "threshold": thr,
-        "source": "histogram",
-    }
-
-
 def build_results(
     study: StudyOutcome, cfg: PipelineConfig, fed: FederationConfig, wall_seconds: float
 ) -> dict[str, Any]:
@@ -70,7 +40,7 @@ def build_results(
     auc = {}
     for ds in cfg.datasets:
         if ds in tests:
-            auc[ds] = _auc_entry(tests[ds].train_sums())
+            auc[ds] = auc_entry(tests[ds].train_sums())
         else:
             auc[ds] = {"value": None, "ci": [None, None], "n_patients": 0, "note": "dataset not trained"}
     sites: dict[str, Any] = {}
@@ -84,7 +54,7 @@ def build_results(
         }
         for ds in cfg.datasets:
             if ds in tests and info.name in tests[ds].sums:
-                entry["auc"][ds] = _auc_entry([tests[ds].sums[info.name]])
+                entry["auc"][ds] = auc_entry([tests[ds].sums[info.name]])
         sites[info.name] = entry
     extra = {
         "federation": fed.to_mapping(),
@@ -234,88 +204,6 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def bundle_dp(privacy: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The bundle's DP entry from ``server.privacy.privacy_summary``: the epsilon with its unit (local DP: the
-    largest this study spent at any site, unit one patient; central DP: the study's, unit one site)."""
-    if not privacy or privacy.get("mode") in (None, "off"):
-        return {"enabled": False}
-    if privacy["mode"] == "central":
-        return {
-            "enabled": True,
-            "mode": "central",
-            "epsilon": privacy.get("epsilon"),
-            "delta": privacy.get("delta"),
-            "unit": privacy.get("unit"),
-        }
-    sites = privacy.get("sites") or {}
-    spent = [v["epsilon_study"] for v in sites.values() if v.get("epsilon_study") is not None]
-    deltas = [v["delta"] for v in sites.values() if v.get("delta") is not None]
-    return {
-        "enabled": True,
-        "mode": "local",
-        "epsilon": max(spent) if spent else None,
-        "delta": max(deltas) if deltas else None,
-        "unit": privacy.get("unit"),
-        "per_site": {name: v.get("epsilon_study") for name, v in sites.items()},
-    }
-
-
-def _write_bundle(
-    study: StudyOutcome,
-    cfg: PipelineConfig,
-    fed: FederationConfig,
-    results: Mapping[str, Any],
-    out: Path,
-    privacy: Mapping[str, Any] | None = None,
-) -> Path:
-    """The versioned model bundle for ``nasofl-site predict``: kept arrays, settings, validation operating
-    points (pooled validation histograms of the training sites), model card. Sites ingest with default
-    ingestion settings (node config has no ingestion keys)."""
-    from dataclasses import replace
-
-    from shared.bundle import ClassifierExport, TrainingSummary, write_bundle
-    from shared.data.settings import IngestSettings
-    from shared.models import build_classifier, build_segmenter
-    from shared.records import numpy_to_record, record_to_state
-
-    def as_state(arrays: Mapping[str, np.ndarray], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """Arrays as the model holds them (Flower stores 0-d buffers as shape (1,)); checks keys and shapes."""
-        return dict(record_to_state(numpy_to_record(arrays), model.state_dict()))
-
-    cls_cfg = replace(cfg.cls, weights="random")  # only shapes matter here
-    exports = []
-    for ds, arrays in study.classifiers.items():
-        state = as_state(arrays, build_classifier(cls_cfg, len(cfg.dataset_sequences(ds)), dp=cfg.dp_models))
-        val = study.classifier_val.get(ds)
-        entry = None
-        if val is not None:
-            entry = _auc_entry(val.train_sums())
-            entry = entry if entry.get("value") is not None else None
-        exports.append(ClassifierExport(ds, state, entry, results["auc"].get(ds)))
-    sites = [
-        {
-            "name": info.name,
-            "role": info.role,
-            "patients": int(info.counts.get(P.PATIENTS, 0)),
-            "npc": int(info.counts.get(P.PATIENTS_NPC, 0)),
-            "npl": int(info.counts.get(P.PATIENTS_NPL, 0)),
-        }
-        for info in sorted(study.sites.values(), key=lambda s: s.name)
-    ]
-    training = TrainingSummary(
-        mode="federated",
-        sites=sites,
-        weights_origin=weights_origin(cfg.cls),
-        segmenter_test_dice=results.get("dice"),
-        dp=bundle_dp(privacy),
-        details={
-            k: fed.to_mapping()[k] for k in ("strategy", "fedbn", "seg-rounds", "cls-rounds", "min-sites")
-        },
-    )
-    seg_state = as_state(study.segmenter, build_segmenter(cfg.seg, dp=cfg.dp_models))
-    return write_bundle(out, cfg, IngestSettings(), seg_state, exports, training)
-
-
 def write_report(
     study: StudyOutcome,
     cfg: PipelineConfig,
@@ -356,6 +244,6 @@ def write_report(
     saved = _save_models(study, out)
     (out / "models" / "MODEL_CARD.md").write_text(model_card(results, cfg, fed, saved))
     paths["model_card"] = out / "models" / "MODEL_CARD.md"
-    paths["bundle"] = _write_bundle(study, cfg, fed, results, out / "bundle", privacy)
+    paths["bundle"] = write_study_bundle(study, cfg, fed, results, out / "bundle", privacy)
     log.info("report written to %s", out)
     return paths

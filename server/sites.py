@@ -19,7 +19,8 @@ from flwr.serverapp import Grid
 from server.config import FederationConfig
 from server.run_log import RunLog
 from server.stage import Stage
-from server.strategies.base import Participants, error_reasons, unavailable_nodes
+from server.strategies.base import Participants
+from server.strategies.replies import error_reasons, unavailable_nodes
 from shared import protocol as P
 from shared.config import parse_dataset_name
 

@@ -12,8 +12,6 @@ The sites (who they are, who is offline, who sits out a stage) are kept by ``Stu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 import numpy as np
@@ -22,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 
 from server.checkpoint import Checkpoint, CheckpointStore
-from server.config import FederationConfig
+from server.config import FederationConfig, settings_fingerprint
 from server.outcome import FinalTest, StudyOutcome
 from server.round_recorder import RoundRecorder
 from server.round_selection import RoundSelection
@@ -30,7 +28,7 @@ from server.run_log import RunLog
 from server.sites import SiteRoster
 from server.stage import Stage, study_stages
 from server.strategies import TooFewSitesError, build_strategy
-from server.strategies.base import collect_eval_sums, error_reasons
+from server.strategies.replies import collect_eval_sums, error_reasons
 from server.strategies.robust import trimming_problem
 from server.update_bounds import example_cap
 from shared import protocol as P
@@ -40,25 +38,6 @@ from shared.records import model_hash, numpy_to_record, record_to_numpy, state_t
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
-
-
-def settings_fingerprint(fed: FederationConfig, cfg: PipelineConfig) -> str:
-    """SHA-256 of everything that changes the trained weights (not paths, timeouts, resume or debug keys)."""
-    keep = {
-        k: v
-        for k, v in fed.to_mapping().items()
-        if k
-        not in (
-            "out-dir",
-            "checkpoint-dir",
-            "resume",
-            "round-timeout-s",
-            "wait-for-sites-s",
-            "debug-stop-after-round",
-        )
-    }
-    blob = json.dumps({"pipeline": cfg.to_mapping(), "federation": keep}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def as_record(arrays: Arrays) -> ArrayRecord:

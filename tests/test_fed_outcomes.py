@@ -19,10 +19,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from client.app import app as client_app
 from server.app import app as server_app
 from server.checkpoint import CheckpointStore, save_arrays
-from server.config import federation_from_run_config, pipeline_from_run_config
+from server.config import federation_from_run_config, pipeline_from_run_config, settings_fingerprint
 from server.pooled_eval import cls_figures
 from server.status import STALE_S, read_status, write_status
-from server.study import settings_fingerprint
 from server.update_check import eval_problem
 from shared import protocol as P
 from shared.errors import CheckpointError, ConfigError
