@@ -85,6 +85,12 @@ def test_histogram_auc_within_bound_of_exact() -> None:
     assert delong_ci_from_histograms(hp, hn) == pytest.approx(delong_ci(centres, y), abs=1e-12)
 
 
+def test_youden_never_picks_the_infinite_threshold() -> None:
+    """An uninformative model ties every point with (0, 0) at +inf: a bundle needs a usable, finite threshold."""
+    thr, sens, spec = youden_point([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0])
+    assert thr == 0.5 and (sens, spec) == (1.0, 0.0)
+
+
 def test_roc_points_and_youden() -> None:
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 60)

@@ -25,8 +25,13 @@ def roc_curve_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 
 
 def youden_from_curve(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float, float]:
-    """``(threshold, sensitivity, specificity)`` maximising sensitivity + specificity − 1 (first maximum)."""
-    j = np.asarray(tpr) - np.asarray(fpr)
+    """``(threshold, sensitivity, specificity)`` maximising sensitivity + specificity − 1 (first maximum) among
+    the curve's finite thresholds: the (0, 0) end, "call nobody NPL" at threshold +inf, is not an operating point
+    a bundle can use (an uninformative model ties it with every other point)."""
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if not np.isfinite(thr).any():
+        raise ValueError("the ROC curve has no finite threshold: both classes are needed")
+    j = np.where(np.isfinite(thr), np.asarray(tpr) - np.asarray(fpr), -np.inf)
     i = int(np.argmax(j))
     return float(thresholds[i]), float(tpr[i]), float(1.0 - fpr[i])
 
