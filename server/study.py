@@ -73,6 +73,7 @@ class Study:
         self.checkpoint: Checkpoint | None = None
         self.seg_hash = ""
         self.selections: dict[str, RoundSelection] = {}
+        self.kept_val: dict[str, tuple[int, dict[str, dict[str, object]]]] = {}  # stage key -> (round, sums)
         self.seg_arrays: Arrays = {}
 
     def _roi_content(self) -> RecordDict:
@@ -164,6 +165,8 @@ class Study:
             ev = strategy.last_eval
             round_arrays = record_to_numpy(rec)
             if selection.offer(true_round, round_arrays, ev.pooled if ev is not None else {}):
+                # the kept model's pooled validation statistics: the bundle's operating point, no second pass
+                self.kept_val[key] = (true_round, dict(ev.sums) if ev is not None else {})
                 log.info("%s: round %s is now the kept round (%s)", key, true_round, selection.summary(total))
             self.recorder.end_round(
                 stage=stage.kind.value,
@@ -213,6 +216,31 @@ class Study:
         return example_cap(patients, self.cfg.cls.slices_per_patient, self.cfg.cls_epochs)
 
     # ---- final federated test ---------------------------------------------------------------------
+
+    def kept_validation(self, stage: Stage, arrays: Arrays) -> FinalTest:
+        """The kept model on the pooled validation split: the statistics its round already gathered (the very
+        model, the same patients; under DP histogram noise, no second release), or a validation pass when this
+        run did not see that round (the stage was complete in the checkpoint, or resumed after it)."""
+        kept = self.selections.get(stage.key)
+        seen = self.kept_val.get(stage.key)
+        if kept is None or seen is None or seen[0] != kept.round or not seen[1]:
+            return self.final_test(stage, arrays, split="val")
+        sums = seen[1]
+        train_names = self.roster.train_site_names()
+        external = self.roster.eval_only_site_names()
+        pooled, per_site = stage.pool(sums, train_names)
+        pooled_external, _ = stage.pool(sums, external) if external else ({}, {})
+        self.run_log.append(
+            "final-val",
+            stage=stage.kind.value,
+            dataset=stage.dataset,
+            pooled=pooled,
+            per_site=per_site,
+            source=f"validation of kept round {kept.round}",
+            model_sha256=model_hash(arrays),
+        )
+        failed = {s: "no validation reply in the kept round" for s in train_names if s not in sums}
+        return FinalTest(pooled, per_site, pooled_external, failed, sums, train_names, external)
 
     def final_test(self, stage: Stage, arrays: Arrays, split: str = "test") -> FinalTest:
         rounds = stage.rounds
@@ -300,7 +328,7 @@ class Study:
         segmenter_test = self.final_test(segmenter, seg_arrays)
         classifier_tests = {d: self.final_test(st, a) for d, (st, a) in trained.items()}
         # the model bundle's decision thresholds: each kept classifier's operating point on pooled validation
-        classifier_val = {d: self.final_test(st, a, split="val") for d, (st, a) in trained.items()}
+        classifier_val = {d: self.kept_validation(st, a) for d, (st, a) in trained.items()}
         for stage, test in [(segmenter, segmenter_test)] + [
             (st, classifier_tests[d]) for d, (st, _) in trained.items()
         ]:
