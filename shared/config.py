@@ -22,6 +22,7 @@ SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientn
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
+CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
 DP_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -104,6 +105,7 @@ class ClassifierConfig:
     label_smoothing: float
     weight_decay: float
     aggregation: str
+    augment: str
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -122,6 +124,17 @@ class ClassifierConfig:
         _check_range("cls-label-smoothing", self.label_smoothing, 0.0, 0.5)
         _check_range("cls-weight-decay", self.weight_decay, 0.0, 1.0)
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
+        unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
+        if unknown:
+            raise ConfigError(
+                f"cls-augment={self.augment!r}: {unknown[0]!r} is not an augmentation; expected 'none' or a "
+                f"comma-separated subset of {', '.join(CLS_AUGMENT_OPS)}"
+            )
+
+    @property
+    def augment_ops(self) -> tuple[str, ...]:
+        """``cls-augment`` as a tuple of ops (``()`` for ``"none"``)."""
+        return tuple(op.strip() for op in self.augment.split(",") if op.strip() not in ("", "none"))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ OTHER_VALUE = {
     "cls-warmup": 0.2,
     "cls-label-smoothing": 0.05,
     "cls-weight-decay": 0.001,
+    "cls-augment": "flip,shift",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
     "datasets": "t1+t2,t1ce",
     "seg-epochs": 3,

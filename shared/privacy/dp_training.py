@@ -18,6 +18,7 @@ from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
 from shared.privacy.dp_sgd import DPPlan, DPStats, per_sample_seg_loss, run_dp_sgd
 from shared.roi.datasets import RoiDataset
+from shared.training.augment import augment_batch
 from shared.training.classification import smoothed_bce
 from shared.training.device import TrainStats, place_batch, place_model
 from shared.training.seg_dataset import SegSliceDataset
@@ -91,9 +92,10 @@ def train_classifier_dp(
     slices = [s for s in slices if s]
     place_model(model, device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.cls.lr, weight_decay=cfg.cls.weight_decay)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
 
     def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = ds.images[picks]
+        x = augment_batch(ds.images[picks], cfg.cls.augment_ops, aug_gen)  # per-sample: DP unit unchanged
         y = torch.tensor([float(ds.labels[int(ds.slice_patient[k])]) for k in picks])
         return place_batch(x, device), y.to(device)
 

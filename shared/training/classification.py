@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
 from shared.roi.datasets import RoiDataset
+from shared.training.augment import augment_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
 from shared.training.schedules import prox_term, snapshot_params, warmup_cosine
 
@@ -69,12 +70,15 @@ def train_classifier(
     loader = DataLoader(
         ds, batch_size=bs, shuffle=True, generator=gen, drop_last=drop_last, pin_memory=device.type == "cuda"
     )
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch + 1)
+    ops = cfg.cls.augment_ops
     losses: list[float] = []
     n_examples = 0
     for epoch in range(start_epoch, start_epoch + epochs):
         epoch_losses: list[float] = []
         for x, y, _ in tqdm(loader, desc=f"{ds.name} epoch {epoch + 1}", disable=not progress, leave=False):
-            x, y = place_batch(x, device), y.to(device, non_blocking=True)
+            x = place_batch(augment_batch(x, ops, aug_gen), device)
+            y = y.to(device, non_blocking=True)
             with autocast_for(device, cfg.amp):
                 logits = model(x)
             loss = smoothed_bce(logits.float().squeeze(1), y, cfg.cls.label_smoothing)
