@@ -22,6 +22,7 @@ SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientn
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
+ROI_INTENSITIES: tuple[str, ...] = ("body", "peritumoral")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
@@ -147,6 +148,7 @@ class PipelineConfig:
     seg_epochs: int
     cls_epochs: int
     roi_margin: int
+    roi_intensity: str
     device: str
     amp: bool
     seed: int
@@ -168,6 +170,7 @@ class PipelineConfig:
         _check_range("seg-epochs", self.seg_epochs, 0, 10_000)
         _check_range("cls-epochs", self.cls_epochs, 0, 10_000)
         _check_range("roi-margin", self.roi_margin, 0, 256)
+        _check_choice("roi-intensity", self.roi_intensity, ROI_INTENSITIES)
         _check_choice("device", self.device, DEVICES)
         _check_range("seed", self.seed, 0, 2**31 - 1)
         _check_range("hist-bins", self.hist_bins, 2, 1_000_000)

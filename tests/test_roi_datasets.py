@@ -90,3 +90,15 @@ def test_subset_by_split() -> None:
     assert val.patients == [patients[1].pseudonym] and val.split == ("val",)
     assert len(val) == 2 and set(val.slice_patient.tolist()) == {0}
     assert len(ds.subset("train", "test").patients) == 2
+
+
+def test_peritumoral_reference_removes_the_surrounding_level_per_channel() -> None:
+    from shared.roi.datasets import peritumoral_reference
+
+    inside = np.zeros((8, 8), bool)
+    inside[2:6, 2:6] = True
+    crop = np.stack([np.where(inside, 3.0, 1.0), np.where(inside, -1.0, 5.0)]).astype(np.float32)
+    out = peritumoral_reference(crop + np.float32(7.0), inside)  # a shift shared by tumour and surroundings
+    assert np.allclose(out[0][inside], 2.0) and np.allclose(out[0][~inside], 0.0)
+    assert np.allclose(out[1][inside], -6.0) and np.allclose(out[1][~inside], 0.0)
+    assert np.array_equal(peritumoral_reference(crop, np.ones((8, 8), bool)), crop)  # no ring: unchanged

@@ -34,6 +34,7 @@ OTHER_VALUE = {
     "cls-label-smoothing": 0.05,
     "cls-weight-decay": 0.001,
     "cls-augment": "flip,shift",
+    "roi-intensity": "peritumoral",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
     "datasets": "t1+t2,t1ce",
     "seg-epochs": 3,

@@ -125,6 +125,21 @@ class RoiDataset(Dataset):
         return int((self.labels == 0).sum()), int((self.labels == 1).sum())
 
 
+def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``crop (C, S, S)`` minus, per channel, the median of the pixels around the tumour (``~inside``).
+
+    The class evidence is the tumour's signal relative to nearby tissue (radiologists compare it with muscle),
+    which a body-wide z-score only approximates: bias field and scanner shift move both alike. A crop that is all
+    tumour (no ring: ``roi-margin`` 0 on a box-filling mask) has no reference and is left body-z-scored.
+    """
+    ring = ~inside
+    if not ring.any():
+        log.warning("an ROI crop is all tumour (no surrounding pixel): left body-z-scored; raise roi-margin")
+        return crop
+    ref = np.median(crop[:, ring], axis=1).astype(np.float32)
+    return crop - ref[:, None, None]
+
+
 def build_roi_datasets(
     masks_by_patient: Mapping[str, np.ndarray],
     patients: Sequence[PatientVolumes],
@@ -135,7 +150,8 @@ def build_roi_datasets(
 
     Per patient: keep the largest tumour component(s), take the ``cfg.cls.slices_per_patient`` slices with the
     largest area, crop a square box (mask bounding box + ``cfg.roi_margin``) per slice from each sequence of the
-    dataset (body-z-scored volume), resize to ``cfg.cls.image_size``.
+    dataset (body-z-scored volume), resize to ``cfg.cls.image_size``; with ``roi-intensity = "peritumoral"``
+    each crop is then referenced to the tissue around the tumour (:func:`peritumoral_reference`).
     """
     report = RoiReport(n_patients=len(patients))
     parsed = {name: parse_dataset_name(name) for name in datasets}
@@ -172,8 +188,12 @@ def build_roi_datasets(
             a = acc[name]
             idx = len(a["patients"])
             for z in zs:
-                a["images"].append(roi_crop([normed[s][z] for s in seqs], boxes[z], size))
-                a["masks"].append(roi_crop([kept[z]], boxes[z], size)[0] >= 0.5)
+                crop = roi_crop([normed[s][z] for s in seqs], boxes[z], size)
+                inside = roi_crop([kept[z]], boxes[z], size)[0] >= 0.5
+                if cfg.roi_intensity == "peritumoral":
+                    crop = peritumoral_reference(crop, inside)
+                a["images"].append(crop)
+                a["masks"].append(inside)
                 a["slice_patient"].append(idx)
             a["patients"].append(p.pseudonym)
             a["labels"].append(int(p.label))
