@@ -188,33 +188,46 @@ def run_classifier(
 def gradcam_stage(
     model: torch.nn.Module, ds: RoiDataset, out_dir: Path, device: torch.device, n_examples: int = 4
 ) -> dict[str, Any]:
-    """Grad-CAM on every test slice (up to 64): mean core/periphery share; overlays for a few examples of each
+    """Grad-CAM on every test slice (up to 64): core/periphery share of the evidence inside the tumour, as the
+    mean over test patients with a 95% bootstrap CI (patients resampled); overlays for a few examples of each
     class (CAM of the true class's evidence)."""
     test = ds.subset("test")
     model.to(device).eval()
-    cores, peris = [], []
+    per_patient: dict[int, list[float]] = {}
     written: list[str] = []
     for k in range(min(len(test), 64)):
-        x, y, _ = test[k]
+        x, y, i = test[k]
         label = int(y)
         cam = grad_cam(model, x, class_sign=1.0 if label == 1 else -1.0)
         c, p = core_periphery_share(cam, test.roi_masks[k])
         if np.isfinite(c):
-            cores.append(c)
-            peris.append(p)
+            per_patient.setdefault(int(i), []).append(c)
         per_class = sum(1 for w in written if w.endswith("NPL.png" if label else "NPC.png"))
         if per_class < (n_examples + 1) // 2:
             name = f"gradcam_{ds.name.replace('+', '_')}_{len(written)}_{'NPL' if label else 'NPC'}.png"
             title = f"{dataset_label(ds.name)} {'NPL' if label else 'NPC'}: core {c:.2f} / periphery {p:.2f}"
             save_overlay(x[0].numpy(), cam, out_dir / name, mask=test.roi_masks[k], title=title)
             written.append(name)
+    shares = np.array([np.mean(v) for v in per_patient.values()])
+    low, high = bootstrap_mean_ci(shares, seed=0)
     return {
         "dataset": ds.name,
-        "n_slices": len(cores),
-        "core_share": float(np.mean(cores)) if cores else None,
-        "periphery_share": float(np.mean(peris)) if peris else None,
+        "n_slices": int(sum(len(v) for v in per_patient.values())),
+        "n_patients": len(shares),
+        "core_share": float(shares.mean()) if len(shares) else None,
+        "core_share_ci": [low, high] if len(shares) else None,
+        "periphery_share": float(1.0 - shares.mean()) if len(shares) else None,
         "files": written,
     }
+
+
+def bootstrap_mean_ci(values: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (nan, nan for no values)."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def write_model_card(out_dir: Path, results: dict[str, Any], cfg: PipelineConfig) -> Path:
@@ -279,9 +292,8 @@ def run_centralized(
     auc_entries: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     cls_summaries: dict[str, Any] = {}
-    gradcam: dict[str, Any] | None = None
+    gradcam: dict[str, Any] = {}
     kept_models: dict[str, torch.nn.Module] = {}
-    cam_dataset = "t1+t2" if "t1+t2" in cfg.datasets else cfg.datasets[-1]
     for name in cfg.datasets:
         ds = datasets[name]
         if len(ds.subset("train")) == 0:
@@ -296,8 +308,8 @@ def run_centralized(
         cls_summaries[name] = summary
         plot_curves(summary["history"], out_dir / f"curves_{name.replace('+', '_')}.png",
                     title=f"classifier {dataset_label(name)}")  # fmt: skip
-        if name == cam_dataset and len(ds.subset("test")):
-            gradcam = gradcam_stage(model, ds, out_dir, device)
+        if len(ds.subset("test")):
+            gradcam[name] = gradcam_stage(model, ds, out_dir, device)
     if curves:
         plot_roc(curves, out_dir / "roc_test.png", title=f"Test ROC, centralized ({cfg.cls.arch})")
     if seg_summary["history"]["train loss"]:

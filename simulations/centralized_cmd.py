@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
         segmenter_state=Path(args.segmenter) if args.segmenter else None,
     )
     print(format_seed_table(results))
-    gc = results["extra"].get("gradcam") or {}
-    if gc.get("core_share") is not None:
-        print(f"Grad-CAM ({gc['dataset']}, {gc['n_slices']} test slices): core {gc['core_share']:.2f} vs "
-              f"periphery {gc['periphery_share']:.2f} of the evidence inside the tumour (seed: centre > periphery)")  # fmt: skip
+    for gc in (results["extra"].get("gradcam") or {}).values():
+        if gc.get("core_share") is not None:
+            low, high = gc["core_share_ci"]
+            print(f"Grad-CAM {gc['dataset']} ({gc['n_patients']} test patients): core share {gc['core_share']:.2f} "
+                  f"(95% CI {low:.2f}-{high:.2f}) of the evidence inside the tumour; the seed found centre > periphery")  # fmt: skip
     print(f"outputs: {out}/results.json, roc_test.png, gradcam_*.png, models/, MODEL_CARD.md")
     return 0

@@ -34,6 +34,25 @@ def _check_outputs(out, results) -> None:
     assert seg["history"]["train loss"][-1] < seg["history"]["train loss"][0]  # the segmenter learns
     for entry in saved["auc"].values():
         assert 0.0 <= entry["ci"][0] <= entry["value"] <= entry["ci"][1] <= 1.0
+    # Grad-CAM per dataset, the core share with a patient-bootstrap CI around it
+    assert set(saved["extra"]["gradcam"]) == set(saved["auc"])
+    for cam in saved["extra"]["gradcam"].values():
+        if cam["core_share"] is not None:
+            low, high = cam["core_share_ci"]
+            assert 0.0 <= low <= cam["core_share"] <= high <= 1.0 and cam["n_patients"] >= 1
+
+
+def test_bootstrap_mean_ci_brackets_the_mean_and_narrows_with_more_values() -> None:
+    import numpy as np
+
+    from simulations.centralized import bootstrap_mean_ci
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.5, 0.1, 10), rng.normal(0.5, 0.1, 1000)
+    lo_f, hi_f = bootstrap_mean_ci(few, seed=0)
+    lo_m, hi_m = bootstrap_mean_ci(many, seed=0)
+    assert lo_f < few.mean() < hi_f and lo_m < many.mean() < hi_m
+    assert hi_m - lo_m < (hi_f - lo_f) / 5
 
 
 @pytest.mark.slow
