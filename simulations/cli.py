@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulations.privacy_table_cmd",
         "utility vs privacy: no DP, local DP at epsilon 8/3/1, central DP on one cohort, side by side",
     ),
+    "recipe": (
+        "simulations.recipe_cmd",
+        "screen classifier settings: cross-validated AUC on synthetic cohorts' train+val patients",
+    ),
     "centralized": ("simulations.centralized_cmd", "pooled baseline: seed pipeline on all sites' patients"),
     "readers": (
         "simulations.readers_cmd",
