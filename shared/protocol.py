@@ -76,6 +76,9 @@ TRAIN_METRICS = (
     DP_DELTA,
 )
 DP_SITE_METRICS = (DP_EPSILON_STUDY, DP_EPSILON_SITE, DP_EPSILON_LEFT, DP_DELTA)
+# secure aggregation: coordinates of the site's weighted update clipped to +-secure-aggregation-clip before masking
+SECAGG_CLIPPED = "secagg-clipped"
+SECURE_TRAIN_METRICS = TRAIN_METRICS + (SECAGG_CLIPPED,)
 NO_DP_METRICS = {
     UPDATE_WEIGHT: 1,
     DP_EPSILON_STUDY: 0.0,
