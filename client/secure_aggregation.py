@@ -25,7 +25,7 @@ import logging
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.clientapp.mod import secaggplus_mod
+from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key
 from flwr.compat.common import recorddict_compat as compat

@@ -152,9 +152,12 @@ class _StudyGrid(Grid):
             node = msg.metadata.dst_node_id
             configs = msg.content.config_records[RECORD_KEY_CONFIGS]
             stage = str(configs[Key.STAGE])
-            content = msg.content
+            # a record of its own per site (the workflow shares one between messages, a site's mod edits it)
+            content = RecordDict({**msg.content, RECORD_KEY_CONFIGS: ConfigRecord(dict(configs))})
             if stage == Stage.COLLECT_MASKED_VECTORS:
-                content = RecordDict({**self.instructions[node], RECORD_KEY_CONFIGS: configs})
+                content = RecordDict(
+                    {**self.instructions[node], RECORD_KEY_CONFIGS: ConfigRecord(dict(configs))}
+                )
             out.append(
                 Message(
                     content, dst_node_id=node, message_type=self.message_type, group_id=msg.metadata.group_id

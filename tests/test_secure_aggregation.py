@@ -1,0 +1,166 @@
+"""Secure aggregation (SecAgg+): Flower's real workflow and mod around our train.<action> messages.
+
+Unit level: a tiny ClientApp whose training handler returns known arrays, behind our ``secure_aggregation`` mod
+(Flower's ``secaggplus_mod`` inside), answered in-process; the coordinator side is ``server.secure_aggregation``
+(Flower's ``SecAggPlusWorkflow`` stages). The unmasked mean must equal the exact example-weighted mean within the
+quantisation bound, and the coordinator must never receive a site's update. Study level (slow): the toy study
+through both stages with and without secure aggregation, same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from client.secure_aggregation import secure_aggregation
+from server.config import federation_from_run_config
+from server.privacy import check_privacy_settings
+from server.secure_aggregation import SecureAggregation, secure_round
+from shared import protocol as P
+from shared.config import PipelineConfig
+from shared.errors import ConfigError
+from shared.records import numpy_to_record
+from tests.fed_support import LocalGrid, default_run_config
+
+GLOBAL = {
+    "conv.weight": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4),
+    "bn.running_var": np.ones(3, dtype=np.float32),
+    "bn.num_batches_tracked": np.array(5, dtype=np.int64),
+}
+
+
+def _site_update(node: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(node)
+    return {
+        k: (rng.normal(0, 0.05, v.shape) if v.dtype.kind == "f" else np.array(3)) for k, v in GLOBAL.items()
+    }
+
+
+def _examples(node: int) -> int:
+    return 10 + node % 17
+
+
+def _toy_app(broken: set[int] | None = None) -> ClientApp:
+    app = ClientApp()
+
+    @app.train("seg", mods=[secure_aggregation])
+    def train(msg: Message, context: Context) -> Message:
+        node = context.node_id
+        if node in (broken or set()):
+            raise RuntimeError("local training failed")
+        glob = {k: msg.content[P.ARRAYS][k].numpy() for k in msg.content[P.ARRAYS].keys()}
+        trained = {k: (glob[k] + _site_update(node)[k]).astype(glob[k].dtype) for k in glob}
+        metrics = {**{k: 0.0 for k in P.TRAIN_METRICS}, P.NUM_EXAMPLES: _examples(node), P.UPDATE_WEIGHT: 1}
+        return Message(
+            RecordDict({P.ARRAYS: numpy_to_record(trained), P.METRICS: MetricRecord(metrics)}), reply_to=msg
+        )
+
+    return app
+
+
+def _instructions(grid: LocalGrid) -> list[Message]:
+    content = RecordDict({P.ARRAYS: numpy_to_record(GLOBAL), P.CONFIG: ConfigRecord({P.CFG_ROUND: 1})})
+    return [Message(content, dst_node_id=n, message_type=P.TRAIN_SEG) for n in grid.contexts]
+
+
+def _secure_grid(n_sites: int, broken: set[int] | None = None) -> LocalGrid:
+    return LocalGrid(_toy_app(broken), n_sites, {**default_run_config(), "secure-aggregation": True})
+
+
+def test_unmasked_mean_equals_the_weighted_fedavg_within_the_quantisation_bound_and_no_update_leaves():
+    grid = _secure_grid(4)
+    settings = SecureAggregation(clip=4.0, threshold=0.67, timeout=None)
+    max_weight = 40.0
+    out = secure_round(grid, _instructions(grid), settings, max_weight, server_round=1)
+    assert out.halted == "" and out.mean_update is not None and not out.failed
+    nodes = list(grid.contexts)
+    w = np.array([_examples(n) for n in nodes], dtype=np.float64)
+    weight_sum = sum(settings.weight_ratio(x, max_weight) for x in w)
+    bound = settings.quantisation_bound(len(nodes), weight_sum)
+    assert 0 < bound < 1e-4
+    worst = 0.0
+    for key in GLOBAL:
+        exact = sum(wi * _site_update(n)[key] for wi, n in zip(w, nodes, strict=True)) / w.sum()
+        worst = max(worst, float(np.max(np.abs(out.mean_update[key] - exact))))
+    assert worst <= bound, (worst, bound)
+    assert all(m[P.SECAGG_CLIPPED] == 0 for m in out.site_metrics.values())
+    assert worst > 0  # quantised: not bit-identical (a test that could not tell masking from plain averaging)
+    # what reached the coordinator: no array record with data, only Flower's stage records and scalar metrics
+    for reply in grid.replies:
+        assert all(len(rec) == 0 for rec in reply.content.array_records.values())
+        configs = reply.content.config_records[RECORD_KEY_CONFIGS]
+        if "masked_params" in configs:  # the collect stage: the masked vector is not the update
+            masked = [np.load(__import__("io").BytesIO(b)) for b in configs["masked_params"]]
+            assert masked[1].dtype == np.int64 and masked[1].max() > 2**22  # masked integers mod 2**32
+    assert {m.metadata.message_type for m in grid.sent} == {P.TRAIN_SEG}
+
+
+def test_clipped_coordinates_are_counted_at_each_site():
+    grid = _secure_grid(3)
+    out = secure_round(grid, _instructions(grid), SecureAggregation(1.0, 0.67, None), 40.0, server_round=1)
+    # the counter's update (3 batches) x weight (examples / 40) exceeds 1 where examples > 13
+    expected = {n: int(3 * _examples(n) / 40 > 1.0) for n in grid.contexts}
+    assert {n: m[P.SECAGG_CLIPPED] for n, m in out.site_metrics.items()} == expected
+    assert sum(expected.values()) >= 1
+
+
+def test_a_site_that_fails_after_the_key_exchange_is_unmasked_out_by_the_others():
+    grid = _secure_grid(4, broken={1001 + 7})
+    settings = SecureAggregation(clip=4.0, threshold=0.5, timeout=None)
+    out = secure_round(grid, _instructions(grid), settings, 40.0, server_round=1)
+    assert out.halted == "" and set(out.failed) == {1008}
+    assert "collect_masked_vectors" in out.failed[1008]
+    nodes = [n for n in grid.contexts if n != 1008]
+    w = np.array([_examples(n) for n in nodes], dtype=np.float64)
+    bound = settings.quantisation_bound(3, sum(settings.weight_ratio(x, 40.0) for x in w))
+    for key in GLOBAL:
+        exact = sum(wi * _site_update(n)[key] for wi, n in zip(w, nodes, strict=True)) / w.sum()
+        assert np.max(np.abs(out.mean_update[key] - exact)) <= bound
+
+
+def test_with_two_sites_a_dropout_halts_the_round():
+    grid = _secure_grid(2, broken={1008})
+    out = secure_round(grid, _instructions(grid), SecureAggregation(4.0, 0.67, None), 40.0, server_round=1)
+    assert out.mean_update is None and "halted" in out.halted
+
+
+def test_the_site_refuses_a_plain_training_instruction_in_a_secure_run():
+    grid = _secure_grid(2)
+    replies = list(grid.send_and_receive(_instructions(grid)))
+    assert all(r.has_error() for r in replies)
+    assert "does not send its update in clear" in replies[0].error.reason
+    assert not any(RECORD_KEY_CONFIGS in r.content.config_records for r in replies if not r.has_error())
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"strategy": "fedmedian"}, "secure-aggregation=true with strategy='fedmedian'"),
+        ({"strategy": "fedtrimmedavg"}, "secure-aggregation=true with strategy='fedtrimmedavg'"),
+        ({"dp": "central"}, "secure-aggregation=true with dp='central'"),
+        ({"update-norm-factor": 10.0}, "secure-aggregation=true with update-norm-factor=10"),
+        ({"min-sites": 1}, "secure-aggregation=true with min-sites=1"),
+    ],
+)
+def test_refused_secure_aggregation_combinations_name_both_keys(changes, match):
+    from simulations.run_cmd import validate_run_config
+
+    changes = {"secure-aggregation": True, "update-norm-factor": 0.0, **changes}
+    rc = {**default_run_config(), **changes}
+    with pytest.raises(ConfigError, match=match):
+        check_privacy_settings(federation_from_run_config(rc), PipelineConfig.defaults({"dp": rc["dp"]}))
+    with pytest.raises(ConfigError, match=match):  # nasofl-sim run refuses it before Flower starts
+        validate_run_config(changes)
+
+
+@pytest.mark.parametrize("strategy,dp", [("fedavg", "local"), ("fedprox", "off"), ("fedadam", "local")])
+def test_averaging_strategies_and_local_dp_are_allowed_with_secure_aggregation(strategy, dp):
+    rc = {**default_run_config(), "secure-aggregation": True, "update-norm-factor": 0.0, "strategy": strategy}
+    check_privacy_settings(federation_from_run_config(rc), PipelineConfig.defaults({"dp": dp, "amp": False}))
