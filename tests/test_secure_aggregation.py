@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
@@ -139,6 +139,59 @@ def test_the_site_refuses_a_plain_training_instruction_in_a_secure_run():
     assert not any(RECORD_KEY_CONFIGS in r.content.config_records for r in replies if not r.has_error())
 
 
+def _strategy(name: str, grid: LocalGrid, caps: dict[int, int]):
+    from server.strategies import build_strategy
+    from server.strategies.base import Participants
+
+    rc = {**default_run_config(), "strategy": name, "secure-aggregation": True, "update-norm-factor": 0.0}
+    strategy = build_strategy(federation_from_run_config(rc))
+    nodes = frozenset(grid.contexts)
+    strategy.setup_stage(
+        action="seg",
+        participants=Participants({n: f"site-{n}" for n in nodes}, nodes, nodes),
+        min_sites=2,
+        example_cap_of=caps.get,
+        secure=SecureAggregation(4.0, 0.67, None),
+    )
+    return strategy
+
+
+def test_fedavg_applies_the_unmasked_mean_and_fedadam_steps_from_it():
+    grid = _secure_grid(3)
+    nodes = list(grid.contexts)
+    caps = {n: 40 for n in nodes}
+    fedavg = _strategy("fedavg", grid, caps)
+    assert fedavg.configure_train(1, numpy_to_record(GLOBAL), ConfigRecord({}), grid) == []  # sent by SecAgg+
+    arrays, _ = fedavg.aggregate_train(1, [])
+    rec = fedavg.last_train
+    assert rec.contributed == sorted(f"site-{n}" for n in nodes) and not rec.rejected
+    bound = rec.secure_aggregation["quantisation_bound"]
+    w = np.array([_examples(n) for n in nodes], dtype=np.float64)
+    for key, ref in GLOBAL.items():
+        exact = ref + sum(wi * _site_update(n)[key] for wi, n in zip(w, nodes, strict=True)) / w.sum()
+        got = arrays[key].numpy()
+        if ref.dtype.kind == "f":
+            assert got.dtype == np.float32
+            assert np.max(np.abs(got - exact)) <= bound + 1e-7 * np.max(np.abs(exact))
+        else:  # BatchNorm's counter: the mean of the sites' counts, rounded (float64, as Flower's FedAvg gives it)
+            assert got.size == 1 and float(got.item()) == float(np.rint(exact)), (got, exact)
+    fedadam = _strategy("fedadam", grid, caps)
+    fedadam.configure_train(1, numpy_to_record(GLOBAL), ConfigRecord({}), grid)
+    stepped, _ = fedadam.aggregate_train(1, [])
+    assert set(fedadam.strategy_state()) == {"m_t", "v_t"}
+    delta = stepped["conv.weight"].numpy() - GLOBAL["conv.weight"]
+    assert np.isfinite(delta).all() and np.abs(delta).max() > 0
+
+
+def test_a_claim_above_the_sites_own_counts_discards_the_round():
+    grid = _secure_grid(3)
+    liar = list(grid.contexts)[0]  # claims _examples(liar) = 25 examples; its counts allow 12
+    strategy = _strategy("fedavg", grid, {n: (12 if n == liar else 40) for n in grid.contexts})
+    strategy.configure_train(1, numpy_to_record(GLOBAL), ConfigRecord({}), grid)
+    assert strategy.aggregate_train(1, []) == (None, None)  # the global model stays
+    assert "summed in, so this round's sum is discarded" in strategy.last_train.rejected[f"site-{liar}"]
+
+
 @pytest.mark.parametrize(
     "changes,match",
     [
@@ -164,3 +217,86 @@ def test_refused_secure_aggregation_combinations_name_both_keys(changes, match):
 def test_averaging_strategies_and_local_dp_are_allowed_with_secure_aggregation(strategy, dp):
     rc = {**default_run_config(), "secure-aggregation": True, "update-norm-factor": 0.0, "strategy": strategy}
     check_privacy_settings(federation_from_run_config(rc), PipelineConfig.defaults({"dp": dp, "amp": False}))
+
+
+# ---------------------------------------------------------------- the toy study, both stages (slow) ----------
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from simulations.synth.cohort import CohortConfig, generate_cohort
+
+    root = tmp_path_factory.mktemp("secaggcohort")
+    generate_cohort(root, CohortConfig(sites=3, patients_per_site=(6, 6, 6), seed=3), progress=False)
+    return root
+
+
+def _study(cohort: Path, out: Path, **overrides) -> tuple[LocalGrid, dict, list[dict], float]:
+    from client.app import app as client_app
+    from server.app import app as server_app
+    from tests.fed_support import server_context, toy_run_config
+
+    rc = toy_run_config(cohort, out, datasets="t2", amp=False, **{"update-norm-factor": 0.0, **overrides})
+    grid = LocalGrid(client_app, 3, rc)
+    t0 = time.perf_counter()
+    server_app(grid, server_context(rc))
+    seconds = time.perf_counter() - t0
+    assert (out / "STATUS").read_text().startswith("COMPLETED"), (out / "STATUS").read_text()
+    lines = [json.loads(x) for x in (out / "run-log.jsonl").read_text().splitlines()]
+    return (
+        grid,
+        json.loads((out / "results.json").read_text()),
+        [x for x in lines if x["event"] == "round"],
+        seconds,
+    )
+
+
+@pytest.mark.slow
+def test_toy_study_both_stages_under_secure_aggregation_matches_plain_aggregation(cohort, tmp_path):
+    from server.checkpoint import CheckpointStore
+
+    _, plain, plain_rounds, plain_s = _study(cohort, tmp_path / "plain")
+    grid, secure, secure_rounds, secure_s = _study(
+        cohort, tmp_path / "secure", **{"secure-aggregation": True}
+    )
+    assert [(r["stage"], r["dataset"]) for r in secure_rounds] == [("seg", ""), ("cls", "t2")]
+    # one round per stage, from the same initial weights and the same local training: the kept models of the
+    # two runs differ by the quantisation of SecAgg+ only (plus float32 rounding of the stored arrays)
+    stores = (
+        CheckpointStore(tmp_path / "plain" / "checkpoints"),
+        CheckpointStore(tmp_path / "secure" / "checkpoints"),
+    )
+    for key, rnd in (("seg", secure_rounds[0]), ("cls:t2", secure_rounds[1])):
+        sa = rnd["secure_aggregation"]
+        assert sa["sites_summed"] == 3 and sum(sa["clipped_coordinates"].values()) == 0
+        assert rnd["sites_contributed"] == ["hospital-a", "hospital-b", "hospital-c"]
+        a, b = stores[0].load_final(key), stores[1].load_final(key)
+        assert a.keys() == b.keys()
+        err = max(
+            float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)) - 2e-7 * np.abs(a[k])))
+            for k in a
+            if a[k].dtype.kind == "f"
+        )
+        assert err <= sa["quantisation_bound"], (key, err, sa["quantisation_bound"])
+        print(f"\n{key}: max |secure - plain| {err:.3g} (bound {sa['quantisation_bound']:.3g})")
+    # the pooled figures of the final test: the same up to a few pixels or patient scores moved by the
+    # quantisation (Flower's stochastic rounding draws from numpy's global generator: not seeded by the study)
+    assert secure["dice"] == pytest.approx(plain["dice"], abs=1e-3)
+    assert secure["auc"]["t2"]["value"] == pytest.approx(plain["auc"]["t2"]["value"], abs=1e-3)
+    print(
+        f"pooled Dice {secure['dice']:.6f} / {plain['dice']:.6f}; AUC t2 {secure['auc']['t2']['value']:.6f} / "
+        f"{plain['auc']['t2']['value']:.6f} (secure / plain)"
+    )
+    for p, s in zip(plain_rounds, secure_rounds, strict=True):
+        print(f"{p['stage']} round: {s['seconds_round']:.2f} s secure / {p['seconds_round']:.2f} s plain")
+    print(f"study: {secure_s:.1f} s secure / {plain_s:.1f} s plain = {secure_s / plain_s:.2f}x")
+    # no site's update reached the coordinator: every training reply's arrays are empty
+    train = [
+        r
+        for r in grid.replies
+        if r.metadata.message_type == P.TRAIN_SEG or r.metadata.message_type == P.TRAIN_CLS
+    ]
+    assert len(train) == 2 * 4 * 3  # 2 stages x 4 SecAgg+ stages x 3 sites
+    for reply in train:
+        assert not reply.has_error()
+        assert all(len(rec) == 0 for rec in reply.content.array_records.values())
