@@ -280,7 +280,7 @@ def test_toy_study_both_stages_under_secure_aggregation_matches_plain_aggregatio
         assert err <= sa["quantisation_bound"], (key, err, sa["quantisation_bound"])
         print(f"\n{key}: max |secure - plain| {err:.3g} (bound {sa['quantisation_bound']:.3g})")
     # the pooled figures of the final test: the same up to a few pixels or patient scores moved by the
-    # quantisation (Flower's stochastic rounding draws from numpy's global generator: not seeded by the study)
+    # quantisation (Flower rounds stochastically, from numpy's global generator that each site seeds per round)
     assert secure["dice"] == pytest.approx(plain["dice"], abs=1e-3)
     assert secure["auc"]["t2"]["value"] == pytest.approx(plain["auc"]["t2"]["value"], abs=1e-3)
     print(
