@@ -227,7 +227,9 @@ def cohort(tmp_path_factory) -> Path:
     from simulations.synth.cohort import CohortConfig, generate_cohort
 
     root = tmp_path_factory.mktemp("secaggcohort")
-    generate_cohort(root, CohortConfig(sites=3, patients_per_site=(6, 6, 6), seed=3), progress=False)
+    # half NPL at every site, so that the test split holds both classes (the pooled AUC is defined)
+    config = CohortConfig(sites=3, patients_per_site=(8, 8, 8), seed=3, npl_fraction_per_site=(0.5, 0.5, 0.5))
+    generate_cohort(root, config, progress=False)
     return root
 
 
@@ -282,6 +284,7 @@ def test_toy_study_both_stages_under_secure_aggregation_matches_plain_aggregatio
     # the pooled figures of the final test: the same up to a few pixels or patient scores moved by the
     # quantisation (Flower rounds stochastically, from numpy's global generator that each site seeds per round)
     assert secure["dice"] == pytest.approx(plain["dice"], abs=1e-3)
+    assert plain["auc"]["t2"]["value"] is not None
     assert secure["auc"]["t2"]["value"] == pytest.approx(plain["auc"]["t2"]["value"], abs=1e-3)
     print(
         f"pooled Dice {secure['dice']:.6f} / {plain['dice']:.6f}; AUC t2 {secure['auc']['t2']['value']:.6f} / "
