@@ -213,6 +213,18 @@ def test_refused_secure_aggregation_combinations_name_both_keys(changes, match):
         validate_run_config(changes)
 
 
+def test_check_config_refuses_what_the_server_refuses():
+    import argparse
+
+    from server.check_config_cmd import run
+
+    with pytest.raises(ConfigError, match="secure-aggregation=true with update-norm-factor=10"):
+        run(argparse.Namespace(app=None, run_config=["secure-aggregation=true"]))
+    assert (
+        run(argparse.Namespace(app=None, run_config=["secure-aggregation=true update-norm-factor=0.0"])) == 0
+    )
+
+
 @pytest.mark.parametrize("strategy,dp", [("fedavg", "local"), ("fedprox", "off"), ("fedadam", "local")])
 def test_averaging_strategies_and_local_dp_are_allowed_with_secure_aggregation(strategy, dp):
     rc = {**default_run_config(), "secure-aggregation": True, "update-norm-factor": 0.0, "strategy": strategy}
