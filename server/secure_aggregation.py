@@ -98,6 +98,7 @@ class SecureRound:
     halted: str = ""  # why the protocol stopped before unmasking ("" when it unmasked)
     max_weight: float = 0.0
     seconds: float = 0.0
+    bytes_received: int = 0
 
 
 class _Handover(Strategy):
@@ -142,6 +143,7 @@ class _StudyGrid(Grid):
         self.message_type = message_type
         self.instructions = instructions
         self.failed: dict[int, str] = {}
+        self.bytes_received = 0  # keys, shares and masked vectors: what the sites uploaded
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -171,8 +173,11 @@ class _StudyGrid(Grid):
             node = by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             answered.add(node)
             if reply.has_error():
-                self.failed[node] = (
-                    f"SecAgg+ {stage}: error reply (code {reply.error.code}): {reply.error.reason[:300]}"
+                reason = " ".join(str(reply.error.reason).split())[:300]
+                self.failed[node] = f"SecAgg+ {stage}: error reply (code {reply.error.code}): {reason}"
+            else:
+                self.bytes_received += sum(
+                    _bytes_in(v) for rec in reply.content.config_records.values() for v in rec.values()
                 )
         for node in sent - answered:
             self.failed[node] = f"SecAgg+ {stage}: no reply (timeout or disconnect)"
@@ -265,7 +270,14 @@ def secure_round(
         halted=halted,
         max_weight=max_weight,
         seconds=time.perf_counter() - t0,
+        bytes_received=study_grid.bytes_received,
     )
+
+
+def _bytes_in(value: object) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    return sum(len(v) for v in value if isinstance(v, bytes)) if isinstance(value, list) else 0
 
 
 @dataclass

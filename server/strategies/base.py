@@ -286,6 +286,7 @@ class StageMixin:
                 f"failed: {rec.failed or 'none'}"
             )
         summed = summed_reply(self._global_numpy or {}, outcome, self.secure, f"train.{self.action}")
+        rec.bytes_received = outcome.bytes_received
         rec.secure_aggregation = {
             **summed.figures,
             "clipped_coordinates": {
