@@ -183,13 +183,16 @@ def test_fedavg_applies_the_unmasked_mean_and_fedadam_steps_from_it():
     assert np.isfinite(delta).all() and np.abs(delta).max() > 0
 
 
-def test_a_claim_above_the_sites_own_counts_discards_the_round():
+def test_a_claim_above_the_sites_own_counts_ends_the_run_naming_the_site():
+    from server.strategies.base import UnusableSumError
+
     grid = _secure_grid(3)
     liar = list(grid.contexts)[0]  # claims _examples(liar) = 25 examples; its counts allow 12
     strategy = _strategy("fedavg", grid, {n: (12 if n == liar else 40) for n in grid.contexts})
     strategy.configure_train(1, numpy_to_record(GLOBAL), ConfigRecord({}), grid)
-    assert strategy.aggregate_train(1, []) == (None, None)  # the global model stays
-    assert "summed in, so this round's sum is discarded" in strategy.last_train.rejected[f"site-{liar}"]
+    with pytest.raises(UnusableSumError, match=f"update of site-{liar} is inside the sum"):
+        strategy.aggregate_train(1, [])
+    assert "num-examples=25" in strategy.last_train.rejected[f"site-{liar}"]
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,11 @@ class TooFewSitesError(RuntimeError):
     """Fewer sites took part in a round than the configured minimum: the run must end as FAILED."""
 
 
+class UnusableSumError(RuntimeError):
+    """A secure round's sum holds an update that fails the coordinator's checks: it cannot be taken out of the sum,
+    so the run ends FAILED (naming the site) rather than train on it or stall on the initial model."""
+
+
 @dataclass
 class TrainRound:
     """What happened in one training round (site names only, never node ids of patients)."""
@@ -271,7 +276,7 @@ class StageMixin:
     def _aggregate_secure(self, true_round: int, rec: TrainRound):
         """The unmasked mean of a SecAgg+ round: the sites' clear metrics are checked (keys, example caps), the
         mean model too (keys, shapes, finite values), then Flower's strategy aggregates it as one reply. A site
-        whose claim fails cannot be taken out of a sum: the round is then not applied (the global model stays)."""
+        whose claim fails cannot be taken out of a sum: :class:`UnusableSumError` ends the run, naming it."""
         outcome, self._secure_round = self._secure_round, None
         if outcome is None or self.secure is None:
             raise RuntimeError(
@@ -301,19 +306,18 @@ class StageMixin:
             cap = self.example_cap_of(node) if self.example_cap_of else None
             problem = problem or examples_problem(float(metrics.get(P.NUM_EXAMPLES, 0)), cap)
             if problem is not None:
-                rec.rejected[site] = f"{problem}; summed in, so this round's sum is discarded"
+                rec.rejected[site] = problem
             elif node in summed.contributed:
                 rec.site_train_seconds[site] = float(metrics[P.TRAIN_SECONDS])
                 rec.site_privacy[site] = {k: float(metrics[k]) for k in P.DP_SITE_METRICS}
         rec.aggregated_at = time.time()
         if rec.rejected:
-            log.warning(
-                "round %s %s: sum DISCARDED, global model unchanged: %s",
-                true_round,
-                self.action,
-                rec.rejected,
+            raise UnusableSumError(
+                f"round {true_round} of stage {self.action!r}: under secure-aggregation the update of "
+                f"{', '.join(sorted(rec.rejected))} is inside the sum and cannot be taken out ({rec.rejected}): "
+                "remove that site from the federation, or set secure-aggregation=false to have such an update "
+                "dropped and the round go on with the others"
             )
-            return None, None
         rec.contributed = sorted(self._site(n) for n in summed.contributed)
         if len(rec.contributed) < self.min_sites:
             raise TooFewSitesError(
