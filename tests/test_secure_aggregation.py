@@ -47,7 +47,7 @@ def _examples(node: int) -> int:
     return 10 + node % 17
 
 
-def _toy_app(broken: set[int] | None = None) -> ClientApp:
+def _toy_app(broken: set[int] | None = None, nan: set[int] | None = None) -> ClientApp:
     app = ClientApp()
 
     @app.train("seg", mods=[secure_aggregation])
@@ -57,6 +57,8 @@ def _toy_app(broken: set[int] | None = None) -> ClientApp:
             raise RuntimeError("local training failed")
         glob = {k: msg.content[P.ARRAYS][k].numpy() for k in msg.content[P.ARRAYS].keys()}
         trained = {k: (glob[k] + _site_update(node)[k]).astype(glob[k].dtype) for k in glob}
+        if node in (nan or set()):
+            trained["conv.weight"][0, 0, 0] = np.nan
         metrics = {**{k: 0.0 for k in P.TRAIN_METRICS}, P.NUM_EXAMPLES: _examples(node), P.UPDATE_WEIGHT: 1}
         return Message(
             RecordDict({P.ARRAYS: numpy_to_record(trained), P.METRICS: MetricRecord(metrics)}), reply_to=msg
@@ -70,8 +72,8 @@ def _instructions(grid: LocalGrid) -> list[Message]:
     return [Message(content, dst_node_id=n, message_type=P.TRAIN_SEG) for n in grid.contexts]
 
 
-def _secure_grid(n_sites: int, broken: set[int] | None = None) -> LocalGrid:
-    return LocalGrid(_toy_app(broken), n_sites, {**default_run_config(), "secure-aggregation": True})
+def _secure_grid(n_sites: int, broken: set[int] | None = None, nan: set[int] | None = None) -> LocalGrid:
+    return LocalGrid(_toy_app(broken, nan), n_sites, {**default_run_config(), "secure-aggregation": True})
 
 
 def test_unmasked_mean_equals_the_weighted_fedavg_within_the_quantisation_bound_and_no_update_leaves():
@@ -111,12 +113,18 @@ def test_clipped_coordinates_are_counted_at_each_site():
     assert sum(expected.values()) >= 1
 
 
-def test_a_site_that_fails_after_the_key_exchange_is_unmasked_out_by_the_others():
-    grid = _secure_grid(4, broken={1001 + 7})
+@pytest.mark.parametrize("failure", ["raises", "nan"])
+def test_a_site_that_fails_after_the_key_exchange_is_unmasked_out_by_the_others(failure):
+    # a site whose training raises, or whose update fails the site's check before masking (NaN), sends nothing
+    grid = _secure_grid(
+        4, broken={1008} if failure == "raises" else None, nan={1008} if failure == "nan" else None
+    )
     settings = SecureAggregation(clip=4.0, threshold=0.5, timeout=None)
     out = secure_round(grid, _instructions(grid), settings, 40.0, server_round=1)
     assert out.halted == "" and set(out.failed) == {1008}
     assert "collect_masked_vectors" in out.failed[1008]
+    if failure == "nan":
+        assert "fails the check before masking: array 'conv.weight' contains NaN" in out.failed[1008]
     nodes = [n for n in grid.contexts if n != 1008]
     w = np.array([_examples(n) for n in nodes], dtype=np.float64)
     bound = settings.quantisation_bound(3, sum(settings.weight_ratio(x, 40.0) for x in w))
