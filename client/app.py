@@ -21,6 +21,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client import handlers_cls, handlers_seg
 from client.node_data import SiteData, load_site_data, resolve_site
+from client.secure_aggregation import secure_aggregation
 from shared import protocol as P
 from shared.app_config import check_known_keys
 from shared.config import PipelineConfig, pipeline_keys
@@ -171,7 +172,7 @@ def query_roi(msg: Message, context: Context, data: SiteData) -> Message:
     return _reply(msg, metrics)
 
 
-@app.train("seg", mods=[central_dp_clipping])
+@app.train("seg", mods=[secure_aggregation, central_dp_clipping])
 @guarded(P.TRAIN_SEG)
 def train_seg(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)
@@ -187,7 +188,7 @@ def evaluate_seg(msg: Message, context: Context, data: SiteData) -> Message:
     return _reply(msg, handlers_seg.evaluate_seg(msg.content[P.ARRAYS], _conf(msg), data, cfg, _device(cfg)))
 
 
-@app.train("cls", mods=[central_dp_clipping])
+@app.train("cls", mods=[secure_aggregation, central_dp_clipping])
 @guarded(P.TRAIN_CLS)
 def train_cls(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)

@@ -55,6 +55,9 @@ class FederationConfig:
     debug_stop_after_round: int
     dp_clipping_norm: float
     dp_noise_multiplier: float
+    secure_aggregation: bool
+    secure_aggregation_clip: float
+    secure_aggregation_threshold: float
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -97,6 +100,12 @@ class FederationConfig:
         if not self.dp_noise_multiplier > 0:
             raise ConfigError(f"dp-noise-multiplier={self.dp_noise_multiplier!r}: expected a value > 0")
         _range("dp-noise-multiplier", self.dp_noise_multiplier, 0.0, 1000.0)
+        _range("secure-aggregation-clip", self.secure_aggregation_clip, 1e-6, 1e6)
+        if not 0.0 < self.secure_aggregation_threshold <= 1.0:
+            raise ConfigError(
+                f"secure-aggregation-threshold={self.secure_aggregation_threshold!r} is out of range: expected a "
+                "share of the round's sites in (0, 1] (at least 2 sites are always needed to unmask)"
+            )
 
     @property
     def out_path(self) -> Path:

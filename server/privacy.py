@@ -38,6 +38,42 @@ def check_privacy_settings(fed: FederationConfig, cfg: PipelineConfig) -> None:
             "proximal term's gradient would bypass clipping and noise; use strategy fedavg (or another) with "
             "dp='local'"
         )
+    if fed.secure_aggregation:
+        check_secure_aggregation_settings(fed, cfg)
+
+
+#: strategies that need each site's update and so cannot run on the SUM that secure aggregation reveals
+SECURE_AGGREGATION_REFUSED = ("fedmedian", "fedtrimmedavg")
+
+
+def check_secure_aggregation_settings(fed: FederationConfig, cfg: PipelineConfig) -> None:
+    """Refuse what cannot run on masked updates, naming both keys (ConfigError). FedAvg, FedProx and FedAdam
+    need only the weighted mean of the updates (FedAdam's server step reads the aggregate and its own moments),
+    so they are allowed; dp='local' is allowed (DP-SGD runs at the site before masking)."""
+    if fed.strategy in SECURE_AGGREGATION_REFUSED:
+        raise ConfigError(
+            f"secure-aggregation=true with strategy={fed.strategy!r}: robust aggregation (a coordinate-wise median "
+            "or trimmed mean) needs every site's update, and secure aggregation shows the coordinator only their "
+            "sum; use strategy fedavg, fedprox or fedadam, or secure-aggregation=false"
+        )
+    if cfg.dp == "central":
+        raise ConfigError(
+            "secure-aggregation=true with dp='central': nasofl's central DP clips every site's update again at "
+            "the coordinator (so a site without the clipping mod cannot enlarge the sensitivity), which needs each "
+            "update in clear; use dp='local' (DP-SGD at the site, before masking) or secure-aggregation=false"
+        )
+    if fed.update_norm_factor != 0:
+        raise ConfigError(
+            f"secure-aggregation=true with update-norm-factor={fed.update_norm_factor:g}: the norm bound compares "
+            "each site's update with the round's median at the coordinator, which sees only the masked sum; each "
+            "site instead checks its update (keys, shapes, finite values) and clips every coordinate to "
+            "+-secure-aggregation-clip before masking: set update-norm-factor=0"
+        )
+    if fed.min_sites < 2:
+        raise ConfigError(
+            f"secure-aggregation=true with min-sites={fed.min_sites}: the sum of one site's update is that "
+            "update, and SecAgg+ needs at least 2 sites per round; set min-sites to 2 or more"
+        )
 
 
 def privacy_summary(

@@ -76,6 +76,7 @@ class RoundRecorder:
             sites_failed=train.failed if train else {},
             updates_rejected=train.rejected if train else {},
             update_norms=train.update_norms if train else {},
+            secure_aggregation=train.secure_aggregation if train else {},
             eval_failed=evaluation.failed if evaluation else {},
             model_sha256=model_hash(arrays),
             model_float32_bytes=float32_bytes(arrays.values()),

@@ -25,6 +25,7 @@ from server.outcome import FinalTest, StudyOutcome
 from server.round_recorder import RoundRecorder
 from server.round_selection import RoundSelection
 from server.run_log import RunLog
+from server.secure_aggregation import secure_aggregation_of
 from server.sites import SiteRoster
 from server.stage import Stage, study_stages
 from server.strategies import TooFewSitesError, build_strategy
@@ -140,6 +141,7 @@ class Study:
             eval_pooler=lambda sums: stage.pool(sums, roster.train_site_names()),
             update_norm_factor=self.fed.update_norm_factor,
             example_cap_of=lambda node: self.example_cap(stage, node),
+            secure=secure_aggregation_of(self.fed),
         )
         strategy.load_strategy_state(state)
         total = stage.rounds

@@ -16,6 +16,11 @@ Flow of one study (``server/study.py``, one :class:`server.stage.Stage` after th
    builds the ROI datasets, caches them on disk keyed by that hash. Reply: ``ROI_METRICS`` per dataset.
 4. ``train.cls`` / ``evaluate.cls``   stage 2 rounds, one run of rounds per dataset (config ``dataset``).
 5. ``evaluate.seg`` / ``evaluate.cls`` with config ``split = "test"``: the final federated test.
+
+With run config ``secure-aggregation = true`` every ``train.seg`` / ``train.cls`` round is four messages of that type
+carrying Flower's SecAgg+ ConfigRecord ``secaggplus_configs`` (setup, share keys, collect masked vectors, unmask:
+``server/secure_aggregation.py``, ``client/secure_aggregation.py``); only the collect stage carries ``arrays`` and
+``config``, its reply has no array data and its metrics are ``SECURE_TRAIN_METRICS``.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ TRAIN_METRICS = (
     DP_DELTA,
 )
 DP_SITE_METRICS = (DP_EPSILON_STUDY, DP_EPSILON_SITE, DP_EPSILON_LEFT, DP_DELTA)
+# secure aggregation: coordinates of the site's weighted update clipped to +-secure-aggregation-clip before masking
+SECAGG_CLIPPED = "secagg-clipped"
+SECURE_TRAIN_METRICS = TRAIN_METRICS + (SECAGG_CLIPPED,)
 NO_DP_METRICS = {
     UPDATE_WEIGHT: 1,
     DP_EPSILON_STUDY: 0.0,

@@ -1,8 +1,8 @@
 """``nasofl-sim privacy-table``: utility against privacy on one synthetic cohort, side by side.
 
 Runs the federated simulation (``nasofl-sim run``) on the same data once per privacy setting: no DP
-(epsilon = infinity), local DP-SGD at epsilon 8, 3 and 1 per stage (unit: one patient), and central DP
-(unit: one site); then prints Dice and the AUC of each dataset with the epsilon spent and its unit, and the
+(epsilon = infinity), local DP-SGD at epsilon 8, 3 and 1 per stage (unit: one patient), central DP
+(unit: one site) and secure aggregation (SecAgg+, no DP); then prints Dice and the AUC of each dataset with the epsilon spent and its unit, and the
 federated Dice of each DP run relative to the run without DP. Every run gets its own site caches, so the
 sites' ledgers do not mix the variants. ``amp=false`` in every run (DP-SGD needs it; the same for all).
 Writes ``OUT/privacy-table.json`` and ``OUT/privacy-table.txt``. DP step-time and memory ratios:
@@ -21,6 +21,8 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("local eps 3", {"dp": "local", "dp-epsilon": 3.0}),
     ("local eps 1", {"dp": "local", "dp-epsilon": 1.0}),
     ("central", {"dp": "central"}),
+    # SecAgg+ is not DP (epsilon stays infinite): the row shows what masking the updates costs in utility
+    ("secure aggregation", {"dp": "off", "secure-aggregation": True, "update-norm-factor": 0.0}),
 )
 
 

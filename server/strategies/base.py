@@ -9,6 +9,9 @@
   minimum raises :class:`TooFewSitesError` (the run ends FAILED, loudly);
 - ``aggregate_evaluate`` pools the sites' sufficient statistics itself (:mod:`server.pooled_eval`) and keeps
   per-site figures, keyed by site name;
+- with secure aggregation (``secure``, :mod:`server.secure_aggregation`) ``configure_train`` itself runs Flower's
+  SecAgg+ stages over the grid and returns no message; ``aggregate_train`` then gets only the unmasked weighted mean
+  of the sites' updates (and their scalar metrics), which it checks and hands to Flower's strategy as one reply;
 - round numbers are shifted by ``round_offset`` so a resumed stage continues its numbering (clients seed their
   local training with the true round, and FedAdam's bias correction sees it too).
 """
@@ -24,6 +27,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from server.secure_aggregation import SecureAggregation, SecureRound, secure_round, summed_reply
 from server.strategies.replies import collect_eval_sums, error_reasons, unavailable_nodes
 from server.update_bounds import delta_norm, examples_problem, norm_outliers
 from server.update_check import update_problem
@@ -35,6 +39,11 @@ log = logging.getLogger(__name__)
 
 class TooFewSitesError(RuntimeError):
     """Fewer sites took part in a round than the configured minimum: the run must end as FAILED."""
+
+
+class UnusableSumError(RuntimeError):
+    """A secure round's sum holds an update that fails the coordinator's checks: it cannot be taken out of the sum,
+    so the run ends FAILED (naming the site) rather than train on it or stall on the initial model."""
 
 
 @dataclass
@@ -53,6 +62,7 @@ class TrainRound:
     site_train_seconds: dict[str, float] = field(default_factory=dict)
     site_privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> P.DP_* (local DP)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    secure_aggregation: dict[str, object] = field(default_factory=dict)  # SecAgg+ figures of the round
     aggregated_at: float = 0.0
 
 
@@ -97,6 +107,8 @@ class StageMixin:
     eval_pooler: EvalPooler | None
     update_norm_factor: float  # 0: no norm bound (server.update_bounds)
     example_cap_of: Callable[[int], int | None] | None  # node id -> most num-examples it may claim
+    secure: SecureAggregation | None  # SecAgg+: the coordinator sees only the sum of the updates
+    _secure_round: SecureRound | None
     last_train: TrainRound | None
     last_eval: EvalRound | None
     unavailable: set[int]  # nodes the SuperLink reported offline since the study last looked (it clears it)
@@ -118,17 +130,20 @@ class StageMixin:
         eval_pooler: EvalPooler | None = None,
         update_norm_factor: float = 0.0,
         example_cap_of: Callable[[int], int | None] | None = None,
+        secure: SecureAggregation | None = None,
     ) -> None:
         """Everything the strategy needs for one stage, as arguments (it reads nothing else of the study).
 
         ``action``: message action (``train.<action>`` / ``evaluate.<action>``); ``refresh``: asked before each
-        round whether sites (re)joined; ``round_offset``: rounds already done (resume).
+        round whether sites (re)joined; ``round_offset``: rounds already done (resume); ``secure``: each training round under SecAgg+.
         """
         self.action = action
         self.participants = participants
         self.refresh = refresh
         self.update_norm_factor = update_norm_factor
         self.example_cap_of = example_cap_of
+        self.secure = secure
+        self._secure_round = None
         self.min_sites = min_sites
         self.round_offset = round_offset
         self.train_metric_keys = train_metric_keys
@@ -176,11 +191,20 @@ class StageMixin:
         rec.bytes_sent = int(arrays.count_bytes()) * len(msgs)
         self.last_train = rec
         log.info("round %s %s: training at %s", true_round, self.action, ", ".join(rec.sent_to) or "no site")
+        if self.secure is not None:  # the messages go through SecAgg+ here; Flower's loop sends nothing more
+            caps = [
+                self.example_cap_of(m.metadata.dst_node_id) if self.example_cap_of else None for m in msgs
+            ]
+            max_weight = float(max((c for c in caps if c), default=0))
+            self._secure_round = secure_round(grid, msgs, self.secure, max_weight, true_round)
+            return []
         return msgs
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         true_round = server_round + self.round_offset
         rec = self.last_train or TrainRound(round=true_round)
+        if self.secure is not None:
+            return self._aggregate_secure(true_round, rec)
         replies = list(replies)
         good: list[tuple[str, Message]] = []
         answered: set[str] = set()
@@ -248,6 +272,78 @@ class StageMixin:
         if metrics is not None:
             rec.train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
         return arrays, metrics
+
+    def _aggregate_secure(self, true_round: int, rec: TrainRound):
+        """The unmasked mean of a SecAgg+ round: the sites' clear metrics are checked (keys, example caps), the
+        mean model too (keys, shapes, finite values), then Flower's strategy aggregates it as one reply. A site
+        whose claim fails cannot be taken out of a sum: :class:`UnusableSumError` ends the run, naming it."""
+        outcome, self._secure_round = self._secure_round, None
+        if outcome is None or self.secure is None:
+            raise RuntimeError(
+                f"round {true_round} of stage {self.action!r}: no secure round ran before aggregation"
+            )
+        for node, why in outcome.failed.items():
+            rec.failed[self._site(node)] = why
+            log.warning("round %s %s: site %s FAILED: %s", true_round, self.action, self._site(node), why)
+        if outcome.mean_update is None:
+            raise TooFewSitesError(
+                f"round {true_round} of stage {self.action!r}: secure aggregation unmasked no sum ({outcome.halted}); "
+                f"failed: {rec.failed or 'none'}"
+            )
+        summed = summed_reply(self._global_numpy or {}, outcome, self.secure, f"train.{self.action}")
+        rec.bytes_received = outcome.bytes_received
+        rec.secure_aggregation = {
+            **summed.figures,
+            "clipped_coordinates": {
+                self._site(n): c for n, c in summed.figures["clipped_coordinates"].items()
+            },
+        }
+        for node, metrics in outcome.site_metrics.items():
+            site = self._site(node)
+            problem = None
+            if set(metrics) != set(P.SECURE_TRAIN_METRICS):
+                problem = f"metric keys {sorted(metrics)} differ from {sorted(P.SECURE_TRAIN_METRICS)}"
+            cap = self.example_cap_of(node) if self.example_cap_of else None
+            problem = problem or examples_problem(float(metrics.get(P.NUM_EXAMPLES, 0)), cap)
+            if problem is not None:
+                rec.rejected[site] = problem
+            elif node in summed.contributed:
+                rec.site_train_seconds[site] = float(metrics[P.TRAIN_SECONDS])
+                rec.site_privacy[site] = {k: float(metrics[k]) for k in P.DP_SITE_METRICS}
+        rec.aggregated_at = time.time()
+        if rec.rejected:
+            raise UnusableSumError(
+                f"round {true_round} of stage {self.action!r}: under secure-aggregation the update of "
+                f"{', '.join(sorted(rec.rejected))} is inside the sum and cannot be taken out ({rec.rejected}): "
+                "remove that site from the federation, or set secure-aggregation=false to have such an update "
+                "dropped and the round go on with the others"
+            )
+        rec.contributed = sorted(self._site(n) for n in summed.contributed)
+        if len(rec.contributed) < self.min_sites:
+            raise TooFewSitesError(
+                f"round {true_round} of stage {self.action!r}: {len(rec.contributed)} site(s) with training examples "
+                f"were summed ({', '.join(rec.contributed) or 'none'}), the configured minimum is {self.min_sites} "
+                f"(min-sites); failed: {rec.failed or 'none'}"
+            )
+        arrays = record_to_numpy(next(iter(summed.reply.content.array_records.values())))
+        problem = update_problem(self._global_numpy or {}, arrays)
+        if problem is not None:
+            raise RuntimeError(
+                f"round {true_round} of stage {self.action!r}: the unmasked sum is unusable: {problem}"
+            )
+        self.check_contributors(true_round, rec.contributed)
+        log.info(
+            "round %s %s: SecAgg+ summed %s site(s) in %.1f s (quantisation bound %.2g per coordinate)",
+            true_round,
+            self.action,
+            len(outcome.site_metrics),
+            outcome.seconds,
+            summed.figures["quantisation_bound"],
+        )
+        arrays_rec, metrics = super().aggregate_train(true_round, [summed.reply])  # type: ignore[misc]
+        if metrics is not None:
+            rec.train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+        return arrays_rec, metrics
 
     def _within_norm_bound(
         self, true_round: int, good: list[tuple[str, Message]], rec: TrainRound

@@ -1,0 +1,120 @@
+"""The site's side of secure aggregation (SecAgg+): Flower's own ``secaggplus_mod`` around our training handlers.
+
+Flower 1.42's ``secaggplus_mod`` acts only on messages typed ``train`` and reads and writes legacy ``FitRes``
+records; our training messages are ``train.seg`` / ``train.cls`` with an ``arrays`` and a ``config`` record.
+:func:`secure_aggregation` (a mod on both training handlers) presents each SecAgg+ message to Flower's mod typed
+``train``, and in the "collect masked vectors" stage runs our handler, turns its reply into the update Flower masks,
+and types the reply back. Keys, Shamir shares, masks and quantisation are Flower's code, untouched.
+
+Before masking, the site does what the coordinator can no longer do on a masked update
+(``server/update_check.py``, ``server/update_bounds.py``): the trained arrays must have exactly the global model's
+keys and shapes and only finite values, and the site's weight ``num-examples / max_weight`` must be at most 1 (the
+coordinator's ``max_weight`` is the most examples any site of the round may claim from its own counts); a failing
+update is not sent (the site drops out of the round, SecAgg+ unmasks the others' sum). What leaves is the update
+``w_site - w_global``, weighted; Flower clips every coordinate to ``+-secure-aggregation-clip`` before quantising,
+and the number of clipped coordinates is reported (``secagg-clipped``) and logged.
+
+With run config ``secure-aggregation=true`` the site refuses a training instruction that does not run SecAgg+: it
+never sends its update in clear in a run declared secure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key
+from flwr.compat.common import recorddict_compat as compat
+
+from shared import protocol as P
+from shared.app_config import coerce
+from shared.records import record_to_numpy
+
+log = logging.getLogger(__name__)
+
+
+def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
+    """Mod for the ``train.<action>`` handlers: SecAgg+ stages go through Flower's ``secaggplus_mod``."""
+    required = coerce("secure-aggregation", context.run_config.get("secure-aggregation", False), bool)
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        if required:
+            raise RuntimeError(
+                "this run is declared secure-aggregation=true but the training instruction does not run SecAgg+: "
+                "the site does not send its update in clear"
+            )
+        return call_next(msg, context)
+    own_type = msg.metadata.message_type
+
+    def train_and_hand_over(train_msg: Message, ctxt: Context) -> Message:
+        train_msg.metadata.message_type = own_type
+        reply = call_next(train_msg, ctxt)
+        if reply.has_error():
+            return reply
+        state = ctxt.state.config_records[RECORD_KEY_STATE]
+        return Message(
+            update_content(
+                train_msg.content,
+                reply.content,
+                float(state[Key.MAX_WEIGHT]),
+                float(state[Key.CLIPPING_RANGE]),
+            ),
+            reply_to=train_msg,
+        )
+
+    msg.metadata.message_type = MessageType.TRAIN
+    try:
+        out = secaggplus_mod(msg, context, train_and_hand_over)
+    finally:
+        msg.metadata.message_type = own_type
+    out.metadata.message_type = own_type
+    return out
+
+
+def site_update_problem(global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray]) -> str | None:
+    """Why the trained arrays cannot be masked and sent (keys, shapes, finite values), or None."""
+    if list(update) != list(global_arrays):
+        missing = [k for k in global_arrays if k not in update]
+        extra = [k for k in update if k not in global_arrays]
+        return f"array keys differ from the global model's (missing {missing[:1]}, unexpected {extra[:1]})"
+    for name, ref in global_arrays.items():
+        arr = update[name]
+        if arr.shape != ref.shape:
+            return f"array {name!r} has shape {arr.shape}, the global model's is {ref.shape}"
+        if not np.isfinite(arr.astype(np.float64)).all():
+            return f"array {name!r} contains NaN or infinite values"
+    return None
+
+
+def update_content(instruction: RecordDict, reply: RecordDict, max_weight: float, clip: float) -> RecordDict:
+    """Our handler's reply -> the legacy FitRes records Flower's mod masks: the update ``w_site - w_global``
+    (float64, in the global arrays' key order), ``num-examples`` as the weight, our metrics plus
+    ``secagg-clipped``. Raises (the site drops out of the round) when the update fails the site check."""
+    global_arrays = record_to_numpy(instruction[P.ARRAYS])
+    trained = record_to_numpy(reply[P.ARRAYS])
+    problem = site_update_problem(global_arrays, trained)
+    if problem is not None:
+        raise RuntimeError(f"secure aggregation: the site's update fails the check before masking: {problem}")
+    metrics = dict(reply[P.METRICS])
+    examples = int(metrics[P.NUM_EXAMPLES])
+    weight = examples / max_weight
+    if weight > 1.0:
+        raise RuntimeError(
+            f"secure aggregation: num-examples={examples} is above the coordinator's max weight {max_weight:g} "
+            "(the most any site of this round may claim from its own counts): not sent"
+        )
+    update = [trained[k].astype(np.float64) - global_arrays[k].astype(np.float64) for k in global_arrays]
+    clipped = int(sum(np.count_nonzero(np.abs(u * weight) > clip) for u in update))
+    if clipped:
+        log.warning(
+            "secure aggregation: %s coordinate(s) of this site's weighted update exceed secure-aggregation-clip=%g "
+            "and are clipped before masking",
+            clipped,
+            clip,
+        )
+    metrics[P.SECAGG_CLIPPED] = clipped
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), examples, metrics)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
