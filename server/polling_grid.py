@@ -19,7 +19,8 @@ the ServerApp and keeps Flower's own push and pull calls; only the loop between 
   logged by the strategy), never as a silent success. A push is not retried: it may have been half stored.
 
 The timeout has Flower's meaning: the replies that came in by then are returned, the study's strategies count the
-rest as failed sites.
+rest as failed sites. :func:`for_study` wraps only Flower's deployment grid: its simulation grid already polls every
+0.1 s, and an in-process test grid answers at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+from flwr.superlink.grid import HttpGrid
 
 from shared.errors import NasoflError
 
@@ -160,3 +162,9 @@ class PollingGrid(Grid):
             self._sleep(pause)
             interval = min(interval * BACKOFF, MAX_INTERVAL_S)
         return replies
+
+
+def for_study(grid: Grid) -> Grid:
+    """The grid the study uses: Flower's deployment grid (``HttpGrid``) in a :class:`PollingGrid`, any other as it
+    is."""
+    return PollingGrid(grid) if isinstance(grid, HttpGrid) else grid

@@ -1,7 +1,7 @@
 """Round time in the shipped deployment on loopback (benchmark, not collected by pytest).
 
     python -m tests.bench_deploy_rounds [--state memory|sqlite] [--study-rounds 2] [--echo-rounds 3]
-        [--study-dtypes float32,float16] [--skip-study] [--direct]
+        [--study-dtypes float32,float16] [--skip-study] [--skip-echo] [--direct]
 
 Starts the coordinator with deploy/superlink.sh (SuperLink on 127.0.0.1, nginx proxy, SuperExec) and two
 hospitals with ``nasofl-site join`` through the proxy, then measures, side by side:
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--echo-rounds", type=int, default=3)
     parser.add_argument("--study-rounds", type=int, default=2)
     parser.add_argument("--skip-study", action="store_true")
+    parser.add_argument("--skip-echo", action="store_true")
     parser.add_argument("--study-dtypes", default="float32,float16", help="transport-dtype of the study runs")
     parser.add_argument(
         "--state", choices=("memory", "sqlite"), default="memory", help="NASOFL_SUPERLINK_STATE"
@@ -202,7 +203,10 @@ def main() -> None:
         TemporaryDirectory(prefix="nasofl-bench-") as tmp,
         deployment(Path(tmp), args.state, args.direct) as dep,
     ):
-        for dtype, mb in (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2)):
+        echoes = (
+            () if args.skip_echo else (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2))
+        )
+        for dtype, mb in echoes:
             for grid in ("flower", "nasofl"):
                 seconds = echo_rounds(dep, mb, dtype, args.echo_rounds, grid)
                 rows.append(

@@ -135,10 +135,18 @@ def test_a_message_the_superlink_refused_is_not_waited_for(caplog: pytest.LogCap
     assert "did not accept 1 of 2 messages" in caplog.text
 
 
-def test_the_study_gets_the_polling_grid() -> None:
-    """server.app hands the Study our grid, not Flower's (whose deployment loop sleeps 3 s per pull)."""
+def test_the_study_polls_flowers_deployment_grid_itself() -> None:
+    """server.app hands the Study for_study(grid): Flower's deployment grid (whose loop sleeps 3 s per pull) in a
+    PollingGrid; the simulation grid (0.1 s already) and others as they are."""
     import inspect
 
-    from server import app
+    from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
-    assert "Study(PollingGrid(grid)" in inspect.getsource(app.main)
+    from server import app
+    from server.polling_grid import for_study
+
+    assert "Study(for_study(grid)" in inspect.getsource(app.main)
+    deployment = HttpGrid(token="not-used-offline")
+    assert isinstance(for_study(deployment), PollingGrid)
+    simulation = InMemoryGrid.__new__(InMemoryGrid)
+    assert for_study(simulation) is simulation
