@@ -5,7 +5,7 @@
 #
 # Starts three processes and stops all of them when one ends (or on SIGTERM / Ctrl-C):
 #   1. flower-superlink on 127.0.0.1:NASOFL_SUPERLINK_PORT (default 9000) ONLY, with TLS, SuperNode authentication,
-#      a persistent SQLite state (STATE_DIR/state.db), --isolation process and the SuperExec secret
+#      its state per NASOFL_SUPERLINK_STATE (below), --isolation process and the SuperExec secret
 #      (STATE_DIR/superexec.secret, 256 random bits, made on first start, 0600). Its Fleet, Control and Runtime APIs
 #      share that port; the Control API (flwr run / stop / supernode register ...) is therefore reachable from this
 #      host only: point the coordinator's flwr CLI at 127.0.0.1:9000 (SSH port forwarding from elsewhere).
@@ -16,6 +16,11 @@
 #      certificate, forwarding only /health and the Fleet API (/v1/fleet/<name>) to the SuperLink; everything
 #      else gets 404. Its configuration is deploy/nginx/superlink-proxy.conf.template, rendered into
 #      STATE_DIR/proxy/nginx.conf.
+# NASOFL_SUPERLINK_STATE: "memory" (default) keeps the SuperLink's state in its process; a restart forgets the
+# registered node keys (register them again: deploy/README.md) and the run history, not the study (its checkpoints
+# are in out-dir; resume=true). "sqlite" keeps them in STATE_DIR/state.db, together with every model array in
+# transit: under load Flower 1.42 then fails requests with "database is locked" (its 5 s lock timeout) and a
+# large-model study can end FAILED (deploy/README.md, "Round time").
 # The ServerApp runs in this Python environment: runtime dependency installation is disabled (the study needs the
 # installed nasofl + torch, not a per-run venv). Hospitals connect to the public port; ca.crt is not a credential.
 set -euo pipefail
@@ -36,6 +41,11 @@ nginx=$(command -v nginx || echo /usr/sbin/nginx)
 [ "$public_port" != "$internal_port" ] || { echo "error: NASOFL_PUBLIC_PORT and NASOFL_SUPERLINK_PORT must differ" >&2; exit 2; }
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
+case "${NASOFL_SUPERLINK_STATE:-memory}" in
+  memory) database=":flwr-in-memory:"; state_text="in memory: node registrations are lost on restart" ;;
+  sqlite) database="$state/state.db"; state_text="$database" ;;
+  *) echo "error: NASOFL_SUPERLINK_STATE=${NASOFL_SUPERLINK_STATE} is not one of: memory, sqlite (deploy/README.md)" >&2; exit 2 ;;
+esac
 
 secret="$state/superexec.secret"
 if [ ! -s "$secret" ]; then
@@ -57,11 +67,11 @@ trap stop_all EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-echo "starting SuperLink on 127.0.0.1:$internal_port (state $state/state.db), public proxy on $public_host:$public_port"
+echo "starting SuperLink on 127.0.0.1:$internal_port (state $state_text), public proxy on $public_host:$public_port"
 flower-superlink \
   --ssl-ca-certfile "$certs/ca.crt" --ssl-certfile "$certs/server.pem" --ssl-keyfile "$certs/server.key" \
   --enable-supernode-auth \
-  --database "$state/state.db" \
+  --database "$database" \
   --disable-runtime-dependency-installation \
   --isolation process --superexec-auth-secret-file "$secret" \
   --host 127.0.0.1 --port "$internal_port" \

@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import federation_from_run_config, pipeline_from_run_config
+from server.polling_grid import for_study
 from server.privacy import check_privacy_settings, privacy_summary
 from server.report import write_report
 from server.run_log import RunLog
@@ -80,7 +81,7 @@ def main(grid: Grid, context: Context) -> None:
         raise ConfigError(message) from err
     try:
         with Heartbeat(status):
-            study = Study(grid, fed, cfg, run_log)
+            study = Study(for_study(grid), fed, cfg, run_log)  # Flower's deployment grid polls every 3 s
             outcome = study.run()
             privacy = privacy_summary(
                 study.recorder.history,

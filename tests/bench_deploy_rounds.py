@@ -1,19 +1,20 @@
 """Round time in the shipped deployment on loopback (benchmark, not collected by pytest).
 
-    python -m tests.bench_deploy_rounds [--study-rounds 2] [--echo-rounds 3] [--skip-study]
-        [--in-memory-state] [--direct]
+    python -m tests.bench_deploy_rounds [--state memory|sqlite] [--study-rounds 2] [--echo-rounds 3]
+        [--study-dtypes float32,float16] [--skip-study] [--skip-echo] [--direct]
 
 Starts the coordinator with deploy/superlink.sh (SuperLink on 127.0.0.1, nginx proxy, SuperExec) and two
 hospitals with ``nasofl-site join`` through the proxy, then measures, side by side:
 - a round with no training that moves a ResNet101-sized model (its float32 state_dict bytes, cut into arrays of
-  ResNet101's largest tensor) to both sites and back (tests/apps/echoapp), in float32 and in float16;
+  ResNet101's largest tensor) to both sites and back (tests/apps/echoapp), in float32 and in float16, each with
+  Flower's ``send_and_receive`` (polls every 3 s) and with the study's (server.polling_grid);
 - the nasofl study's ResNet101 classifier rounds (toy hospitals, 32 px: local training is short, so the round is
   mostly what crosses the SuperLink and the per-message ClientApp start), with ``transport-dtype`` float32 and
   float16; figures from the study's run log (seconds_round, slowest local training, bytes).
 - an echo round with no payload (what a round costs besides moving the model: ClientApp process start, polling).
-``--in-memory-state`` runs the SuperLink without its SQLite state (its object store then lives in memory),
-``--direct`` connects the hospitals to the SuperLink's port instead of the nginx proxy: both show where the time
-goes, neither is the shipped deployment. Prints one table. Each run takes minutes on a shared 2-core machine.
+``--state`` is deploy/superlink.sh's NASOFL_SUPERLINK_STATE (memory, the default, or sqlite: the state file then
+also holds every model array in transit). ``--direct`` connects the hospitals to the SuperLink's port instead of
+the nginx proxy (not shipped: it shows what the proxy costs). Prints one table. Each run takes minutes on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(root: Path, in_memory_state: bool, direct: bool) -> Iterator[Deployment]:
+def deployment(root: Path, state: str, direct: bool) -> Iterator[Deployment]:
     dep = Deployment(root)
     dep.logs.mkdir()
     certs, keys, data = root / "certs", root / "keys", root / "data"
@@ -125,9 +126,9 @@ def deployment(root: Path, in_memory_state: bool, direct: bool) -> Iterator[Depl
             NASOFL_PUBLIC_HOST="127.0.0.1",
             NASOFL_PUBLIC_PORT=str(public),
             NASOFL_SUPERLINK_PORT=str(internal),
+            NASOFL_SUPERLINK_STATE=state,
         )
-        extra = ["--database", ":flwr-in-memory:"] if in_memory_state else []  # argparse: the last one wins
-        script = ["bash", str(REPO / "deploy/superlink.sh"), str(certs), str(root / "state"), *extra]
+        script = ["bash", str(REPO / "deploy/superlink.sh"), str(certs), str(root / "state")]
         dep.start("coordinator", script, env)
         while not check_superlink(f"127.0.0.1:{public}", certs / "ca.crt", timeout=2)[0]:
             dep.alive()
@@ -151,9 +152,10 @@ def deployment(root: Path, in_memory_state: bool, direct: bool) -> Iterator[Depl
         stop_groups(list(dep.procs.values()))
 
 
-def echo_rounds(dep: Deployment, megabytes: float, dtype: str, rounds: int) -> list[float]:
-    out = dep.root / f"echo-{dtype}-{megabytes:.0f}.json"
-    run_id = dep.run(ECHO_APP, f'out="{out}" nodes=2 rounds={rounds} payload-mb={megabytes} dtype="{dtype}"')
+def echo_rounds(dep: Deployment, megabytes: float, dtype: str, rounds: int, grid: str) -> list[float]:
+    out = dep.root / f"echo-{dtype}-{megabytes:.0f}-{grid}.json"
+    config = f'out="{out}" nodes=2 rounds={rounds} payload-mb={megabytes} dtype="{dtype}" grid="{grid}"'
+    run_id = dep.run(ECHO_APP, config)
     status = dep.wait(run_id, timeout=1800)
     if status != "finished:completed" or not out.exists():
         raise RuntimeError(f"echo run {run_id}: {status}")
@@ -186,8 +188,10 @@ def main() -> None:
     parser.add_argument("--echo-rounds", type=int, default=3)
     parser.add_argument("--study-rounds", type=int, default=2)
     parser.add_argument("--skip-study", action="store_true")
+    parser.add_argument("--skip-echo", action="store_true")
+    parser.add_argument("--study-dtypes", default="float32,float16", help="transport-dtype of the study runs")
     parser.add_argument(
-        "--in-memory-state", action="store_true", help="SuperLink without --database (not shipped)"
+        "--state", choices=("memory", "sqlite"), default="memory", help="NASOFL_SUPERLINK_STATE"
     )
     parser.add_argument(
         "--direct", action="store_true", help="hospitals bypass the nginx proxy (not shipped)"
@@ -197,17 +201,21 @@ def main() -> None:
     rows: list[str] = []
     with (
         TemporaryDirectory(prefix="nasofl-bench-") as tmp,
-        deployment(Path(tmp), args.in_memory_state, args.direct) as dep,
+        deployment(Path(tmp), args.state, args.direct) as dep,
     ):
-        for dtype, mb in (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2)):
-            seconds = echo_rounds(dep, mb, dtype, args.echo_rounds)
-            rows.append(
-                f"no training, echo {mb:6.1f} MB x 2 sites ({dtype}) | median {statistics.median(seconds):6.1f} s/round"
-                f" | rounds {', '.join(f'{s:.1f}' for s in seconds)}"
-            )
-            print(rows[-1], flush=True)
+        echoes = (
+            () if args.skip_echo else (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2))
+        )
+        for dtype, mb in echoes:
+            for grid in ("flower", "nasofl"):
+                seconds = echo_rounds(dep, mb, dtype, args.echo_rounds, grid)
+                rows.append(
+                    f"{args.state} state, no training, echo {mb:6.1f} MB x 2 sites ({dtype}, {grid} grid) | median "
+                    f"{statistics.median(seconds):6.1f} s/round | rounds {', '.join(f'{s:.1f}' for s in seconds)}"
+                )
+                print(rows[-1], flush=True)
         if not args.skip_study:
-            for dtype in ("float32", "float16"):
+            for dtype in args.study_dtypes.split(","):
                 try:
                     lines = study_rounds(dep, dtype, args.study_rounds)
                 except RuntimeError as err:
@@ -216,7 +224,8 @@ def main() -> None:
                     continue
                 for x in lines:
                     rows.append(
-                        f"study ResNet101 cls round {x['round']} ({dtype}) | {x['seconds_round']:6.1f} s/round"
+                        f"{args.state} state, study ResNet101 cls round {x['round']} ({dtype}) | "
+                        f"{x['seconds_round']:6.1f} s/round"
                         f" | train phase {x['seconds_train_phase']:.1f} s, slowest local training "
                         f"{x['seconds_slowest_local_training']:.1f} s, sent {x['bytes_sent_train'] / 1e6:.0f} MB, "
                         f"received {x['bytes_received_train'] / 1e6:.0f} MB, test AUC {x['test_auc']}"

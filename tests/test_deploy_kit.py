@@ -95,14 +95,15 @@ def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
     assert shown[-2] == f"would run (PATH starts with {gate}):"
     assert (gate / "flwr-clientapp").read_text().endswith('-m client.clientapp_gate "$@"\n')
     words = shlex.split(shown[-1])
-    assert words[:5] == [
+    assert words[:6] == [
         "FLWR_TELEMETRY_ENABLED=0",
         "FLWR_DISABLE_UPDATE_CHECK=1",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1",
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2",
         f"NASOFL_APPROVED_APPS={approved.resolve()}",
         f"NASOFL_SITE_NAME={site.name}",
     ]
-    cmd = words[5:]
+    cmd = words[6:]
     assert Path(cmd[0]).name == "flower-supernode"
     opts = dict(zip(cmd[1::2], cmd[2::2], strict=True))
     assert opts["--superlink"] == "fl.example.org:8000" and opts["--root-certificates"] == str(ca.resolve())

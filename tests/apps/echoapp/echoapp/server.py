@@ -1,4 +1,8 @@
-"""Echo ServerApp: one query per node per round; writes {node: "ok" | error reason} and each round's seconds."""
+"""Echo ServerApp: one query per node per round; writes {node: "ok" | error reason} and each round's seconds.
+
+``grid = "nasofl"`` sends through the study's own pull loop (server.polling_grid, from the nasofl installed on the
+coordinator) instead of Flower's ``send_and_receive``, to compare the two.
+"""
 
 import json
 import time
@@ -33,6 +37,10 @@ def main(grid: Grid, context: Context) -> None:
     while len(nodes := sorted(grid.get_node_ids())) < int(cfg["nodes"]) and time.time() < deadline:
         time.sleep(0.5)
     content = payload(float(cfg["payload-mb"]), str(cfg["dtype"]))
+    if str(cfg["grid"]) == "nasofl":
+        from server.polling_grid import PollingGrid
+
+        grid = PollingGrid(grid)
     result: dict = {"nodes": nodes, "replies": {}, "round_s": []}
     for _ in range(int(cfg["rounds"])):
         msgs = [Message(content, dst_node_id=n, message_type="query") for n in nodes]
