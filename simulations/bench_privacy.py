@@ -95,8 +95,6 @@ def _child_peak_rss(kind: str, args: argparse.Namespace) -> float:
 
 
 def _only(kind: str, args: argparse.Namespace) -> None:
-    import resource
-
     device = torch.device("cpu")
     if kind != "none":
         cfg = PipelineConfig.defaults({"cls-arch": args.arch, "cls-image-size": args.size, "amp": False})
@@ -108,7 +106,10 @@ def _only(kind: str, args: argparse.Namespace) -> None:
             _steps_plain(model.train(), opt, x, y, args.steps)
         else:
             _dp_steps(model, opt, x, y, args.steps, kind)
-    print(f"maxrss_mib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork + exec on Linux)
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(f"peak_rss_mib {hwm_kib / 1024:.1f}")
 
 
 def histogram_noise_effect(
