@@ -5,8 +5,10 @@ A patient has many slices; an epsilon per slice printed as if per patient would 
 1. each training patient is taken independently with probability ``q`` (Poisson sampling, what the accountant
    assumes), ``q = min(1, batch size / patients)``;
 2. ONE slice is drawn from each sampled patient (the rest of the patient's slices are not used in that step);
-3. Opacus clips each slice's gradient (= the patient's) to ``dp-max-grad-norm`` and adds Gaussian noise of
-   std ``noise x max-grad-norm``; a step with no patient sampled is a noise-only step (it still counts).
+3. each slice's gradient (= the patient's) is clipped to ``dp-max-grad-norm`` (by default from per-sample
+   gradient norms and a second, clip-weighted backward pass: :mod:`shared.privacy.ghost_clipping`; or Opacus'
+   per-sample gradients), and Opacus adds Gaussian noise of std ``noise x max-grad-norm``; a step with no
+   patient sampled is a noise-only step (it still counts).
 
 The loss must be a mean of per-sample losses (a batch Dice would couple patients): :func:`per_sample_seg_loss`.
 One round runs ``epochs x round(1/q)`` steps; the noise multiplier is chosen once per stage so that the stage's
