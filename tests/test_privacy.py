@@ -482,3 +482,36 @@ def test_the_noise_is_the_planned_std_whatever_the_engine(engine):
     assert stats.empty_steps == 1
     assert update.std() == pytest.approx(1.5 * 2.0 / 4, rel=0.01)
     assert abs(update.mean()) < 1e-3
+
+
+# sizes chosen so that P (D + O) < D O (Gram matrices) in the cases marked g, the per-sample gradient otherwise
+CONV_CASES = [
+    (3, 1, 1, 1, True, 2),  # g
+    (3, 2, 1, 1, False, 3),  # g, strided
+    (1, 2, 0, 1, True, 2),  # g, strided 1x1
+    (3, 2, 1, 1, False, 9),
+    (1, 1, 0, 1, False, 2),
+    (3, 1, 1, 2, True, 5),  # grouped: Opacus' per-sample gradient
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,groups,bias,size", CONV_CASES)
+def test_conv_per_sample_gradient_norms_match_per_sample_backward_passes(
+    kernel, stride, padding, groups, bias, size
+):
+    """Both branches of the Conv2d norm (Gram matrices for small maps, the gradient for large ones), strided 1x1
+    convolutions, a bias and grouped convolutions, against each sample's own weight gradient."""
+    import torch
+
+    from shared.privacy.ghost_clipping import conv2d_norm_sample
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(4, 6, kernel, stride, padding, groups=groups, bias=bias)
+    x = torch.randn(3, 4, size, size)
+    out_grad = torch.randn_like(conv(x))
+    norms = conv2d_norm_sample(conv, [x], out_grad)
+    for i in range(3):
+        conv.zero_grad()
+        conv(x[i : i + 1]).backward(out_grad[i : i + 1])
+        for p in conv.parameters():
+            assert float(norms[p][i]) == pytest.approx(float(p.grad.norm()), rel=1e-4)

@@ -110,8 +110,8 @@ def run_dp_sgd(
     batch ``(x, y)`` on the model's device; ``loss_of(output, y)`` the mean over the batch of per-sample losses
     of the model's output. ``engine``: how each patient's gradient is clipped to ``plan.max_grad_norm``, with the
     same result: ``"ghost"`` (default; per-sample norms, then a backward pass of the clip-weighted loss:
-    :mod:`shared.privacy.ghost_clipping`, 1.4-1.6x a non-DP step on a CPU) or ``"hooks"`` (Opacus' per-sample
-    gradients, all kept at once: 4-7x). The noise, sampling and accounting do not depend on it.
+    :mod:`shared.privacy.ghost_clipping`; 1.5-1.9x a non-DP step on a CPU, PRIVACY.md) or ``"hooks"`` (Opacus'
+    per-sample gradients, all kept at once: 2.3-6.5x). The noise, sampling and accounting do not depend on it.
 
     The sampling and the noise draw from the operating system's entropy, never from the study seed: the seed
     travels in the run config, and whoever knows it could regenerate the noise and subtract it (and knowing which
