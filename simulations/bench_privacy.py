@@ -5,8 +5,8 @@ of noisy evaluation histograms (``dp-hist-noise``) on the pooled AUC.
     python -m simulations.bench_privacy --arch resnet101 --size 128 --batch 16 --steps 10   # on a GPU
 
 Step time: the DP-compatible classifier (GroupNorm), the same batch, AdamW; non-DP steps and DP-SGD steps
-(Opacus hooks, per-sample clipping, noise; every patient sampled so the batch is the same) alternate A B A B, and
-the ratio is printed side by side. Peak memory: CUDA's max allocated (n/a on CPU). Histogram noise: a synthetic
+(per-sample clipping, noise; every patient sampled so the batch is the same) with each clipping engine
+(``ghost``, our default, and Opacus' ``hooks``) alternate A B C A B C, and the ratios are printed side by side. Peak memory: CUDA's max allocated (n/a on CPU). Histogram noise: a synthetic
 test set (scores from two Gaussians) binned as the sites do, noise added per bin per site, AUC from the summed
 histograms against the noise-free one, mean and 95th percentile of |delta AUC| over draws.
 """
@@ -27,6 +27,8 @@ from shared.privacy.dp_sgd import DPPlan, run_dp_sgd
 from shared.training.classification import smoothed_bce
 from shared.training.device import select_device
 
+KINDS = ("plain", "ghost", "hooks")  # non-DP, then the DP-SGD clipping engines of run_dp_sgd
+
 
 def _steps_plain(model, opt, x, y, steps: int) -> None:
     for _ in range(steps):
@@ -40,17 +42,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _dp_steps(model, opt, x, y, steps: int, engine: str) -> None:
+    plan = DPPlan(
+        sample_rate=1.0, noise_multiplier=1.0, steps=steps, expected_batch=len(x), max_grad_norm=1.0
+    )
+    run_dp_sgd(model, opt, [[i] for i in range(len(x))], lambda picks: (x[picks], y[picks]),
+               lambda out, yb: smoothed_bce(out.float().squeeze(1), yb, 0.1), plan, engine=engine)  # fmt: skip
+
+
 def step_overhead(arch: str, size: int, batch: int, steps: int, repeats: int, device: torch.device) -> dict:
     cfg = PipelineConfig.defaults({"cls-arch": arch, "cls-image-size": size, "amp": False})
     model = build_classifier(cfg.cls, 2, dp=True).to(device)
     x = torch.randn(batch, 2, size, size, device=device)
     y = (torch.rand(batch, device=device) > 0.5).float()
-    slices = [[i] for i in range(batch)]
-    plan = DPPlan(sample_rate=1.0, noise_multiplier=1.0, steps=steps, expected_batch=batch, max_grad_norm=1.0)
-    times: dict[str, list[float]] = {"plain": [], "dp": []}
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     peak: dict[str, float] = {}
     for _ in range(repeats):
-        for kind in ("plain", "dp"):
+        for kind in KINDS:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -60,24 +68,18 @@ def step_overhead(arch: str, size: int, batch: int, steps: int, repeats: int, de
                 model.train()
                 _steps_plain(model, opt, x, y, steps)
             else:
-                run_dp_sgd(
-                    model,
-                    opt,
-                    slices,
-                    lambda picks: (x[picks], y[picks]),
-                    lambda m, xb, yb: smoothed_bce(m(xb).float().squeeze(1), yb, 0.1),
-                    plan,
-                )
+                _dp_steps(model, opt, x, y, steps, kind)
             _sync(device)
             times[kind].append((time.perf_counter() - t0) / steps)
             if device.type == "cuda":
                 peak[kind] = max(peak.get(kind, 0.0), torch.cuda.max_memory_allocated() / 2**20)
-    plain, dp = float(np.median(times["plain"])), float(np.median(times["dp"]))
-    out = {"arch": arch, "size": size, "batch": batch, "s_per_step_plain": plain, "s_per_step_dp": dp}
-    out["time_ratio"] = dp / plain
-    if peak:
-        out.update({"peak_mib_plain": peak["plain"], "peak_mib_dp": peak["dp"]})
-        out["memory_ratio"] = peak["dp"] / peak["plain"]
+    out: dict = {"arch": arch, "size": size, "batch": batch}
+    for kind in KINDS:
+        out[f"s_per_step_{kind}"] = float(np.median(times[kind]))
+        out[f"time_ratio_{kind}"] = out[f"s_per_step_{kind}"] / out["s_per_step_plain"]
+        if peak:
+            out[f"peak_mib_{kind}"] = peak[kind]
+            out[f"memory_ratio_{kind}"] = peak[kind] / peak["plain"]
     return out
 
 
@@ -93,8 +95,6 @@ def _child_peak_rss(kind: str, args: argparse.Namespace) -> float:
 
 
 def _only(kind: str, args: argparse.Namespace) -> None:
-    import resource
-
     device = torch.device("cpu")
     if kind != "none":
         cfg = PipelineConfig.defaults({"cls-arch": args.arch, "cls-image-size": args.size, "amp": False})
@@ -105,10 +105,11 @@ def _only(kind: str, args: argparse.Namespace) -> None:
         if kind == "plain":
             _steps_plain(model.train(), opt, x, y, args.steps)
         else:
-            plan = DPPlan(1.0, 1.0, args.steps, args.batch, 1.0)
-            run_dp_sgd(model, opt, [[i] for i in range(args.batch)], lambda p: (x[p], y[p]),
-                       lambda m, xb, yb: smoothed_bce(m(xb).float().squeeze(1), yb, 0.1), plan)  # fmt: skip
-    print(f"maxrss_mib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+            _dp_steps(model, opt, x, y, args.steps, kind)
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork + exec on Linux)
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(f"peak_rss_mib {hwm_kib / 1024:.1f}")
 
 
 def histogram_noise_effect(
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--draws", type=int, default=200)
-    ap.add_argument("--only", choices=("plain", "dp", "none"), help=argparse.SUPPRESS)  # memory child process
+    ap.add_argument("--only", choices=(*KINDS, "none"), help=argparse.SUPPRESS)  # memory child process
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,23 +164,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = select_device(args.device)
     r = step_overhead(args.arch, args.size, args.batch, args.steps, args.repeats, device)
-    mem = (
-        f"; peak memory {r['peak_mib_plain']:.0f} vs {r['peak_mib_dp']:.0f} MiB = {r['memory_ratio']:.2f}x"
-        if "memory_ratio" in r
-        else ""
-    )
     if (
         device.type == "cpu"
     ):  # CPU: peak RSS of fresh processes, above one that only imports and builds nothing
-        base, plain, dp = (_child_peak_rss(k, args) for k in ("none", "plain", "dp"))
-        mem = (
-            f"; peak memory above imports (fresh processes): non-DP {plain - base:.0f} MiB, DP-SGD "
-            f"{dp - base:.0f} MiB = {(dp - base) / max(plain - base, 1e-9):.2f}x"
-        )
+        base = _child_peak_rss("none", args)
+        for kind in KINDS:
+            r[f"peak_mib_{kind}"] = _child_peak_rss(kind, args) - base
+            r[f"memory_ratio_{kind}"] = r[f"peak_mib_{kind}"] / max(r["peak_mib_plain"], 1e-9)
+    what = "above imports, fresh processes" if device.type == "cpu" else "CUDA max allocated"
     print(
         f"{args.arch} {args.size}px batch {args.batch} on {device.type}: non-DP {r['s_per_step_plain']:.3f} s/step, "
-        f"DP-SGD {r['s_per_step_dp']:.3f} s/step = {r['time_ratio']:.2f}x{mem}"
+        f"peak memory {r['peak_mib_plain']:.0f} MiB ({what})"
     )
+    for kind in KINDS[1:]:
+        print(
+            f"  DP-SGD {kind:5s}: {r[f's_per_step_{kind}']:.3f} s/step = {r[f'time_ratio_{kind}']:.2f}x; "
+            f"peak memory {r[f'peak_mib_{kind}']:.0f} MiB = {r[f'memory_ratio_{kind}']:.2f}x"
+        )
     for bins in (10, 100, 1000):
         for sigma in (0.5, 1.0, 2.0):
             h = histogram_noise_effect(sigma, 3, 20, bins, args.draws)

@@ -403,3 +403,115 @@ def test_the_privacy_table_names_each_epsilons_unit():
     ]
     text = format_table(rows, ["t2"])
     assert "0.900" in text and "(one patient)" in text and " - " in text + " "
+
+
+# ---------------------------------------------------------------- DP-SGD step: clipping per patient, noise ---------
+
+
+def _tiny_dp_resnet():
+    import torch
+
+    from shared.models import build_classifier
+
+    torch.manual_seed(0)
+    cfg = PipelineConfig.defaults({"cls-arch": "resnet18", "cls-image-size": 16, "amp": False})
+    model = build_classifier(cfg.cls, 2, dp=True)
+    for m in model.modules():  # zero-init residual branches would give exactly zero gradients there
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.init.normal_(m.weight, 1.0, 0.2)
+    return model
+
+
+def _flat(params) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().ravel() for p in params]).astype(np.float64)
+
+
+@pytest.mark.parametrize("engine", ["ghost", "hooks"])
+def test_each_sampled_patients_gradient_is_clipped_to_max_grad_norm(engine):
+    """One step, every patient sampled, no noise, SGD at lr 1: the update is exactly the mean over patients of
+    their own gradients each clipped to dp-max-grad-norm (a ResNet18 at 16 px exercises both ghost-norm branches,
+    strided 1x1 convolutions, GroupNorm and the linear head)."""
+    import copy
+
+    import torch
+
+    from shared.privacy.dp_sgd import DPPlan, run_dp_sgd
+    from shared.training.classification import smoothed_bce
+
+    model = _tiny_dp_resnet().train()
+    x = torch.randn(4, 2, 16, 16)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+
+    def loss_of(out, yb):
+        return smoothed_bce(out.float().squeeze(1), yb, 0.1)
+
+    grads = []
+    for i in range(4):  # reference: each patient's own gradient, by a separate backward pass
+        model.zero_grad()
+        loss_of(model(x[i : i + 1]), y[i : i + 1]).backward()
+        grads.append(_flat(p.grad for p in model.parameters()))
+    norms = np.array([np.linalg.norm(g) for g in grads])
+    bound = float(np.median(norms))  # two patients clipped, two not
+    expected = sum(g * min(1.0, bound / n) for g, n in zip(grads, norms, strict=True)) / 4
+
+    dp_model = copy.deepcopy(model)
+    before = _flat(dp_model.parameters())
+    plan = DPPlan(sample_rate=1.0, noise_multiplier=0.0, steps=1, expected_batch=4, max_grad_norm=bound)
+    opt = torch.optim.SGD(dp_model.parameters(), lr=1.0)
+    run_dp_sgd(dp_model, opt, [[i] for i in range(4)], lambda p: (x[p], y[p]), loss_of, plan, engine=engine)
+    update = before - _flat(dp_model.parameters())
+    assert (norms > bound).sum() == 2
+    np.testing.assert_allclose(update, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    assert not any(hasattr(p, "_norm_sample") or hasattr(p, "grad_sample") for p in dp_model.parameters())
+
+
+@pytest.mark.parametrize("engine", ["ghost", "hooks"])
+def test_the_noise_is_the_planned_std_whatever_the_engine(engine):
+    """A step with no patient sampled still adds N(0, (noise x max-grad-norm)^2) per entry, scaled by 1 / the
+    expected batch: the accountant's noise, unchanged by the clipping engine."""
+    import torch
+
+    from shared.privacy.dp_sgd import DPPlan, run_dp_sgd
+
+    model = _tiny_dp_resnet().train()
+    before = _flat(model.parameters())
+    plan = DPPlan(sample_rate=0.5, noise_multiplier=1.5, steps=1, expected_batch=4, max_grad_norm=2.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    stats = run_dp_sgd(model, opt, [], lambda p: None, lambda o, y: None, plan, engine=engine)
+    update = before - _flat(model.parameters())
+    assert stats.empty_steps == 1
+    assert update.std() == pytest.approx(1.5 * 2.0 / 4, rel=0.01)
+    assert abs(update.mean()) < 1e-3
+
+
+# sizes chosen so that P (D + O) < D O (Gram matrices) in the cases marked g, the per-sample gradient otherwise
+CONV_CASES = [
+    (3, 1, 1, 1, True, 2),  # g
+    (3, 2, 1, 1, False, 3),  # g, strided
+    (1, 2, 0, 1, True, 2),  # g, strided 1x1
+    (3, 2, 1, 1, False, 9),
+    (1, 1, 0, 1, False, 2),
+    (3, 1, 1, 2, True, 5),  # grouped: Opacus' per-sample gradient
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,groups,bias,size", CONV_CASES)
+def test_conv_per_sample_gradient_norms_match_per_sample_backward_passes(
+    kernel, stride, padding, groups, bias, size
+):
+    """Both branches of the Conv2d norm (Gram matrices for small maps, the gradient for large ones), strided 1x1
+    convolutions, a bias and grouped convolutions, against each sample's own weight gradient."""
+    import torch
+
+    from shared.privacy.ghost_clipping import conv2d_norm_sample
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(4, 6, kernel, stride, padding, groups=groups, bias=bias)
+    x = torch.randn(3, 4, size, size)
+    out_grad = torch.randn_like(conv(x))
+    norms = conv2d_norm_sample(conv, [x], out_grad)
+    for i in range(3):
+        conv.zero_grad()
+        conv(x[i : i + 1]).backward(out_grad[i : i + 1])
+        for p in conv.parameters():
+            assert float(norms[p][i]) == pytest.approx(float(p.grad.norm()), rel=1e-4)

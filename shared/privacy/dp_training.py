@@ -66,8 +66,8 @@ def train_segmenter_dp(
         y = torch.stack([b for _, b in items])
         return place_batch(x, device), y.to(device)
 
-    def loss_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return per_sample_seg_loss(module(x).float(), y, cfg.seg.loss)
+    def loss_of(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return per_sample_seg_loss(output.float(), y, cfg.seg.loss)
 
     stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
     log.info(
@@ -99,8 +99,8 @@ def train_classifier_dp(
         y = torch.tensor([float(ds.labels[int(ds.slice_patient[k])]) for k in picks])
         return place_batch(x, device), y.to(device)
 
-    def loss_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return smoothed_bce(module(x).float().squeeze(1), y, cfg.cls.label_smoothing)
+    def loss_of(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return smoothed_bce(output.float().squeeze(1), y, cfg.cls.label_smoothing)
 
     stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
     return _stats(stats, 1)
