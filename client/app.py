@@ -181,7 +181,7 @@ def train_seg(msg: Message, context: Context, data: SiteData) -> Message:
     return _reply(msg, metrics, arrays, str(conf.get(P.CFG_TRANSPORT_DTYPE, "float32")))
 
 
-@app.evaluate("seg")
+@app.evaluate("seg", mods=[secure_aggregation])
 @guarded(P.EVALUATE_SEG)
 def evaluate_seg(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)
@@ -197,7 +197,7 @@ def train_cls(msg: Message, context: Context, data: SiteData) -> Message:
     return _reply(msg, metrics, arrays, str(conf.get(P.CFG_TRANSPORT_DTYPE, "float32")))
 
 
-@app.evaluate("cls")
+@app.evaluate("cls", mods=[secure_aggregation])
 @guarded(P.EVALUATE_CLS)
 def evaluate_cls(msg: Message, context: Context, data: SiteData) -> Message:
     cfg = pipeline_config(context.run_config)

@@ -20,10 +20,12 @@ from client.node_data import SiteData
 from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
+from shared.errors import ConfigError
 from shared.metrics.coarse_histograms import fixed_histograms, merge_small_groups
 from shared.models import build_classifier, build_segmenter
 from shared.records import state_to_numpy
 from shared.roi.datasets import build_roi_datasets
+from shared.secure_sums import SECURE_HIST_BINS, secure_hist_bins
 from shared.training.classification import patient_scores, train_classifier
 from shared.training.segmentation import predict_masks
 
@@ -155,8 +157,18 @@ def evaluate_cls(
             model, data.site.cache_dir, str(conf.get(P.CFG_STUDY, "study")), f"cls:{name}", rnd + 1
         )
     site = data.site
+    secure_sum = bool(conf.get(P.CFG_SECURE_SUM, False))
+    bins = max(1, min(cfg.hist_bins, site.max_hist_bins))
+    if secure_sum:
+        bins = secure_hist_bins(cfg.hist_bins)
+        if bins > site.max_hist_bins:
+            raise ConfigError(
+                f"a secure sum of the sites' histograms uses {bins} score bins (hist-bins, at most "
+                f"{SECURE_HIST_BINS}) and this site answers at most max-hist-bins={site.max_hist_bins} (node "
+                "config): every site of a sum needs the same bins, so this site sits out the evaluation; lower "
+                "hist-bins in the run config or raise max-hist-bins"
+            )
     if len(ds) == 0:
-        bins = max(1, min(cfg.hist_bins, site.max_hist_bins))
         return {
             P.NUM_EXAMPLES: 0,
             P.NUM_PATIENTS: 0,
@@ -169,7 +181,7 @@ def evaluate_cls(
     scores, labels = patient_scores(model, ds, cfg, device)
     keep = np.isfinite(scores)
     scores, labels = scores[keep], labels[keep]
-    pos, neg = fixed_histograms(scores, labels, cfg.hist_bins, site.max_hist_bins)
+    pos, neg = fixed_histograms(scores, labels, bins, bins)
     s = np.clip(scores, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(s) + (1 - labels) * np.log(1 - s))) if len(s) else 0.0
     n = int(len(scores))
@@ -178,7 +190,10 @@ def evaluate_cls(
 
         pos, neg = noisy_histograms(pos, neg, data, cfg, conf)
         n, loss = sum(pos) + sum(neg), 0.0  # the loss is a per-patient mean: not released under DP
-    hist_pos, hist_neg, hist_span = merge_small_groups(pos, neg, site.min_hist_count)
+    if secure_sum:  # masked into a sum over the sites: the coordinator never sees these bins on their own
+        hist_pos, hist_neg, hist_span = pos, neg, [1] * len(pos)
+    else:
+        hist_pos, hist_neg, hist_span = merge_small_groups(pos, neg, site.min_hist_count)
     return {
         P.NUM_EXAMPLES: n,
         P.NUM_PATIENTS: n,

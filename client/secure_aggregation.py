@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
@@ -33,28 +33,40 @@ from flwr.compat.common import recorddict_compat as compat
 from shared import protocol as P
 from shared.app_config import coerce
 from shared.records import record_to_numpy
+from shared.secure_sums import SECURE_HIST_BINS, encode, secure_hist_bins
 
 log = logging.getLogger(__name__)
 
 
 def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
-    """Mod for the ``train.<action>`` handlers: SecAgg+ stages go through Flower's ``secaggplus_mod``."""
+    """Mod for the ``train.<action>`` and ``evaluate.<action>`` handlers: SecAgg+ stages go through Flower's
+    ``secaggplus_mod``; an evaluation is masked as the vector of its sums (:mod:`shared.secure_sums`)."""
     required = coerce("secure-aggregation", context.run_config.get("secure-aggregation", False), bool)
+    own_type = msg.metadata.message_type
+    evaluation = own_type.startswith(MessageType.EVALUATE)
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         if required:
+            what = "evaluation instruction" if evaluation else "training instruction"
+            sent = "its evaluation sums" if evaluation else "its update"
             raise RuntimeError(
-                "this run is declared secure-aggregation=true but the training instruction does not run SecAgg+: "
-                "the site does not send its update in clear"
+                f"this run is declared secure-aggregation=true but the {what} does not run SecAgg+: the site does "
+                f"not send {sent} in clear"
             )
         return call_next(msg, context)
-    own_type = msg.metadata.message_type
 
     def train_and_hand_over(train_msg: Message, ctxt: Context) -> Message:
         train_msg.metadata.message_type = own_type
+        if evaluation:  # the site itself marks the evaluation as summed: its handler answers fixed bins
+            conf = dict(train_msg.content.config_records.get(P.CONFIG, ConfigRecord()))
+            train_msg.content[P.CONFIG] = ConfigRecord({**conf, P.CFG_SECURE_SUM: True})
         reply = call_next(train_msg, ctxt)
         if reply.has_error():
             return reply
         state = ctxt.state.config_records[RECORD_KEY_STATE]
+        if evaluation:
+            bins = secure_hist_bins(int(context.run_config.get("hist-bins", SECURE_HIST_BINS)))
+            content = eval_content(reply.content, own_type.split(".", 1)[1], bins)
+            return Message(content, reply_to=train_msg)
         return Message(
             update_content(
                 train_msg.content,
@@ -117,4 +129,15 @@ def update_content(instruction: RecordDict, reply: RecordDict, max_weight: float
         )
     metrics[P.SECAGG_CLIPPED] = clipped
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), examples, metrics)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def eval_content(reply: RecordDict, kind: str, bins: int) -> RecordDict:
+    """Our evaluation handler's reply -> the legacy FitRes records Flower's mod masks: the sums as one vector
+    (:func:`shared.secure_sums.encode`), weight 1 (``num-examples`` 1 of ``max_weight`` 1, so the unmasked mean
+    times the number of sites is the exact sum), and in clear only the seconds the evaluation took."""
+    metrics = dict(reply[P.METRICS])
+    vector = encode(metrics, kind, bins)
+    clear = {P.EVAL_SECONDS: float(metrics.get(P.EVAL_SECONDS, 0.0))}
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector]), 1, clear)
     return compat.fitres_to_recorddict(fitres, keep_input=True)

@@ -14,7 +14,8 @@ Arrays = dict[str, np.ndarray]
 @dataclass(frozen=True)
 class FinalTest:
     """The federated test of one stage's kept model: pooled over the training sites, per site, and pooled over
-    the evaluation-only sites (``external``); ``sums`` are the sites' raw statistics (counts, histograms)."""
+    the evaluation-only sites (``external``); ``sums`` are the sites' raw statistics (counts, histograms), or under
+    secure aggregation the sums over each group of sites (``server.secure_evaluation``; no per-site figures)."""
 
     pooled: dict[str, float]
     per_site: dict[str, dict[str, float]]
@@ -23,9 +24,15 @@ class FinalTest:
     sums: dict[str, dict[str, object]]
     train_sites: list[str]
     eval_only_sites: list[str]
+    summed: list[str] = field(default_factory=list)  # secure-aggregation: the sites inside the secure sums
 
     def train_sums(self) -> list[dict[str, object]]:
-        """The training sites' statistics that arrived, in site-name order."""
+        """The training sites' statistics that arrived, in site-name order (under secure aggregation: their
+        one secure sum, ``server.secure_evaluation``)."""
+        from server.secure_evaluation import SECURE_TRAIN, is_secure
+
+        if is_secure(self.sums):
+            return [self.sums[SECURE_TRAIN]] if SECURE_TRAIN in self.sums else []
         return [self.sums[s] for s in sorted(self.train_sites) if s in self.sums]
 
 

@@ -22,9 +22,10 @@ and each site's scalar metrics, never one site's update.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation import secaggplus_workflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
@@ -99,6 +101,8 @@ class SecureRound:
     max_weight: float = 0.0
     seconds: float = 0.0
     bytes_received: int = 0
+    weight_total: int = 0  # the quantised weight total Flower unmasked (the sum of what the sites masked)
+    claimed_weight_total: int = 0  # the same total from the sites' clear num-examples claims
 
 
 class _Handover(Strategy):
@@ -109,6 +113,7 @@ class _Handover(Strategy):
         self.grid = grid
         self.mean: list[np.ndarray] | None = None
         self.site_metrics: dict[int, dict[str, Any]] = {}
+        self.claimed_examples: dict[int, float] = {}  # node -> the num-examples its FitRes claims in clear
 
     def configure_fit(self, server_round, parameters, client_manager):
         # the content of the collect stage is ours (:class:`_StudyGrid`): an empty FitIns here
@@ -119,6 +124,7 @@ class _Handover(Strategy):
         if results:
             self.mean = parameters_to_ndarrays(results[0][1].parameters)
         self.site_metrics = {proxy.node_id: dict(res.metrics) for proxy, res in results}
+        self.claimed_examples = {proxy.node_id: float(res.num_examples) for proxy, res in results}
         return None, {}
 
     def initialize_parameters(self, client_manager):
@@ -204,15 +210,43 @@ class _StudyGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
 
+@contextlib.contextmanager
+def _unmasked_weight_total() -> Iterator[list[int]]:
+    """Record the quantised weight total Flower's ``unmask_stage`` extracts from the unmasked sum.
+
+    Flower divides the unmasked sum by that total and keeps it to itself; a site running modified code could mask
+    a weight other than the ``num-examples`` it claims in clear (e.g. inflate its own share of the mean). The
+    total is the first value of the unmasked vector, taken out by ``factor_extract``: while a secure round runs,
+    the workflow module's reference to that function is wrapped to note what it returns."""
+    seen: list[int] = []
+    original = secaggplus_workflow.factor_extract
+
+    def noting(parameters):
+        total, rest = original(parameters)
+        seen.append(int(total))
+        return total, rest
+
+    secaggplus_workflow.factor_extract = noting
+    try:
+        yield seen
+    finally:
+        secaggplus_workflow.factor_extract = original
+
+
 def secure_round(
     grid: Grid,
     instructions: list[Message],
     settings: SecureAggregation,
     max_weight: float,
     server_round: int,
+    result_keys: list[str] | None = None,
 ) -> SecureRound:
-    """Run SecAgg+ over the sites of ``instructions`` (our ``train.<action>`` messages, one per site, all with the
-    same global arrays) and return the weighted mean of their updates, keyed like those arrays."""
+    """Run SecAgg+ over the sites of ``instructions`` (our ``<category>.<action>`` messages, one per site, all with
+    the same global arrays) and return the weighted mean of what they mask, keyed like those arrays (training) or
+    by ``result_keys`` (evaluation sums: ``server.secure_evaluation``).
+
+    The round halts (nothing unmasked is used) when the weight total Flower unmasked differs from the total of the
+    sites' clear ``num-examples`` claims: a site masked another weight than it claims."""
     t0 = time.perf_counter()
     if not instructions:
         return SecureRound(None, halted="no site to train")
@@ -222,7 +256,7 @@ def secure_round(
             "sites' query.info / query.roi counts report no training slices"
         )
     message_type = instructions[0].metadata.message_type
-    keys = list(instructions[0].content[P.ARRAYS].keys())
+    keys = result_keys if result_keys is not None else list(instructions[0].content[P.ARRAYS].keys())
     nodes = [m.metadata.dst_node_id for m in instructions]
     study_grid = _StudyGrid(grid, message_type, {m.metadata.dst_node_id: m.content for m in instructions})
     handover = _Handover(nodes, study_grid)
@@ -241,18 +275,31 @@ def secure_round(
     )
     state = WorkflowState()
     halted = ""
-    for name, step in (
-        (Stage.SETUP, workflow.setup_stage),
-        (Stage.SHARE_KEYS, workflow.share_keys_stage),
-        (Stage.COLLECT_MASKED_VECTORS, workflow.collect_masked_vectors_stage),
-        (Stage.UNMASK, workflow.unmask_stage),
-    ):
-        if not step(study_grid, context, state):
-            halted = (
-                f"SecAgg+ halted at stage {name!r}: {len(state.active_node_ids)} of {len(nodes)} site(s) still "
-                f"active, {state.threshold or 'at least 2'} needed to unmask (secure-aggregation-threshold)"
-            )
-            break
+    with _unmasked_weight_total() as totals:
+        for name, step in (
+            (Stage.SETUP, workflow.setup_stage),
+            (Stage.SHARE_KEYS, workflow.share_keys_stage),
+            (Stage.COLLECT_MASKED_VECTORS, workflow.collect_masked_vectors_stage),
+            (Stage.UNMASK, workflow.unmask_stage),
+        ):
+            if not step(study_grid, context, state):
+                halted = (
+                    f"SecAgg+ halted at stage {name!r}: {len(state.active_node_ids)} of {len(nodes)} site(s) "
+                    f"still active, {state.threshold or 'at least 2'} needed to unmask (secure-aggregation-threshold)"
+                )
+                break
+    weight_total = totals[-1] if totals else 0
+    claimed = sum(
+        round(e / max_weight * settings.quantization_range) for e in handover.claimed_examples.values()
+    )
+    if not halted and totals and weight_total != claimed:
+        sites = sorted(handover.claimed_examples)
+        halted = (
+            f"SecAgg+ weight check failed: the sites masked a weight total of {weight_total} (quantised), their "
+            f"clear num-examples claims add up to {claimed}: one of the summed sites (nodes {sites}) masked a "
+            "weight other than it claims (modified site code); this round's sum is not used"
+        )
+        log.error("%s", halted)
     mean = None
     if not halted and handover.mean is not None:
         if len(handover.mean) != len(keys):
@@ -271,6 +318,8 @@ def secure_round(
         max_weight=max_weight,
         seconds=time.perf_counter() - t0,
         bytes_received=study_grid.bytes_received,
+        weight_total=weight_total,
+        claimed_weight_total=claimed,
     )
 
 

@@ -26,6 +26,7 @@ from server.round_recorder import RoundRecorder
 from server.round_selection import RoundSelection
 from server.run_log import RunLog
 from server.secure_aggregation import secure_aggregation_of
+from server.secure_evaluation import SECURE_EVAL_ONLY, SECURE_TRAIN, is_secure, secure_evaluation
 from server.sites import SiteRoster
 from server.stage import Stage, study_stages
 from server.strategies import TooFewSitesError, build_strategy
@@ -36,6 +37,7 @@ from shared import protocol as P
 from shared.config import PipelineConfig
 from shared.errors import ConfigError
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
+from shared.secure_sums import secure_hist_bins
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -75,6 +77,7 @@ class Study:
         self.seg_hash = ""
         self.selections: dict[str, RoundSelection] = {}
         self.kept_val: dict[str, tuple[int, dict[str, dict[str, object]]]] = {}  # stage key -> (round, sums)
+        self.kept_summed: dict[str, list[str]] = {}  # stage key -> sites inside its kept round's secure sums
         self.seg_arrays: Arrays = {}
 
     def _roi_content(self) -> RecordDict:
@@ -138,10 +141,11 @@ class Study:
             min_sites=self.fed.min_sites,
             round_offset=start_round,
             eval_metric_keys=stage.eval_metric_keys,
-            eval_pooler=lambda sums: stage.pool(sums, roster.train_site_names()),
+            eval_pooler=lambda sums: self.pool(stage, sums)[:2],
             update_norm_factor=self.fed.update_norm_factor,
             example_cap_of=lambda node: self.example_cap(stage, node),
             secure=secure_aggregation_of(self.fed),
+            secure_hist_bins=secure_hist_bins(self.cfg.hist_bins),
         )
         strategy.load_strategy_state(state)
         total = stage.rounds
@@ -169,6 +173,7 @@ class Study:
             if selection.offer(true_round, round_arrays, ev.pooled if ev is not None else {}):
                 # the kept model's pooled validation statistics: the bundle's operating point, no second pass
                 self.kept_val[key] = (true_round, dict(ev.sums) if ev is not None else {})
+                self.kept_summed[key] = list(ev.summed) if ev is not None else []
                 log.info("%s: round %s is now the kept round (%s)", key, true_round, selection.summary(total))
             self.recorder.end_round(
                 stage=stage.kind.value,
@@ -230,8 +235,7 @@ class Study:
         sums = seen[1]
         train_names = self.roster.train_site_names()
         external = self.roster.eval_only_site_names()
-        pooled, per_site = stage.pool(sums, train_names)
-        pooled_external, _ = stage.pool(sums, external) if external else ({}, {})
+        pooled, per_site, pooled_external = self.pool(stage, sums)
         self.run_log.append(
             "final-val",
             stage=stage.kind.value,
@@ -241,8 +245,10 @@ class Study:
             source=f"validation of kept round {kept.round}",
             model_sha256=model_hash(arrays),
         )
-        failed = {s: "no validation reply in the kept round" for s in train_names if s not in sums}
-        return FinalTest(pooled, per_site, pooled_external, failed, sums, train_names, external)
+        summed = self.kept_summed.get(stage.key, [])
+        answered = summed if is_secure(sums) else list(sums)
+        failed = {s: "no validation reply in the kept round" for s in train_names if s not in answered}
+        return FinalTest(pooled, per_site, pooled_external, failed, sums, train_names, external, summed)
 
     def final_test(self, stage: Stage, arrays: Arrays, split: str = "test") -> FinalTest:
         rounds = stage.rounds
@@ -263,16 +269,30 @@ class Study:
         content = RecordDict({P.ARRAYS: as_record(arrays), P.CONFIG: conf})
         sites = self.roster.sites
         msgs = [Message(content, dst_node_id=n, message_type=stage.evaluate_type) for n in sites]
-        replies = self.roster.send(msgs)
         site_of = lambda n: sites[n].name if n in sites else f"node-{n}"  # noqa: E731
-        sums, failed = collect_eval_sums(
-            replies, site_of, [s.name for s in sites.values()], stage.eval_metric_keys
-        )
-        failed.update({s: r for s, r in error_reasons(replies, msgs, site_of).items() if s in failed})
+        secure = secure_aggregation_of(self.fed)
+        summed: list[str] = []
+        if secure is not None:  # only the sums over the sites reach the coordinator
+            ev = secure_evaluation(
+                self.grid,
+                msgs,
+                secure,
+                stage.action,
+                secure_hist_bins(self.cfg.hist_bins),
+                site_of,
+                {n for n, s in sites.items() if s.role == P.ROLE_EVAL_ONLY},
+                rounds,
+            )
+            sums, failed, summed = ev.sums, ev.failed, ev.summed_sites()
+        else:
+            replies = self.roster.send(msgs)
+            sums, failed = collect_eval_sums(
+                replies, site_of, [s.name for s in sites.values()], stage.eval_metric_keys
+            )
+            failed.update({s: r for s, r in error_reasons(replies, msgs, site_of).items() if s in failed})
         train_names = self.roster.train_site_names()
         external = self.roster.eval_only_site_names()
-        pooled, per_site = stage.pool(sums, train_names)
-        pooled_external, _ = stage.pool(sums, external) if external else ({}, {})
+        pooled, per_site, pooled_external = self.pool(stage, sums)
         self.run_log.append(
             "final-test" if split == "test" else f"final-{split}",
             stage=stage.kind.value,
@@ -283,7 +303,21 @@ class Study:
             failed=failed,
             model_sha256=model_hash(arrays),
         )
-        return FinalTest(pooled, per_site, pooled_external, failed, sums, train_names, external)
+        return FinalTest(pooled, per_site, pooled_external, failed, sums, train_names, external, summed)
+
+    def pool(
+        self, stage: Stage, sums: dict[str, dict[str, object]]
+    ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+        """(pooled over the training sites, per site, pooled over the evaluation-only sites) from a stage's
+        evaluation sums: per-site statistics in clear, or the secure sums (no per-site figures then)."""
+        if is_secure(sums):
+            pooled, _ = stage.pool(sums, [SECURE_TRAIN])
+            external, _ = stage.pool(sums, [SECURE_EVAL_ONLY])
+            return pooled, {}, external
+        pooled, per_site = stage.pool(sums, self.roster.train_site_names())
+        external_names = self.roster.eval_only_site_names()
+        external = stage.pool(sums, external_names)[0] if external_names else {}
+        return pooled, per_site, external
 
     # ---- the whole study --------------------------------------------------------------------------
 
@@ -334,7 +368,7 @@ class Study:
         for stage, test in [(segmenter, segmenter_test)] + [
             (st, classifier_tests[d]) for d, (st, _) in trained.items()
         ]:
-            answered = [s for s in test.train_sites if s in test.sums]
+            answered = [s for s in test.train_sites if s in test.sums or s in test.summed]
             if len(answered) < self.fed.min_sites:
                 raise TooFewSitesError(
                     f"final test of the {stage.label}: {len(answered)} training site(s) answered "

@@ -54,6 +54,9 @@ CFG_KEEP_LOCAL_NORM = "keep-local-norm"  # FedBN: the site keeps its own normali
 CFG_TOTAL_ROUNDS = "total-rounds"  # rounds of this stage (the classifier's lr schedule spans all of them)
 CFG_STUDY = "study-id"  # short fingerprint of the study settings (keys the site's FedBN state on disk)
 CFG_TRANSPORT_DTYPE = "transport-dtype"  # dtype of floating arrays in replies ("float32" | "float16")
+#: set by the site's own secure-aggregation mod (never trusted from the coordinator): this evaluation is masked
+#: into a secure sum, so the histograms are the fixed ``hist-bins`` bins, unmerged (client/secure_aggregation.py)
+CFG_SECURE_SUM = "secure-sum"
 
 # --- metric keys -----------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # Flower's weighting key: number of training/eval images (slices)

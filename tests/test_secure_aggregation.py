@@ -263,6 +263,9 @@ def _study(cohort: Path, out: Path, **overrides) -> tuple[LocalGrid, dict, list[
 
     rc = toy_run_config(cohort, out, datasets="t2", amp=False, **{"update-norm-factor": 0.0, **overrides})
     grid = LocalGrid(client_app, 3, rc)
+    for context in grid.contexts.values():
+        # every score bin its own group in clear too, so that both runs pool the same fixed bins
+        context.node_config["min-hist-count"] = 1
     t0 = time.perf_counter()
     server_app(grid, server_context(rc))
     seconds = time.perf_counter() - t0
@@ -326,3 +329,14 @@ def test_toy_study_both_stages_under_secure_aggregation_matches_plain_aggregatio
     for reply in train:
         assert not reply.has_error()
         assert all(len(rec) == 0 for rec in reply.content.array_records.values())
+    # nor any site's evaluation statistics: every evaluation (each round's validation, the final tests) went
+    # through a secure sum, the replies hold masked vectors and the seconds taken, and no per-site figure exists
+    evaluations = [r for r in grid.replies if r.metadata.message_type in (P.EVALUATE_SEG, P.EVALUATE_CLS)]
+    assert evaluations and not any(r.has_error() for r in evaluations)
+    for reply in evaluations:
+        assert RECORD_KEY_CONFIGS in reply.content.config_records
+        for rec in reply.content.metric_records.values():
+            assert set(rec.keys()) <= {P.EVAL_SECONDS, "num_examples"}, set(rec.keys())
+    assert all(site["dice"] is None and not site["auc"] for site in secure["sites"].values())
+    assert all(site["dice"] is not None for site in plain["sites"].values())
+    assert secure["auc"]["t2"]["n_patients"] == plain["auc"]["t2"]["n_patients"]

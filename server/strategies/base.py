@@ -12,6 +12,8 @@
 - with secure aggregation (``secure``, :mod:`server.secure_aggregation`) ``configure_train`` itself runs Flower's
   SecAgg+ stages over the grid and returns no message; ``aggregate_train`` then gets only the unmasked weighted mean
   of the sites' updates (and their scalar metrics), which it checks and hands to Flower's strategy as one reply;
+  ``configure_evaluate`` likewise runs the secure sums of the sites' evaluation statistics
+  (:mod:`server.secure_evaluation`), and ``aggregate_evaluate`` pools those sums (no per-site figures);
 - round numbers are shifted by ``round_offset`` so a resumed stage continues its numbering (clients seed their
   local training with the true round, and FedAdam's bias correction sees it too).
 """
@@ -28,6 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from server.secure_aggregation import SecureAggregation, SecureRound, secure_round, summed_reply
+from server.secure_evaluation import SecureEvaluation, secure_evaluation
 from server.strategies.replies import collect_eval_sums, error_reasons, unavailable_nodes
 from server.update_bounds import delta_norm, examples_problem, norm_outliers
 from server.update_check import update_problem
@@ -74,6 +77,7 @@ class EvalRound:
     sums: dict[str, dict[str, object]]  # site -> raw sufficient statistics (counts / histograms)
     failed: dict[str, str]
     bytes_sent: int = 0
+    summed: list[str] = field(default_factory=list)  # secure-aggregation: the sites inside the secure sums
 
 
 EvalPooler = Callable[[dict[str, dict[str, object]]], tuple[dict[str, float], dict[str, dict[str, float]]]]
@@ -108,7 +112,9 @@ class StageMixin:
     update_norm_factor: float  # 0: no norm bound (server.update_bounds)
     example_cap_of: Callable[[int], int | None] | None  # node id -> most num-examples it may claim
     secure: SecureAggregation | None  # SecAgg+: the coordinator sees only the sum of the updates
+    secure_hist_bins: int
     _secure_round: SecureRound | None
+    _secure_eval: SecureEvaluation | None
     last_train: TrainRound | None
     last_eval: EvalRound | None
     unavailable: set[int]  # nodes the SuperLink reported offline since the study last looked (it clears it)
@@ -131,11 +137,13 @@ class StageMixin:
         update_norm_factor: float = 0.0,
         example_cap_of: Callable[[int], int | None] | None = None,
         secure: SecureAggregation | None = None,
+        secure_hist_bins: int = 0,
     ) -> None:
         """Everything the strategy needs for one stage, as arguments (it reads nothing else of the study).
 
         ``action``: message action (``train.<action>`` / ``evaluate.<action>``); ``refresh``: asked before each
-        round whether sites (re)joined; ``round_offset``: rounds already done (resume); ``secure``: each training round under SecAgg+.
+        round whether sites (re)joined; ``round_offset``: rounds already done (resume); ``secure``: each training round, and each
+        evaluation's sums, under SecAgg+ (``secure_hist_bins``: the histogram bins of a secure sum).
         """
         self.action = action
         self.participants = participants
@@ -143,7 +151,9 @@ class StageMixin:
         self.update_norm_factor = update_norm_factor
         self.example_cap_of = example_cap_of
         self.secure = secure
+        self.secure_hist_bins = secure_hist_bins
         self._secure_round = None
+        self._secure_eval = None
         self.min_sites = min_sites
         self.round_offset = round_offset
         self.train_metric_keys = train_metric_keys
@@ -376,19 +386,37 @@ class StageMixin:
         msgs = self._retype(msgs, "evaluate", self.participants.eval_nodes)
         self._sent_eval = msgs
         self._eval_bytes = int(arrays.count_bytes()) * len(msgs)
+        if self.secure is not None:  # the sums go through SecAgg+ here; Flower's loop sends nothing more
+            self._secure_eval = secure_evaluation(
+                grid,
+                msgs,
+                self.secure,
+                self.action,
+                self.secure_hist_bins,
+                self._site,
+                self.participants.eval_only_nodes,
+                true_round,
+            )
+            return []
         return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         true_round = server_round + self.round_offset
         replies = list(replies)
         sent_to = sorted(self._site(m.metadata.dst_node_id) for m in self._sent_eval)
-        sums, failed = collect_eval_sums(replies, self._site, sent_to, self.eval_metric_keys)
-        for site, reason in error_reasons(replies, self._sent_eval, self._site).items():
-            if site in failed:
-                failed[site] = reason
-        self.unavailable |= unavailable_nodes(replies, self._sent_eval)
+        if self.secure is not None:
+            secure, self._secure_eval = self._secure_eval, None
+            sums, failed = (secure.sums, secure.failed) if secure is not None else ({}, {})
+            summed = secure.summed_sites() if secure is not None else []
+        else:
+            summed = []
+            sums, failed = collect_eval_sums(replies, self._site, sent_to, self.eval_metric_keys)
+            for site, reason in error_reasons(replies, self._sent_eval, self._site).items():
+                if site in failed:
+                    failed[site] = reason
+            self.unavailable |= unavailable_nodes(replies, self._sent_eval)
         pooled, per_site = self.eval_pooler(sums) if self.eval_pooler else ({}, {})
-        self.last_eval = EvalRound(true_round, pooled, per_site, sums, failed, self._eval_bytes)
+        self.last_eval = EvalRound(true_round, pooled, per_site, sums, failed, self._eval_bytes, summed)
         return MetricRecord({k: float(v) for k, v in pooled.items() if v == v}) if pooled else None
 
     # ---- strategy state for checkpoints (FedAdam overrides both) -----------------------------------
