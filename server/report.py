@@ -101,6 +101,11 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
                     f"{_fmt(a['value']) + ' [' + _fmt(a['ci'][0]) + ', ' + _fmt(a['ci'][1]) + ']':>22}"
                 )
         lines.append(f"{name:<16} {e['role']:<9} {e['patients']:>4} {_fmt(e['dice']):>6} " + " ".join(cells))
+    if results.get("federation", {}).get("secure-aggregation"):
+        lines.append(
+            "per-site Dice and AUC: not computed (secure-aggregation: the coordinator receives only the sums over "
+            "the sites, PRIVACY.md section 6)"
+        )
     for name, e in results.get("sites", {}).items():
         for what, reason in e.get("sat_out", {}).items():
             label = "segmenter" if what == P.STAGE_SEG else dataset_label(what)

@@ -4,12 +4,14 @@ stages with the real ServerApp/ClientApp in process, with an audit of every repl
 
 from __future__ import annotations
 
+import io
 import json
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from client.node_data import DEFAULT_MAX_HIST_BINS
 from server.config import federation_from_run_config
@@ -180,6 +182,9 @@ def audit_replies(replies, cohort: Path, hist_bins: int) -> int:
             continue
         n += 1
         content = msg.content
+        if RECORD_KEY_CONFIGS in content.config_records:  # a SecAgg+ reply (secure-aggregation)
+            _audit_secagg_reply(content)
+            continue
         assert set(content.keys()) <= {P.ARRAYS, P.METRICS, P.INFO}
         for rec in content.metric_records.values():
             for key, value in rec.items():
@@ -200,6 +205,39 @@ def audit_replies(replies, cohort: Path, hist_bins: int) -> int:
                 assert arr.ndim != 4 or arr.shape[-1] <= 7, (key, arr.shape)
                 assert arr.ndim <= 4 and "patient" not in key
     return n
+
+
+#: what a site's SecAgg+ reply may hold: Flower's key material, masked vectors, node ids and shares
+_SECAGG_REPLY_KEYS = {Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2, Key.DESTINATION_LIST, Key.CIPHERTEXT_LIST}
+_SECAGG_REPLY_KEYS |= {Key.MASKED_PARAMETERS, Key.NODE_ID_LIST, Key.SHARE_LIST}
+
+
+def _audit_secagg_reply(content) -> None:
+    """A SecAgg+ reply: Flower's protocol record only (bytes, node ids), masked vectors that are int64 and never
+    image-shaped, no array record with data, and scalar metrics of the known keys (the clear FitRes figures)."""
+    assert all(k == RECORD_KEY_CONFIGS or k.startswith("fitres.") for k in content.keys()), set(
+        content.keys()
+    )
+    for name, rec in content.array_records.items():
+        assert len(rec) == 0, name  # Flower's mod empties the update it masked
+    for key, value in content.config_records[RECORD_KEY_CONFIGS].items():
+        assert key in _SECAGG_REPLY_KEYS, key
+        items = value if isinstance(value, list) else [value]
+        assert all(isinstance(v, bytes | int) and not isinstance(v, bool) for v in items), key
+        if key == Key.MASKED_PARAMETERS:
+            for blob in items:
+                arr = np.load(io.BytesIO(blob))
+                assert arr.dtype == np.int64 and arr.ndim <= 4 and (arr.ndim != 4 or arr.shape[-1] <= 7)
+    clear_metrics = set(P.SECURE_TRAIN_METRICS) | {P.EVAL_SECONDS, "num_examples"}
+    for name, rec in [*content.config_records.items(), *content.metric_records.items()]:
+        if name == RECORD_KEY_CONFIGS:
+            continue
+        if name.endswith("metrics") or name.endswith("num_examples"):  # the FitRes' clear scalar figures
+            for key, value in rec.items():
+                assert key in clear_metrics, (name, key)
+                assert isinstance(value, int | float) and np.isfinite(value), key
+        else:  # the FitRes status: a code and a short message, no free text from the site's data
+            assert all(isinstance(v, int) or (isinstance(v, str) and len(v) < 40) for v in rec.values()), name
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +279,12 @@ def _run(cohort: Path, out: Path, budgets: dict[int, float] | None = None, **ove
 
 @pytest.mark.slow
 def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(cohort, tmp_path):
-    # every privacy option of a local-DP study on: DP-SGD in both stages, noisy evaluation histograms
-    grid, results = _run(cohort, tmp_path / "run1", dp="local", **{"dp-epsilon": 8.0, "dp-hist-noise": 2.0})
+    # every privacy option of a local-DP study on: DP-SGD in both stages, noisy evaluation histograms, and every
+    # update and evaluation masked into a SecAgg+ sum
+    secure = {"secure-aggregation": True, "update-norm-factor": 0.0}
+    grid, results = _run(
+        cohort, tmp_path / "run1", dp="local", **{"dp-epsilon": 8.0, "dp-hist-noise": 2.0, **secure}
+    )
     assert (tmp_path / "run1" / "STATUS").read_text().startswith("COMPLETED")
     priv = results["privacy"]
     assert priv["mode"] == "local" and priv["unit"] == "one patient"
@@ -266,6 +308,16 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
     assert first["hospital-a"] == pytest.approx(opacus_epsilon([x.release for x in trained], d, "rdp"))
     assert first["hospital-a"] <= independent <= first["hospital-a"] * 1.06
     assert audit_replies(grid.replies, cohort, 100) > 0
+    masked = [r for r in grid.replies if RECORD_KEY_CONFIGS in r.content.config_records]
+    assert {r.metadata.message_type for r in masked} == {
+        P.TRAIN_SEG,
+        P.TRAIN_CLS,
+        P.EVALUATE_SEG,
+        P.EVALUATE_CLS,
+    }
+    assert not any(
+        r.metadata.message_type.startswith(("train", "evaluate")) for r in grid.replies if r not in masked
+    )
     table = (tmp_path / "run1" / "table.txt").read_text()
     assert all("unit: one patient" in line for line in table.splitlines() if "epsilon" in line)
 

@@ -340,3 +340,6 @@ def test_toy_study_both_stages_under_secure_aggregation_matches_plain_aggregatio
     assert all(site["dice"] is None and not site["auc"] for site in secure["sites"].values())
     assert all(site["dice"] is not None for site in plain["sites"].values())
     assert secure["auc"]["t2"]["n_patients"] == plain["auc"]["t2"]["n_patients"]
+    table = (tmp_path / "secure" / "table.txt").read_text()
+    assert "per-site Dice and AUC: not computed (secure-aggregation" in table
+    assert "not computed" not in (tmp_path / "plain" / "table.txt").read_text()
