@@ -104,7 +104,8 @@ def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
         f"NASOFL_SITE_NAME={site.name}",
     ]
     cmd = words[6:]
-    assert Path(cmd[0]).name == "flower-supernode"
+    assert cmd[1:3] == ["-m", "client.supernode_launch"]  # Flower's flower-supernode, shorter idle poll
+    cmd = cmd[2:]
     opts = dict(zip(cmd[1::2], cmd[2::2], strict=True))
     assert opts["--superlink"] == "fl.example.org:8000" and opts["--root-certificates"] == str(ca.resolve())
     assert opts["--auth-supernode-private-key"] == str(key.resolve()) and opts["--port"] == "9195"
@@ -121,14 +122,14 @@ def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
     assert nothing.returncode == 2 and "no approved app listed" in nothing.stderr, nothing.stderr
     public_salt = join(site, *base, "--approved-apps", approved, "--salt", "nasofl-local-salt", "--dry-run")
     assert public_salt.returncode == 2 and "public default salt" in public_salt.stderr
-    # blocking problems (no labels.csv): the report is printed and flower-supernode never starts
+    # blocking problems (no labels.csv): the report is printed and the SuperNode never starts
     empty = tmp_path / "empty-site"
     empty.mkdir()
     refused = join(empty, *base, "--approved-apps", approved, "--dry-run")
     assert (
         refused.returncode == 1
         and "not joining" in refused.stdout
-        and "flower-supernode" not in refused.stdout
+        and "supernode_launch" not in refused.stdout
     )
 
 

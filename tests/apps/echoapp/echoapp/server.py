@@ -1,7 +1,8 @@
 """Echo ServerApp: one query per node per round; writes {node: "ok" | error reason} and each round's seconds.
 
 ``grid = "nasofl"`` sends through the study's own pull loop (server.polling_grid, from the nasofl installed on the
-coordinator) instead of Flower's ``send_and_receive``, to compare the two.
+coordinator) instead of Flower's ``send_and_receive``, to compare the two; ``grid = "nasofl-flower-object-pulls"``
+the same loop with Flower's own retry of arrays not uploaded yet (1 s up to 10 s apart).
 """
 
 import json
@@ -37,10 +38,15 @@ def main(grid: Grid, context: Context) -> None:
     while len(nodes := sorted(grid.get_node_ids())) < int(cfg["nodes"]) and time.time() < deadline:
         time.sleep(0.5)
     content = payload(float(cfg["payload-mb"]), str(cfg["dtype"]))
-    if str(cfg["grid"]) == "nasofl":
+    if str(cfg["grid"]).startswith("nasofl"):
+        from flwr.superlink.grid import http_grid
+
         from server.polling_grid import PollingGrid
 
+        flowers = http_grid.pull_objects
         grid = PollingGrid(grid)
+        if str(cfg["grid"]) == "nasofl-flower-object-pulls":  # our loop, Flower's 1 s..10 s object retries
+            http_grid.pull_objects = flowers
     result: dict = {"nodes": nodes, "replies": {}, "round_s": []}
     for _ in range(int(cfg["rounds"])):
         msgs = [Message(content, dst_node_id=n, message_type="query") for n in nodes]
@@ -51,4 +57,8 @@ def main(grid: Grid, context: Context) -> None:
         for reply in replies:
             node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             result["replies"][str(node)] = reply.error.reason if reply.has_error() else "ok"
+    if str(cfg["grid"]).startswith("nasofl"):
+        from server import polling_grid
+
+        result["object_retries"] = polling_grid.object_retries
     Path(str(cfg["out"])).write_text(json.dumps(result))
