@@ -4,7 +4,8 @@
 #   deploy/supernode.sh SITE_DIR SUPERLINK_HOST:PORT CA_FILE PRIVATE_KEY APPROVED_APPS [CACHE_DIR] [extra join flags]
 #
 # A thin wrapper over `nasofl-site join` (client/node_cmd.py), which refuses to join when validation finds
-# blocking problems and then execs flower-supernode with --root-certificates, --auth-supernode-private-key and
+# blocking problems and then execs Flower's SuperNode (client.supernode_launch: flower-supernode with a 0.5 s idle
+# poll, NASOFL_SUPERNODE_IDLE_POLL_S) with --root-certificates, --auth-supernode-private-key and
 # --node-config 'data-path="..." cache-path="..." eval-only=false', with FLWR_TELEMETRY_ENABLED=0,
 # FLWR_DISABLE_UPDATE_CHECK=1 and FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1. APPROVED_APPS: the site's
 # approved-apps file (`nasofl-site approve APP --approved-apps FILE`): only those app FABs run here.
