@@ -27,7 +27,12 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+    Stage,
+)
 from flwr.compat.common import recorddict_compat as compat
 
 from shared import protocol as P
@@ -53,6 +58,17 @@ def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
                 f"not send {sent} in clear"
             )
         return call_next(msg, context)
+
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    if configs.get(Key.STAGE) == Stage.SETUP:
+        sites, threshold = int(configs.get(Key.SAMPLE_NUMBER, 0)), int(configs.get(Key.THRESHOLD, 0))
+        if sites < 2 or threshold < 2:
+            # a "sum" over one site, or one whose single share unmasks it, would hand this site's values out
+            raise RuntimeError(
+                f"secure aggregation refused: the coordinator set up a sum over {sites} site(s) with threshold "
+                f"{threshold}; this site masks its values only into a sum of at least 2 sites, unmasked by at "
+                "least 2"
+            )
 
     def train_and_hand_over(train_msg: Message, ctxt: Context) -> Message:
         train_msg.metadata.message_type = own_type

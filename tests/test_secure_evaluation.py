@@ -225,3 +225,32 @@ def test_a_site_masking_another_weight_than_it_claims_halts_the_round(hostile):
     assert out.mean_update is None
     assert out.weight_total == 4 * round(10 / 40 * SETTINGS.quantization_range)
     assert "weight check failed" in out.halted and "masked a weight other than it claims" in out.halted
+
+
+@pytest.mark.parametrize("sites,threshold", [(1, 1), (3, 1)])
+def test_the_site_refuses_to_mask_into_a_sum_of_one_or_one_share(sites, threshold):
+    # modified coordinator code: a SecAgg+ setup whose "sum" is one site, or unmasked by one share
+    grid = _grid(2)
+    setup = ConfigRecord(
+        {
+            Key.STAGE: Stage.SETUP,
+            Key.SAMPLE_NUMBER: sites,
+            Key.SHARE_NUMBER: sites,
+            Key.THRESHOLD: threshold,
+            Key.CLIPPING_RANGE: 8.0,
+            Key.TARGET_RANGE: 4194304,
+            Key.MOD_RANGE: 4294967296,
+            Key.MAX_WEIGHT: 1.0,
+        }
+    )
+    node = next(iter(grid.contexts))
+    msg = Message(RecordDict({RECORD_KEY_CONFIGS: setup}), dst_node_id=node, message_type="evaluate.cls")
+    (reply,) = grid.send_and_receive([msg])
+    assert (
+        reply.has_error()
+        and "this site masks its values only into a sum of at least 2 sites" in reply.error.reason
+    )
+    ok = ConfigRecord({**setup, Key.SAMPLE_NUMBER: 2, Key.SHARE_NUMBER: 2, Key.THRESHOLD: 2})
+    msg = Message(RecordDict({RECORD_KEY_CONFIGS: ok}), dst_node_id=node, message_type="evaluate.cls")
+    (reply,) = grid.send_and_receive([msg])
+    assert not reply.has_error()  # Flower's mod answers the setup with the site's public keys
