@@ -10,6 +10,8 @@
   waits 1.5 s on average before the site even sees it, and a SecAgg+ round has four. Here the idle wait is
   ``NASOFL_SUPERNODE_IDLE_POLL_S`` (default 0.5 s; one small authenticated request per wait, through the
   coordinator's proxy).
+- **Local waits.** The loop waits for the ClientApp's reply, and for each of its arrays, polling its own in-memory
+  state every 0.5 s (``time.sleep(0.5)``, same file); here every :data:`LOCAL_POLL_S` (0.1 s).
 - **Object pulls.** An instruction is visible on the SuperLink before the coordinator has uploaded its arrays;
   Flower then retries each array 1 s, 2 s, 4 s ... up to 10 s apart. Here the first retry comes after 0.05 s,
   backing off to 0.5 s; Flower's overall limit (2 h per message) is kept.
@@ -27,6 +29,8 @@ from types import ModuleType
 IDLE_POLL_ENV = "NASOFL_SUPERNODE_IDLE_POLL_S"
 DEFAULT_IDLE_POLL_S = 0.5
 FLOWER_IDLE_SLEEP_S = 3  # the literal of Flower's idle wait
+FLOWER_LOCAL_SLEEP_S = 0.5  # the literal of its waits for the ClientApp's reply and arrays (no network)
+LOCAL_POLL_S = 0.1
 OBJECT_FIRST_RETRY_S = 0.05
 OBJECT_MAX_RETRY_S = 0.5
 
@@ -48,7 +52,8 @@ def idle_poll_seconds(environ: dict[str, str] | os._Environ = os.environ) -> flo
 
 
 class _IdleClock(ModuleType):
-    """Stands in for the ``time`` module inside Flower's SuperNode loop: only its 3 s idle sleep is shortened."""
+    """Stands in for the ``time`` module inside Flower's SuperNode loop: its 3 s idle sleep and 0.5 s local waits
+    are shortened, nothing else."""
 
     def __init__(self, idle_s: float) -> None:
         super().__init__("time")
@@ -58,7 +63,11 @@ class _IdleClock(ModuleType):
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self._idle_s if seconds == FLOWER_IDLE_SLEEP_S else seconds)
+        if seconds == FLOWER_IDLE_SLEEP_S:
+            seconds = self._idle_s
+        elif seconds == FLOWER_LOCAL_SLEEP_S:
+            seconds = LOCAL_POLL_S
+        time.sleep(seconds)
 
 
 def patch_supernode(idle_s: float) -> None:

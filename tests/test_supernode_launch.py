@@ -19,12 +19,13 @@ def patched():
     loop.time, loop.pull_objects = saved
 
 
-def test_only_flowers_3_s_idle_wait_is_shortened(patched, monkeypatch):
+def test_only_flowers_idle_and_local_waits_are_shortened(patched, monkeypatch):
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
     loop.time.sleep(3)  # the idle wait of Flower's loop (start_client_internal.py: time.sleep(3))
-    loop.time.sleep(0.5)  # its other waits are Flower's
-    assert slept == [0.2, 0.5]
+    loop.time.sleep(0.5)  # its waits for the ClientApp's reply (local state)
+    loop.time.sleep(1.0)  # any other wait is Flower's
+    assert slept == [0.2, 0.1, 1.0]
     assert loop.time.monotonic is time.monotonic and loop.time.time is time.time
     patch_supernode(0.2)  # idempotent: not wrapped twice
     assert loop.time.sleep.__self__._idle_s == 0.2
