@@ -14,7 +14,7 @@
   state every 0.5 s (``time.sleep(0.5)``, same file); here every :data:`LOCAL_POLL_S` (0.1 s).
 - **Object pulls.** An instruction is visible on the SuperLink before the coordinator has uploaded its arrays;
   Flower then retries each array 1 s, 2 s, 4 s ... up to 10 s apart. Here the first retry comes after 0.05 s,
-  backing off to 0.5 s; Flower's overall limit (2 h per message) is kept.
+  backing off to 0.5 s (:mod:`shared.quick_pulls`); Flower's overall limit (2 h per message) is kept.
 
 Nothing else changes: the process does exactly what ``flower-supernode`` does with the same arguments.
 """
@@ -26,13 +26,13 @@ import sys
 import time
 from types import ModuleType
 
+from shared.quick_pulls import quicken
+
 IDLE_POLL_ENV = "NASOFL_SUPERNODE_IDLE_POLL_S"
 DEFAULT_IDLE_POLL_S = 0.5
 FLOWER_IDLE_SLEEP_S = 3  # the literal of Flower's idle wait
 FLOWER_LOCAL_SLEEP_S = 0.5  # the literal of its waits for the ClientApp's reply and arrays (no network)
 LOCAL_POLL_S = 0.1
-OBJECT_FIRST_RETRY_S = 0.05
-OBJECT_MAX_RETRY_S = 0.5
 
 
 def idle_poll_seconds(environ: dict[str, str] | os._Environ = os.environ) -> float:
@@ -77,15 +77,7 @@ def patch_supernode(idle_s: float) -> None:
     if isinstance(loop.time, _IdleClock):
         return
     loop.time = _IdleClock(idle_s)
-    original = loop.pull_objects
-
-    def pull_objects(object_ids, pull_object_fn, **kwargs):
-        kwargs.setdefault("initial_backoff", OBJECT_FIRST_RETRY_S)
-        kwargs.setdefault("backoff_cap", OBJECT_MAX_RETRY_S)
-        kwargs.setdefault("max_tries_per_object", None)  # bounded by Flower's max_time (2 h) instead
-        return original(object_ids, pull_object_fn, **kwargs)
-
-    loop.pull_objects = pull_objects
+    quicken(loop, "pull_objects")
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ message's arrays (``store_message_and_object_tree`` pre-registers them, ``fleet_
 pulls each array and, while one is not uploaded yet, retries after 1 s, 2 s, 4 s, up to 10 s apart
 (``PULL_INITIAL_BACKOFF`` / ``PULL_BACKOFF_CAP``, ``flwr/supercore/constant.py``): a model that finished uploading
 just after a retry waits up to twice its upload time. :func:`quicker_object_pulls` makes the grid's object pulls
-retry after ``OBJECT_FIRST_RETRY_S``, backing off to ``OBJECT_MAX_RETRY_S`` (one small request each); the overall
-limit stays Flower's (2 h per message), so a slow hospital link is not cut short.
+retry after 0.05 s, backing off to 0.5 s (:mod:`shared.quick_pulls`); the overall limit stays Flower's (2 h per
+message), so a slow hospital link is not cut short.
 
 The timeout has Flower's meaning: the replies that came in by then are returned, the study's strategies count the
 rest as failed sites. :func:`for_study` wraps only Flower's deployment grid: its simulation grid already polls every
@@ -41,11 +41,11 @@ import httpx
 from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 from flwr.supercore.run import Run
 from flwr.superlink.grid import HttpGrid
 
 from shared.errors import NasoflError
+from shared.quick_pulls import quicken
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +56,14 @@ TRANSIENT_RETRIES = 5
 RETRY_WAIT_S = 2.0
 #: HTTP statuses of a SuperLink that failed on this request but may answer the next one
 TRANSIENT_STATUS = frozenset({500})
-OBJECT_FIRST_RETRY_S = 0.05
-OBJECT_MAX_RETRY_S = 0.5
-#: how many times an array of a reply was not uploaded yet when pulled (this process; the bench reads it)
-object_retries = 0
 
 
 def quicker_object_pulls() -> None:
     """Make Flower's deployment grid retry a not-yet-uploaded array after 0.05 s (backing off to 0.5 s) instead of
-    1 s (to 10 s). Idempotent; affects only this process (the ServerApp)."""
+    1 s (to 10 s): :mod:`shared.quick_pulls`. Idempotent; affects only this process (the ServerApp)."""
     from flwr.superlink.grid import http_grid
 
-    original = http_grid.pull_objects
-    if getattr(original, "nasofl_quick", False):
-        return
-
-    def pull_objects(object_ids, pull_object_fn, **kwargs):
-        def counting(object_id: str) -> bytes:
-            global object_retries
-            try:
-                return pull_object_fn(object_id)
-            except ObjectUnavailableError:
-                object_retries += 1
-                raise
-
-        kwargs.setdefault("initial_backoff", OBJECT_FIRST_RETRY_S)
-        kwargs.setdefault("backoff_cap", OBJECT_MAX_RETRY_S)
-        kwargs.setdefault("max_tries_per_object", None)  # bounded by Flower's max_time (2 h) instead
-        return original(object_ids, counting, **kwargs)
-
-    pull_objects.nasofl_quick = True  # type: ignore[attr-defined]
-    http_grid.pull_objects = pull_objects
+    quicken(http_grid, "pull_objects")
 
 
 class SuperLinkError(NasoflError):

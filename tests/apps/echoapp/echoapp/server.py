@@ -57,8 +57,4 @@ def main(grid: Grid, context: Context) -> None:
         for reply in replies:
             node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             result["replies"][str(node)] = reply.error.reason if reply.has_error() else "ok"
-    if str(cfg["grid"]).startswith("nasofl"):
-        from server import polling_grid
-
-        result["object_retries"] = polling_grid.object_retries
     Path(str(cfg["out"])).write_text(json.dumps(result))
