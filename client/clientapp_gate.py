@@ -41,6 +41,13 @@ def forget_installed_packages() -> None:
             del sys.modules[name]
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux ``/proc``): the cold start-up cost, measured from the launcher."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     from logging import ERROR, INFO
 
@@ -48,6 +55,7 @@ def main() -> None:
     from flwr.supercore import log
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
+    marks = {"flwr imported": process_age_s()}
     approved = os.environ.get(APPROVED_APPS_ENV, "")
     site = os.environ.get(SITE_NAME_ENV, "this site")
     if not approved:
@@ -56,6 +64,7 @@ def main() -> None:
     install_from_fab = runtime.install_from_fab
 
     def install_approved(fab_content: bytes, *args, **kwargs):
+        marks["task input pulled"] = process_age_s()
         try:
             digest = check_fab(fab_content, Path(approved), site)
         except NasoflError as err:  # not approved, or the approved-apps file is unreadable
@@ -65,7 +74,22 @@ def main() -> None:
         forget_installed_packages()
         return install_from_fab(fab_content, *args, **kwargs)
 
+    load_fn = runtime.get_load_client_app_fn
+
+    def timed_load_fn(*args, **kwargs):
+        load = load_fn(*args, **kwargs)
+
+        def timed_load(*a, **k):
+            app = load(*a, **k)
+            marks["app loaded"] = process_age_s()
+            shown = ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
+            log(INFO, "nasofl: ClientApp start-up: %s after the launcher started", shown)
+            return app
+
+        return timed_load
+
     runtime.install_from_fab = install_approved
+    runtime.get_load_client_app_fn = timed_load_fn
     flwr_clientapp()
 
 

@@ -1,7 +1,8 @@
 """Round time in the shipped deployment on loopback (benchmark, not collected by pytest).
 
     python -m tests.bench_deploy_rounds [--state memory|sqlite] [--study-rounds 2] [--echo-rounds 3]
-        [--study-dtypes float32,float16] [--skip-study] [--skip-echo] [--direct]
+        [--study-dtypes float32,float16] [--skip-study] [--skip-echo] [--echo-empty-only] [--direct]
+        [--cold-clientapp] [--keep DIR]
 
 Starts the coordinator with deploy/superlink.sh (SuperLink on 127.0.0.1, nginx proxy, SuperExec) and two
 hospitals with ``nasofl-site join`` through the proxy, then measures, side by side:
@@ -183,12 +184,27 @@ def study_rounds(dep: Deployment, dtype: str, rounds: int) -> list[dict]:
     return lines
 
 
+def keep_or(keep: Path | None, tmp: Path) -> Path:
+    if keep is None:
+        return tmp
+    keep.mkdir(parents=True)
+    return keep.resolve()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--echo-rounds", type=int, default=3)
     parser.add_argument("--study-rounds", type=int, default=2)
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--skip-echo", action="store_true")
+    parser.add_argument(
+        "--echo-empty-only",
+        action="store_true",
+        help="only the no-payload echo round (not the model-sized ones)",
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="run in DIR (new) and keep it: logs, caches, run logs"
+    )
     parser.add_argument("--study-dtypes", default="float32,float16", help="transport-dtype of the study runs")
     parser.add_argument(
         "--state", choices=("memory", "sqlite"), default="memory", help="NASOFL_SUPERLINK_STATE"
@@ -201,11 +217,13 @@ def main() -> None:
     rows: list[str] = []
     with (
         TemporaryDirectory(prefix="nasofl-bench-") as tmp,
-        deployment(Path(tmp), args.state, args.direct) as dep,
+        deployment(keep_or(args.keep, Path(tmp)), args.state, args.direct) as dep,
     ):
         echoes = (
             () if args.skip_echo else (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2))
         )
+        if args.echo_empty_only:
+            echoes = echoes[:1]
         for dtype, mb in echoes:
             for grid in ("flower", "nasofl"):
                 seconds = echo_rounds(dep, mb, dtype, args.echo_rounds, grid)
