@@ -12,25 +12,55 @@ for that site; the refusal is logged here at ERROR level.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from client.approval import APPROVED_APPS_ENV, SITE_NAME_ENV, check_fab
+from client.clientapp_launcher import LAUNCHED_AT_ENV, START_ENV
 from shared.errors import NasoflError
 
 #: Name of the launcher script ``nasofl-site join`` writes (the command Flower's SuperExec runs).
 LAUNCHER_NAME = "flwr-clientapp"
+#: The zygote's Unix socket, beside the launcher script (client/clientapp_zygote.py).
+ZYGOTE_SOCKET = "zygote.sock"
 
 
-def write_launcher(folder: Path) -> Path:
-    """Write ``folder/flwr-clientapp`` (0700) running this module with this Python; return ``folder``."""
+def write_launcher(folder: Path, warm: bool) -> Path:
+    """Write ``folder/flwr-clientapp`` (0700) for this Python; return ``folder`` (made 0700).
+
+    ``warm``: the script runs ``client/clientapp_launcher.py`` (warm start through the zygote on
+    ``folder/zygote.sock``, cold start with a WARNING when it is not there); otherwise it runs this module directly
+    (cold start, no zygote expected)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
     script = folder / LAUNCHER_NAME
-    script.write_text(
-        f"#!/bin/sh\nexec '{sys.executable}' -m client.clientapp_gate \"$@\"\n", encoding="utf-8"
-    )
+    if warm:
+        launcher = Path(__file__).resolve().with_name("clientapp_launcher.py")
+        command = f"'{sys.executable}' -I -S '{launcher}' '{folder.resolve() / ZYGOTE_SOCKET}'"
+    else:
+        command = f"'{sys.executable}' -m client.clientapp_gate"
+    script.write_text(f'#!/bin/sh\nexec {command} "$@"\n', encoding="utf-8")
     script.chmod(0o700)
     return folder
+
+
+def start_zygote(folder: Path) -> subprocess.Popen:
+    """Start the warm-start zygote for the launcher in ``folder`` (client/clientapp_zygote.py) beside this process.
+
+    It stays in this process's group and sandbox and stops when this process (about to become flower-supernode or
+    flower-superexec under the same pid) is gone. Its log lines go to this process's stdout/stderr."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.clientapp_zygote",
+            str(folder / ZYGOTE_SOCKET),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+    )
 
 
 def forget_installed_packages() -> None:
@@ -41,8 +71,12 @@ def forget_installed_packages() -> None:
             del sys.modules[name]
 
 
-def process_age_s() -> float:
-    """Seconds since this process started (Linux ``/proc``): the cold start-up cost, measured from the launcher."""
+def since_launch_s() -> float:
+    """Seconds since the ``flwr-clientapp`` launcher started (its time in the environment), else since this
+    process started (Linux ``/proc``)."""
+    launched_at = os.environ.get(LAUNCHED_AT_ENV)
+    if launched_at:
+        return time.time() - float(launched_at)
     ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     return uptime - ticks / os.sysconf("SC_CLK_TCK")
@@ -55,7 +89,7 @@ def main() -> None:
     from flwr.supercore import log
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
-    marks = {"flwr imported": process_age_s()}
+    marks = {"flwr imported": since_launch_s()}
     approved = os.environ.get(APPROVED_APPS_ENV, "")
     site = os.environ.get(SITE_NAME_ENV, "this site")
     if not approved:
@@ -64,7 +98,7 @@ def main() -> None:
     install_from_fab = runtime.install_from_fab
 
     def install_approved(fab_content: bytes, *args, **kwargs):
-        marks["task input pulled"] = process_age_s()
+        marks["task input pulled"] = since_launch_s()
         try:
             digest = check_fab(fab_content, Path(approved), site)
         except NasoflError as err:  # not approved, or the approved-apps file is unreadable
@@ -81,9 +115,10 @@ def main() -> None:
 
         def timed_load(*a, **k):
             app = load(*a, **k)
-            marks["app loaded"] = process_age_s()
+            marks["app loaded"] = since_launch_s()
             shown = ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
-            log(INFO, "nasofl: ClientApp start-up: %s after the launcher started", shown)
+            how = os.environ.get(START_ENV, "cold")
+            log(INFO, "nasofl: ClientApp start-up (%s): %s after the launcher started", how, shown)
             return app
 
         return timed_load
