@@ -15,7 +15,9 @@ hospitals with ``nasofl-site join`` through the proxy, then measures, side by si
 - an echo round with no payload (what a round costs besides moving the model: ClientApp process start, polling).
 ``--state`` is deploy/superlink.sh's NASOFL_SUPERLINK_STATE (memory, the default, or sqlite: the state file then
 also holds every model array in transit). ``--direct`` connects the hospitals to the SuperLink's port instead of
-the nginx proxy (not shipped: it shows what the proxy costs). Prints one table. Each run takes minutes on a shared 2-core machine.
+the nginx proxy (not shipped: it shows what the proxy costs). ``--cold-clientapp`` joins the hospitals without
+the warm ClientApp start (one fresh import of Flower, torch and the app per message, as before the zygote).
+Prints one table. Each run takes minutes on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(root: Path, state: str, direct: bool) -> Iterator[Deployment]:
+def deployment(root: Path, state: str, direct: bool, cold: bool) -> Iterator[Deployment]:
     dep = Deployment(root)
     dep.logs.mkdir()
     certs, keys, data = root / "certs", root / "keys", root / "data"
@@ -145,7 +147,8 @@ def deployment(root: Path, state: str, direct: bool) -> Iterator[Deployment]:
                     keys / site,
                     approved,
                     root / "cache" / site,
-                ),
+                )
+                + (["--cold-clientapp"] if cold else []),
                 flwr_env(root / f"{site}-home"),
             )
         yield dep
@@ -203,6 +206,11 @@ def main() -> None:
         help="only the no-payload echo round (not the model-sized ones)",
     )
     parser.add_argument(
+        "--cold-clientapp",
+        action="store_true",
+        help="hospitals without the warm ClientApp start (join's flag)",
+    )
+    parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="run in DIR (new) and keep it: logs, caches, run logs"
     )
     parser.add_argument("--study-dtypes", default="float32,float16", help="transport-dtype of the study runs")
@@ -217,7 +225,7 @@ def main() -> None:
     rows: list[str] = []
     with (
         TemporaryDirectory(prefix="nasofl-bench-") as tmp,
-        deployment(keep_or(args.keep, Path(tmp)), args.state, args.direct) as dep,
+        deployment(keep_or(args.keep, Path(tmp)), args.state, args.direct, args.cold_clientapp) as dep,
     ):
         echoes = (
             () if args.skip_echo else (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2))
