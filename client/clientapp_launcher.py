@@ -73,13 +73,16 @@ def wait_for_pid(pid: int) -> None:
 def warm_start(path: str, args: list[str], launched_at: float) -> int:
     """Run the ClientApp as a child of the zygote; its exit code, or -1 when nothing was started (go cold)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    pending = bytearray()
     try:
         in_folder(conn, path, "connect")
         env = dict(os.environ, **{START_ENV: "warm", LAUNCHED_AT_ENV: repr(launched_at)})
         body = json.dumps({"argv": ["flwr-clientapp", *args], "env": env, "cwd": os.getcwd()}).encode()
-        socket.send_fds(conn, [struct.pack("!I", len(body))], [0, 1, 2])
-        conn.sendall(body)
-        pending = bytearray()
+        try:
+            socket.send_fds(conn, [struct.pack("!I", len(body))], [0, 1, 2])
+            conn.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the zygote refused before reading it all: its reason is already on the way
         started = read_line(conn, pending)
     except OSError as err:
         say("WARNING", f"warm ClientApp start unavailable (zygote socket {path}: {err}); starting cold")

@@ -29,6 +29,7 @@ import argparse
 import atexit
 import importlib
 import json
+import logging
 import os
 import selectors
 import signal
@@ -43,7 +44,9 @@ from pathlib import Path
 
 from client.clientapp_launcher import in_folder
 
-#: Third-party modules every ClientApp of this site imports; imported once here, shared by every fork.
+#: Third-party modules every ClientApp of this site imports; imported once here, shared by every fork. Not opacus:
+#: its import calls ``logging.basicConfig`` (a root handler), which would print every Flower log line of every
+#: ClientApp twice, DEBUG lines included; only the studies with local DP import it (1 s).
 PRELOAD = (
     "flwr.supernode.runtime.run_clientapp",
     "flwr.supernode.cli.flwr_clientapp",
@@ -51,7 +54,6 @@ PRELOAD = (
     "torch",
     "torchvision",
     "segmentation_models_pytorch",
-    "opacus",
 )
 #: nasofl's own packages: never preloaded for the app (the approved FAB brings its own copy).
 OWN_PACKAGES = ("client", "shared", "server", "simulations")
@@ -252,10 +254,16 @@ class Zygote:
 
 
 def preload(names: tuple[str, ...]) -> None:
-    """Import ``names``; refuse if that imported any of nasofl's own packages or left the zygote fork-unsafe."""
-    before = set(sys.modules)
+    """Import ``names``; refuse if that imported any of nasofl's own packages, configured the root logger (every
+    ClientApp would log differently from a cold one) or left the zygote fork-unsafe."""
+    before, root_handlers = set(sys.modules), list(logging.getLogger().handlers)
     for name in names:
         importlib.import_module(name)
+    if logging.getLogger().handlers != root_handlers:
+        raise RuntimeError(
+            f"preloading {', '.join(names)} added a root logging handler ({logging.getLogger().handlers}): a "
+            "ClientApp forked from here would log differently from a cold one; leave that module out of --preload"
+        )
     own = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in OWN_PACKAGES)
     if own:
         raise RuntimeError(

@@ -128,3 +128,25 @@ def test_without_a_zygote_the_launcher_warns_and_starts_cold(tmp_path):
     refused = launch(folder, "--help", approved=folder / "approved-apps.txt")
     assert "Connection refused); starting cold" in refused.stderr, refused.stderr
     assert refused.returncode == 0 and "--runtime-api-address" in refused.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "refusal"),
+    [
+        ("shared.errors", "imported nasofl's own shared, shared.errors"),
+        ("opacus", "added a root logging handler"),
+    ],
+)
+def test_the_zygote_refuses_preloads_that_would_change_the_clientapp(tmp_path, module, refusal):
+    """nasofl's own code must come from the approved FAB; a module that configures logging at import (opacus)
+    would make every forked ClientApp log differently from a cold one."""
+    folder = write_launcher(tmp_path / "clientapp-gate", warm=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "client.clientapp_zygote", str(folder / ZYGOTE_SOCKET)]
+        + ["--parent-pid", str(os.getpid()), "--preload", module],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and refusal in done.stderr, done.stderr[-2000:]
+    assert not (folder / ZYGOTE_SOCKET).exists()
