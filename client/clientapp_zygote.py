@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib
 import json
 import logging
@@ -132,8 +133,8 @@ def run_child(request: dict, fds: list[int], keep_closed: list[int]) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh Python process
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
@@ -170,12 +171,15 @@ class Zygote:
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
         while not self.stopping:
             for key, _mask in self.selector.select(timeout=1.0):
-                if key.data == "accept":
-                    self.accept()
-                elif key.data == "exit":
-                    self.reap(key.fd)
-                else:  # the launcher's connection: readable means it went away
-                    self.launcher_gone(key.data)
+                try:
+                    if key.data == "accept":
+                        self.accept()
+                    elif key.data == "exit":
+                        self.reap(key.fd)
+                    else:  # the launcher's connection (it sends nothing more): readable means it went away
+                        self.launcher_gone(key.data)
+                except OSError as err:  # one launcher's broken connection must not stop the zygote
+                    say("WARNING", f"a launcher connection failed: {err}")
             if os.getppid() != self.parent_pid:
                 say("INFO", f"the process that started it (pid {self.parent_pid}) is gone: stopping")
                 return
@@ -230,7 +234,8 @@ class Zygote:
     def reap(self, pidfd: int) -> None:
         child = self.children.pop(pidfd)
         self.selector.unregister(pidfd)
-        self.selector.unregister(child.conn)
+        with contextlib.suppress(KeyError):  # already unregistered when its launcher went away
+            self.selector.unregister(child.conn)
         _, status = os.waitpid(child.pid, 0)
         try:
             if os.WIFSIGNALED(status):
