@@ -7,6 +7,11 @@ run's FAB first checks the FAB's SHA-256 against the approved-apps file (``NASOF
 app is never unpacked or imported: Flower's process turns the :class:`client.approval.AppNotApproved` into an
 error reply (code 2, CLIENT_APP_RAISED_EXCEPTION) whose reason, "app not approved by site X: FAB sha256 ...", the coordinator's study records
 for that site; the refusal is logged here at ERROR level.
+
+The script either runs this module directly (cold start) or, by default, ``client/clientapp_launcher.py``, which has
+the site's zygote (``client/clientapp_zygote.py``, Flower and torch already imported) fork a process that runs this
+module's :func:`main` (warm start), falling back to the cold start with a WARNING. Either way the FAB check comes
+first; each process logs how long it took to get its app loaded (``ClientApp start-up (warm|cold): ...``).
 """
 
 from __future__ import annotations

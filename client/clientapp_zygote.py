@@ -19,6 +19,9 @@ Invariants:
 - fork safety: the zygote runs no torch op, no Python thread, opens no gRPC channel or HTTP client, and never
   initialises CUDA (each fork is refused otherwise); native BLAS thread pools (OpenBLAS) stop at fork by their own
   ``pthread_atfork`` handlers;
+- what the preloaded libraries read from the environment when they load (OMP_NUM_THREADS, FLWR_LOG_LEVEL) is the
+  zygote's, the environment ``join`` / ``clientapp-exec`` started with, which is also SuperExec's; the rest of the
+  child's environment is the launcher's;
 - the zygote stops when the process that started it (``--parent-pid``: ``nasofl-site join`` / ``clientapp-exec``,
   which then become flower-supernode / flower-superexec under the same pid) is gone, and removes its socket.
 """
