@@ -17,8 +17,8 @@ Invariants:
 - nasofl's own packages (client, shared, server, simulations) are not preloaded for the app: the child's gate
   forgets them (``forget_installed_packages``) before Flower imports the approved FAB, as a cold process does;
 - fork safety: the zygote runs no torch op, no Python thread, opens no gRPC channel or HTTP client, and never
-  initialises CUDA (each fork is refused otherwise); native BLAS thread pools (OpenBLAS) stop at fork by their own
-  ``pthread_atfork`` handlers;
+  initialises CUDA (each fork is refused otherwise); the native BLAS thread pools of numpy's and scipy's OpenBLAS
+  stop at fork by their own ``pthread_atfork`` handlers;
 - what the preloaded libraries read from the environment when they load (OMP_NUM_THREADS, FLWR_LOG_LEVEL) is the
   zygote's, the environment ``join`` / ``clientapp-exec`` started with, which is also SuperExec's; the rest of the
   child's environment is the launcher's;
@@ -58,6 +58,8 @@ PRELOAD = (
     "torch",
     "torchvision",
     "segmentation_models_pytorch",
+    "scipy.ndimage",
+    "scipy.stats",
 )
 #: nasofl's own packages: never preloaded for the app (the approved FAB brings its own copy).
 OWN_PACKAGES = ("client", "shared", "server", "simulations")
