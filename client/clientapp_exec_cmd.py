@@ -7,6 +7,10 @@ Replaces itself with Flower's ``flower-superexec`` attached to the SuperNode's l
 --isolation process``), with the approved-apps gate first on ``PATH`` (``client.clientapp_gate``). Run it as its
 own service so that the ClientApp processes get their own sandbox: no network but loopback, the site folder
 read-only, no access to the node key (deploy/systemd/nasofl-clientapp.service).
+
+It also starts the site's warm-start zygote (client/clientapp_zygote.py) beside SuperExec, in this service's
+process group and sandbox (socket ``<cache>/clientapp-gate/zygote.sock``); it stops when SuperExec stops.
+``--cold-clientapp`` leaves it out.
 """
 
 from __future__ import annotations
@@ -38,12 +42,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="the SuperNode's host (default 127.0.0.1; `supernode` in deploy/docker/hospital.compose.yml)",
     )
+    parser.add_argument(
+        "--cold-clientapp",
+        action="store_true",
+        help="no warm-start zygote: every ClientApp process imports Flower, torch and the app itself",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
 
 
 def run(args: argparse.Namespace) -> int:
     from client.approval import APPROVED_APPS_ENV, SITE_NAME_ENV, read_approved
-    from client.clientapp_gate import write_launcher
+    from client.clientapp_gate import start_zygote, write_launcher
     from client.node_cmd import NODE_ENV
 
     if not read_approved(args.approved_apps):
@@ -56,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             f"{secret} not found: start the SuperNode first with `nasofl-site join ... --cache {args.cache} "
             "--isolation process` (it makes the secret)"
         )
-    gate = write_launcher(args.cache.resolve() / "clientapp-gate")
+    gate = write_launcher(args.cache.resolve() / "clientapp-gate", warm=not args.cold_clientapp)
     exe = Path(sys.executable).with_name("flower-superexec")
     binary = str(exe) if exe.exists() else (shutil.which("flower-superexec") or "flower-superexec")
     cmd = [
@@ -78,5 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("starting: " + shlex.join(cmd), flush=True)
     os.environ.update(env)
+    if not args.cold_clientapp:
+        start_zygote(gate)
     os.execvp(cmd[0], cmd)
     return EXIT_FAILED  # not reached

@@ -11,7 +11,9 @@ node config ``data-path="..." cache-path="..." eval-only=...``. ``--dry-run`` pr
 
 Only apps the site approved run here: the SuperNode's ``PATH`` starts with ``<cache>/clientapp-gate``, whose
 ``flwr-clientapp`` (``client.clientapp_gate``) refuses any FAB whose SHA-256 is not in ``--approved-apps``
-(written by ``nasofl-site approve``). Pseudonyms use the site's own random salt (``<cache>/pseudonym-salt``,
+(written by ``nasofl-site approve``). With ``--isolation subprocess`` the SuperNode starts its ClientApp processes
+itself, so ``join`` also starts the site's warm-start zygote (client/clientapp_zygote.py) beside it, in the same
+process group and sandbox; ``--cold-clientapp`` leaves it out. Pseudonyms use the site's own random salt (``<cache>/pseudonym-salt``,
 generated on first use); the public default salt is refused.
 
 What leaves the site once joined: model arrays and the aggregate counts / histograms of ``shared/protocol.py``.
@@ -100,6 +102,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="subprocess (default): the SuperNode starts its ClientApp processes itself; process: they come from "
         "a separate `nasofl-site clientapp-exec` (its own sandbox: no network, no node key), and the SuperNode's "
         "Runtime API hands tasks only to holders of <cache>/superexec.secret",
+    )
+    parser.add_argument(
+        "--cold-clientapp",
+        action="store_true",
+        help="no warm ClientApp start: every ClientApp process imports Flower, torch and the app itself (by "
+        "default, with --isolation subprocess, a zygote beside the SuperNode has them imported; see "
+        "client/clientapp_zygote.py)",
     )
     parser.add_argument("--check", action="store_true", help="only test the TLS connection to the SuperLink")
     parser.add_argument(
@@ -208,12 +217,18 @@ def site_label(args: argparse.Namespace) -> str:
     return args.site_name or args.site_dir.resolve().name
 
 
+def warm_clientapp(args: argparse.Namespace) -> bool:
+    """Whether this SuperNode's ClientApp processes start warm: it starts them itself (``--isolation subprocess``;
+    with ``process`` they come from ``nasofl-site clientapp-exec``) and ``--cold-clientapp`` is not given."""
+    return args.isolation == "subprocess" and not args.cold_clientapp
+
+
 def node_env(args: argparse.Namespace) -> dict[str, str]:
     """Environment of the SuperNode: :data:`NODE_ENV` plus the approved-apps gate for its ClientApp processes."""
     from client.approval import APPROVED_APPS_ENV, SITE_NAME_ENV
     from client.clientapp_gate import write_launcher
 
-    gate = write_launcher(site_cache(args).resolve() / "clientapp-gate")
+    gate = write_launcher(site_cache(args).resolve() / "clientapp-gate", warm=warm_clientapp(args))
     return {
         **NODE_ENV,
         APPROVED_APPS_ENV: str(args.approved_apps.resolve()),
@@ -311,5 +326,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("starting: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     os.environ.update(env)
+    if warm_clientapp(args):
+        from client.clientapp_gate import start_zygote
+
+        start_zygote(Path(env["PATH"].split(os.pathsep)[0]))
     os.execvp(cmd[0], cmd)
     return EXIT_FAILED  # not reached

@@ -1,7 +1,8 @@
 """Round time in the shipped deployment on loopback (benchmark, not collected by pytest).
 
     python -m tests.bench_deploy_rounds [--state memory|sqlite] [--study-rounds 2] [--echo-rounds 3]
-        [--study-dtypes float32,float16] [--skip-study] [--skip-echo] [--direct]
+        [--study-dtypes float32,float16] [--skip-study] [--skip-echo] [--echo-empty-only] [--direct]
+        [--cold-clientapp] [--keep DIR]
 
 Starts the coordinator with deploy/superlink.sh (SuperLink on 127.0.0.1, nginx proxy, SuperExec) and two
 hospitals with ``nasofl-site join`` through the proxy, then measures, side by side:
@@ -14,7 +15,9 @@ hospitals with ``nasofl-site join`` through the proxy, then measures, side by si
 - an echo round with no payload (what a round costs besides moving the model: ClientApp process start, polling).
 ``--state`` is deploy/superlink.sh's NASOFL_SUPERLINK_STATE (memory, the default, or sqlite: the state file then
 also holds every model array in transit). ``--direct`` connects the hospitals to the SuperLink's port instead of
-the nginx proxy (not shipped: it shows what the proxy costs). Prints one table. Each run takes minutes on a shared 2-core machine.
+the nginx proxy (not shipped: it shows what the proxy costs). ``--cold-clientapp`` joins the hospitals without
+the warm ClientApp start (one fresh import of Flower, torch and the app per message, as before the zygote).
+Prints one table. Each run takes minutes on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(root: Path, state: str, direct: bool) -> Iterator[Deployment]:
+def deployment(root: Path, state: str, direct: bool, cold: bool) -> Iterator[Deployment]:
     dep = Deployment(root)
     dep.logs.mkdir()
     certs, keys, data = root / "certs", root / "keys", root / "data"
@@ -144,7 +147,8 @@ def deployment(root: Path, state: str, direct: bool) -> Iterator[Deployment]:
                     keys / site,
                     approved,
                     root / "cache" / site,
-                ),
+                )
+                + (["--cold-clientapp"] if cold else []),
                 flwr_env(root / f"{site}-home"),
             )
         yield dep
@@ -183,12 +187,32 @@ def study_rounds(dep: Deployment, dtype: str, rounds: int) -> list[dict]:
     return lines
 
 
+def keep_or(keep: Path | None, tmp: Path) -> Path:
+    if keep is None:
+        return tmp
+    keep.mkdir(parents=True)
+    return keep.resolve()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--echo-rounds", type=int, default=3)
     parser.add_argument("--study-rounds", type=int, default=2)
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--skip-echo", action="store_true")
+    parser.add_argument(
+        "--echo-empty-only",
+        action="store_true",
+        help="only the no-payload echo round (not the model-sized ones)",
+    )
+    parser.add_argument(
+        "--cold-clientapp",
+        action="store_true",
+        help="hospitals without the warm ClientApp start (join's flag)",
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="run in DIR (new) and keep it: logs, caches, run logs"
+    )
     parser.add_argument("--study-dtypes", default="float32,float16", help="transport-dtype of the study runs")
     parser.add_argument(
         "--state", choices=("memory", "sqlite"), default="memory", help="NASOFL_SUPERLINK_STATE"
@@ -201,11 +225,13 @@ def main() -> None:
     rows: list[str] = []
     with (
         TemporaryDirectory(prefix="nasofl-bench-") as tmp,
-        deployment(Path(tmp), args.state, args.direct) as dep,
+        deployment(keep_or(args.keep, Path(tmp)), args.state, args.direct, args.cold_clientapp) as dep,
     ):
         echoes = (
             () if args.skip_echo else (("float32", 0.0), ("float32", megabytes), ("float16", megabytes / 2))
         )
+        if args.echo_empty_only:
+            echoes = echoes[:1]
         for dtype, mb in echoes:
             for grid in ("flower", "nasofl"):
                 seconds = echo_rounds(dep, mb, dtype, args.echo_rounds, grid)

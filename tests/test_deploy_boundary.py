@@ -14,7 +14,8 @@ the public port, each with its own approved-apps file. An outsider holds only ``
   at the node (log line, no ClientApp code ran) and the ServerApp receives "app not approved by site hospital-b";
   a copy of the approved app with one changed byte is refused by both. hospital-b runs as the sandboxed
   systemd units would: ``join --isolation process`` plus ``nasofl-site clientapp-exec`` (its SuperNode's Runtime
-  API refuses a local process without the site's SuperExec secret).
+  API refuses a local process without the site's SuperExec secret). Both sites start their ClientApps warm (the
+  zygote that ``join`` / ``clientapp-exec`` start beside Flower): the refusal happens in the zygote's forked child.
 """
 
 from __future__ import annotations
@@ -307,6 +308,11 @@ def test_only_the_coordinator_starts_runs_and_only_approved_apps_run_at_a_site(t
         assert f"app FAB sha256 {echo_sha} is approved by site hospital-a" in tail(
             logs / "hospital-a.log", 200_000
         )
+        # both went through the warm start (the site's zygote forked the gate), none fell back cold
+        node_a = tail(logs / "hospital-a.log", 200_000)
+        for log in (node_a, node_b):
+            assert "warm ClientApp start: process" in log and "starting cold" not in log, log[-3000:]
+        assert "nasofl: ClientApp start-up (warm)" in node_a, node_a[-3000:]
 
         # --- the same app with one changed byte: refused by both sites ---
         modified = tmp_path / "echoapp"

@@ -93,7 +93,11 @@ def test_join_validates_first_then_prints_the_supernode_command(tmp_path):
     shown = done.stdout.strip().splitlines()
     gate = cache.resolve() / "clientapp-gate"
     assert shown[-2] == f"would run (PATH starts with {gate}):"
-    assert (gate / "flwr-clientapp").read_text().endswith('-m client.clientapp_gate "$@"\n')
+    launcher = (gate / "flwr-clientapp").read_text()  # warm start through the zygote (isolation subprocess)
+    assert " -I -S " in launcher and launcher.endswith(
+        f"clientapp_launcher.py' '{gate / 'zygote.sock'}' \"$@\"\n"
+    )
+    assert gate.stat().st_mode & 0o777 == 0o700
     words = shlex.split(shown[-1])
     assert words[:6] == [
         "FLWR_TELEMETRY_ENABLED=0",
