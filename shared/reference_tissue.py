@@ -1,0 +1,84 @@
+"""Reference tissue estimated from the image alone: the level a radiologist compares the tumour's signal with.
+
+MR signal has no absolute unit, and the NPC/NPL evidence is the tumour's signal relative to muscle (domain
+reference, section 1 and 5.4). A hospital has no muscle contour, so the reference is estimated from the patient's
+own series at the site: no other site's data is needed, which keeps it federated and applicable to real MRI.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+#: histogram bin width and smoothing (log-intensity units) of :func:`log_mode`
+MODE_BIN = 0.01
+MODE_SMOOTH = 0.04
+
+
+def body_mask(volume: np.ndarray) -> np.ndarray:
+    """bool mask of voxels inside the body: above 5 % of the range from the minimum to the 99th percentile (the
+    same rule as :func:`shared.data.normalise.body_zscore`)."""
+    v = np.asarray(volume, dtype=np.float32)
+    hi = float(np.percentile(v, 99.0))
+    lo = float(v.min())
+    return v > lo + 0.05 * (hi - lo)
+
+
+def log_mode(values: np.ndarray) -> float:
+    """Most frequent value of log intensities: the dominant tissue's level. The peak of the histogram smoothed by
+    :data:`MODE_SMOOTH`, refined to the median of the values within :data:`MODE_SMOOTH` of it (no bin rounding).
+
+    Raises ValueError on an empty input (the caller names the patient and sequence).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        raise ValueError("log_mode of no voxels")
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < MODE_BIN:
+        return float(np.median(v))
+    n_bins = int(np.ceil((hi - lo) / MODE_BIN))
+    counts, edges = np.histogram(v, bins=n_bins, range=(lo, hi))
+    smooth = gaussian_filter1d(counts.astype(np.float64), MODE_SMOOTH / MODE_BIN, mode="constant")
+    k = int(np.argmax(smooth))
+    peak = (edges[k] + edges[k + 1]) / 2
+    return float(np.median(v[np.abs(v - peak) <= MODE_SMOOTH]))
+
+
+#: the shell around the tumour whose dominant tissue is the reference (mm from the tumour surface): near enough
+#: that the bias field is about the tumour's, wide enough that muscle (longus colli, pterygoids) dominates it
+SHELL_MM = (3.0, 40.0)
+#: log-ratios below this (air, cortical bone, flow voids: about 0.02 of muscle) are floored, so noise in the dark
+#: background does not become large negative values
+LOG_FLOOR = -4.0
+
+
+def reference_log_level(
+    volume: np.ndarray, tumour: np.ndarray, spacing_mm: tuple[float, float, float]
+) -> float:
+    """Natural log of the reference tissue's level in ``volume``: the mode of the log intensities of the body
+    voxels within :data:`SHELL_MM` of ``tumour`` (3-D distance with ``spacing_mm`` ``(z, y, x)``).
+
+    Falls back to no other estimate: raises ValueError when the shell holds no body voxel (the caller names the
+    patient); an empty ``tumour`` mask has no shell either.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    inside = np.asarray(tumour) > 0
+    if not inside.any():
+        raise ValueError("reference tissue: the tumour mask is empty")
+    dist = distance_transform_edt(~inside, sampling=spacing_mm)
+    v = np.asarray(volume, dtype=np.float32)
+    shell = (dist > SHELL_MM[0]) & (dist <= SHELL_MM[1]) & body_mask(v) & (v > 0)
+    if not shell.any():
+        raise ValueError(f"reference tissue: no body voxel within {SHELL_MM[1]:g} mm of the tumour")
+    return log_mode(np.log(v[shell]))
+
+
+def log_ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarray:
+    """float32 ``log(volume) - reference_log`` floored at :data:`LOG_FLOOR`: 0 is the reference tissue, ``ln 2``
+    twice its signal. Independent of the scanner's intensity scale."""
+    v = np.asarray(volume, dtype=np.float32)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.maximum(v, 0.0)) - np.float32(reference_log)
+    return np.maximum(out, np.float32(LOG_FLOOR)).astype(np.float32)
