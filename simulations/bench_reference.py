@@ -9,6 +9,9 @@ and T2WI log-ratios gives one AUC per estimator and cohort. The ceiling ``truth-
 muscle mask near the tumour (re-synthesised from the cohort's seed; a hospital never has it) and is the only
 use of generator truth beyond labels, split and tumour contours. ``err`` is the SD over patients of the
 estimator's log reference minus the true one (per sequence): the smaller, the closer to muscle.
+``pipeline-reference`` is ``roi-intensity = "reference"``'s estimator (:mod:`shared.reference_tissue`), on the
+largest tumour component(s) as the ROI pipeline keeps them. Diagnostics: ``zscore-cw-median`` is the tumour in
+the body z-scored volume (today's crops, no reference), ``plain-mean/near40`` the tumour's plain mean.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from scipy.ndimage import distance_transform_edt
 from shared.config import PipelineConfig
 from shared.data.normalise import body_zscore
 from shared.data.split import patient_split
-from shared.reference_tissue import body_mask, log_mode
+from shared.reference_tissue import body_mask, log_mode, reference_log_level
 from shared.roi.crop import largest_components, roi_box, select_slices
 from simulations.synth.calibration import cv_auc, local_muscle
 from simulations.synth.cohort import CohortConfig, npl_counts, site_plan
@@ -110,6 +113,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "near30-band25-60": near_band(30.0, 25, 60),
     "near40-band25-60": near_band(40.0, 25, 60),
     "near30-lowmode": near_lower_mode(30.0),
+    "pipeline-reference": lambda ctx: reference_log_level(ctx["image"], ctx["kept"], ctx["spacing"]),
 }
 
 
@@ -166,7 +170,15 @@ def cohort_features(cohort: Path, cfg: PipelineConfig) -> tuple[np.ndarray, dict
                 image = a[f"{seq}_image"]
                 logs = np.log(np.maximum(image, 1e-3))
                 tumour = centre_weighted_median(logs, mask, spacing)
-                ctx = {"logs": logs, "kept": kept, "cfg": cfg, "dist": dist, "body": body_mask(image)}
+                ctx = {
+                    "image": image,
+                    "spacing": spacing,
+                    "logs": logs,
+                    "kept": kept,
+                    "cfg": cfg,
+                    "dist": dist,
+                    "body": body_mask(image),
+                }
                 for name, estimate in ESTIMATORS.items():
                     per[name].append((tumour, estimate(ctx)))
                 per["truth-muscle"].append((tumour, float(np.median(logs[muscle]))))
