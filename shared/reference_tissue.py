@@ -82,3 +82,10 @@ def log_ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarr
     with np.errstate(divide="ignore"):
         out = np.log(np.maximum(v, 0.0)) - np.float32(reference_log)
     return np.maximum(out, np.float32(LOG_FLOOR)).astype(np.float32)
+
+
+def ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarray:
+    """float32 ``volume / exp(reference_log) - 1``: 0 is the reference tissue, 1 twice its signal, -1 no signal
+    (linear, so dark air and bone stay near -1 instead of stretching to large negative logs)."""
+    v = np.asarray(volume, dtype=np.float32)
+    return (v / np.float32(np.exp(reference_log)) - np.float32(1.0)).astype(np.float32)

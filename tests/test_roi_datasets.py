@@ -138,6 +138,10 @@ def test_reference_intensity_is_the_log_ratio_to_the_tissue_near_the_tumour() ->
     )
     crops = ref["t1"].images.numpy()
     np.testing.assert_allclose(crops, np.log(1.2), atol=1e-5)  # margin 0: all tumour, in log units of muscle
+    ratio, _ = build_roi_datasets(
+        masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-intensity": "reference-ratio"})
+    )
+    np.testing.assert_allclose(ratio["t1"].images.numpy(), 0.2, atol=1e-5)  # tumour / muscle - 1
     body, _ = build_roi_datasets(masks, patients, ("t1",), PipelineConfig.defaults(cfg))
     z = body["t1"].images.numpy()
     assert abs(float(z[0].mean() - z[2].mean())) > 0.1  # the body z-score moves with the fat elsewhere
@@ -156,5 +160,5 @@ def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
     cfg = PipelineConfig.defaults({"cls-image-size": 16, "datasets": "t1", "roi-intensity": "reference"})
     with pytest.raises(SiteDataError, match=r"ref-1.0-0.2, sequence t1: .*no body voxel"):
         build_roi_datasets({p.pseudonym: p.mask}, [p], ("t1",), cfg)
-    with pytest.raises(ConfigError, match="body, peritumoral, reference"):
+    with pytest.raises(ConfigError, match="body, peritumoral, reference, reference-ratio"):
         PipelineConfig.defaults({"roi-intensity": "muscle"})

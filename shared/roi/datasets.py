@@ -19,7 +19,7 @@ from shared.config import PipelineConfig, parse_dataset_name
 from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
 from shared.errors import SiteDataError
-from shared.reference_tissue import log_ratio_to_reference, reference_log_level
+from shared.reference_tissue import log_ratio_to_reference, ratio_to_reference, reference_log_level
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
 
 log = logging.getLogger(__name__)
@@ -143,19 +143,21 @@ def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 
 def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray:
-    """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the log-ratio
-    to the reference tissue this series shows near ``tumour`` (:mod:`shared.reference_tissue`), estimated from
-    the patient's own image at the site."""
+    """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or relative to the reference tissue
+    this series shows near ``tumour`` (:mod:`shared.reference_tissue`), estimated from the patient's own image at
+    the site: the log-ratio with ``reference``, the ratio minus 1 with ``reference-ratio``."""
     image = patient.images[sequence]
-    if mode != "reference":
+    if mode not in ("reference", "reference-ratio"):
         return body_zscore(image)
     try:
         level = reference_log_level(image, tumour, patient.spacing_mm)
     except ValueError as exc:
         raise SiteDataError(
-            f"patient {patient.pseudonym}, sequence {sequence}: {exc}; roi-intensity='reference' needs tissue "
+            f"patient {patient.pseudonym}, sequence {sequence}: {exc}; roi-intensity={mode!r} needs tissue "
             "around the tumour (check the mask, or use roi-intensity='body')"
         ) from exc
+    if mode == "reference-ratio":
+        return ratio_to_reference(image, level)
     return log_ratio_to_reference(image, level)
 
 
