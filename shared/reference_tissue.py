@@ -48,9 +48,6 @@ def log_mode(values: np.ndarray) -> float:
 #: the shell around the tumour whose dominant tissue is the reference (mm from the tumour surface): near enough
 #: that the bias field is about the tumour's, wide enough that muscle (longus colli, pterygoids) dominates it
 SHELL_MM = (3.0, 40.0)
-#: log-ratios below this (air, cortical bone, flow voids: about 0.02 of muscle) are floored, so noise in the dark
-#: background does not become large negative values
-LOG_FLOOR = -4.0
 
 
 def reference_log_level(
@@ -59,8 +56,8 @@ def reference_log_level(
     """Natural log of the reference tissue's level in ``volume``: the mode of the log intensities of the body
     voxels within :data:`SHELL_MM` of ``tumour`` (3-D distance with ``spacing_mm`` ``(z, y, x)``).
 
-    Falls back to no other estimate: raises ValueError when the shell holds no body voxel (the caller names the
-    patient); an empty ``tumour`` mask has no shell either.
+    Raises ValueError (the caller names the patient) on an empty ``tumour`` mask or a shell without body voxels;
+    there is no fallback estimate.
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -75,17 +72,9 @@ def reference_log_level(
     return log_mode(np.log(v[shell]))
 
 
-def log_ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarray:
-    """float32 ``log(volume) - reference_log`` floored at :data:`LOG_FLOOR`: 0 is the reference tissue, ``ln 2``
-    twice its signal. Independent of the scanner's intensity scale."""
-    v = np.asarray(volume, dtype=np.float32)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.maximum(v, 0.0)) - np.float32(reference_log)
-    return np.maximum(out, np.float32(LOG_FLOOR)).astype(np.float32)
-
-
 def ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarray:
-    """float32 ``volume / exp(reference_log) - 1``: 0 is the reference tissue, 1 twice its signal, -1 no signal
-    (linear, so dark air and bone stay near -1 instead of stretching to large negative logs)."""
+    """float32 ``volume / exp(reference_log) - 1``: 0 is the reference tissue, 1 twice its signal, -1 no signal.
+    Independent of the scanner's intensity scale. Linear, not log: log-ratio crops stretch dark air and bone to
+    large negative values, and the classifier learned less from them (README, recipe figures)."""
     v = np.asarray(volume, dtype=np.float32)
     return (v / np.float32(np.exp(reference_log)) - np.float32(1.0)).astype(np.float32)

@@ -125,7 +125,7 @@ def _muscle_fat_patient(scale: float, fat_fraction: float) -> PatientVolumes:
     )
 
 
-def test_reference_intensity_is_the_log_ratio_to_the_tissue_near_the_tumour() -> None:
+def test_reference_intensity_is_the_ratio_to_the_tissue_near_the_tumour() -> None:
     cfg = {"cls-arch": "resnet18", "cls-image-size": 16, "cls-slices-per-patient": 2, "roi-margin": 0,
            "datasets": "t1"}  # fmt: skip
     patients = [
@@ -136,12 +136,8 @@ def test_reference_intensity_is_the_log_ratio_to_the_tissue_near_the_tumour() ->
     ref, _ = build_roi_datasets(
         masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-intensity": "reference"})
     )
-    crops = ref["t1"].images.numpy()
-    np.testing.assert_allclose(crops, np.log(1.2), atol=1e-5)  # margin 0: all tumour, in log units of muscle
-    ratio, _ = build_roi_datasets(
-        masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-intensity": "reference-ratio"})
-    )
-    np.testing.assert_allclose(ratio["t1"].images.numpy(), 0.2, atol=1e-5)  # tumour / muscle - 1
+    # margin 0: the crops are all tumour, 1.2 x muscle at both scanner scales and fat fractions
+    np.testing.assert_allclose(ref["t1"].images.numpy(), 0.2, atol=1e-5)
     body, _ = build_roi_datasets(masks, patients, ("t1",), PipelineConfig.defaults(cfg))
     z = body["t1"].images.numpy()
     assert abs(float(z[0].mean() - z[2].mean())) > 0.1  # the body z-score moves with the fat elsewhere
@@ -160,5 +156,5 @@ def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
     cfg = PipelineConfig.defaults({"cls-image-size": 16, "datasets": "t1", "roi-intensity": "reference"})
     with pytest.raises(SiteDataError, match=r"ref-1.0-0.2, sequence t1: .*no body voxel"):
         build_roi_datasets({p.pseudonym: p.mask}, [p], ("t1",), cfg)
-    with pytest.raises(ConfigError, match="body, peritumoral, reference, reference-ratio"):
+    with pytest.raises(ConfigError, match="body, peritumoral, reference"):
         PipelineConfig.defaults({"roi-intensity": "muscle"})

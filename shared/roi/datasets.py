@@ -19,7 +19,7 @@ from shared.config import PipelineConfig, parse_dataset_name
 from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
 from shared.errors import SiteDataError
-from shared.reference_tissue import log_ratio_to_reference, ratio_to_reference, reference_log_level
+from shared.reference_tissue import ratio_to_reference, reference_log_level
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,9 @@ def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
 def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray:
     """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or relative to the reference tissue
     this series shows near ``tumour`` (:mod:`shared.reference_tissue`), estimated from the patient's own image at
-    the site: the log-ratio with ``reference``, the ratio minus 1 with ``reference-ratio``."""
+    the site: with ``reference`` its ratio to that tissue minus 1 (0 = the reference tissue)."""
     image = patient.images[sequence]
-    if mode not in ("reference", "reference-ratio"):
+    if mode != "reference":
         return body_zscore(image)
     try:
         level = reference_log_level(image, tumour, patient.spacing_mm)
@@ -156,9 +156,7 @@ def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode:
             f"patient {patient.pseudonym}, sequence {sequence}: {exc}; roi-intensity={mode!r} needs tissue "
             "around the tumour (check the mask, or use roi-intensity='body')"
         ) from exc
-    if mode == "reference-ratio":
-        return ratio_to_reference(image, level)
-    return log_ratio_to_reference(image, level)
+    return ratio_to_reference(image, level)
 
 
 def build_roi_datasets(
@@ -171,7 +169,7 @@ def build_roi_datasets(
 
     Per patient: keep the largest tumour component(s), take the ``cfg.cls.slices_per_patient`` slices with the
     largest area, crop a square box (mask bounding box + ``cfg.roi_margin``) per slice from each sequence of the
-    dataset (:func:`roi_volume`: body-z-scored, or the log-ratio to the estimated reference tissue with
+    dataset (:func:`roi_volume`: body-z-scored, or the ratio to the estimated reference tissue with
     ``roi-intensity = "reference"``), resize to ``cfg.cls.image_size``; with ``roi-intensity = "peritumoral"``
     each crop is then referenced to the tissue around the tumour (:func:`peritumoral_reference`).
     """
