@@ -1,6 +1,6 @@
 """Screen image-only reference-tissue estimators: how much of the tumour/muscle class evidence each one recovers.
 
-    python -m simulations.bench_reference /work/exp/cohort0 /work/exp/cohort1 /work/exp/cohort2
+    python -m simulations.bench_reference /work/exp/cohort0 /work/exp/cohort1 /work/exp/cohort2 [--crops]
 
 Per cohort, on the train+val patients (test never loaded; the same patients as ``nasofl-sim recipe``), per
 sequence: ``log(centre-weighted tumour median) - log(reference)`` with the tumour from the true contours, for each
@@ -191,10 +191,36 @@ def cohort_features(cohort: Path, cfg: PipelineConfig) -> tuple[np.ndarray, dict
     return np.array(labels), {name: np.array(v) for name, v in rows.items()}
 
 
+def crop_medians(cohorts: list[Path]) -> None:
+    """What the classifier is given: per ``roi-intensity``, a logistic regression on each patient's median T1WI and
+    T2WI crop value inside the tumour (the recipe's crops: true contours, train+val patients)."""
+    from shared.roi.datasets import build_roi_datasets
+    from simulations.recipe import truth_patients
+
+    for cohort in cohorts:
+        patients = truth_patients(cohort)
+        masks = {p.pseudonym: p.mask for p in patients}
+        for mode in ("body", "peritumoral", "reference"):
+            cfg = PipelineConfig.defaults({"datasets": "t1+t2", "roi-intensity": mode})
+            ds = build_roi_datasets(masks, patients, cfg.datasets, cfg)[0]["t1+t2"]
+            x, inside = ds.images.numpy(), ds.roi_masks.astype(bool)
+            feats = []
+            for i in range(len(ds.patients)):
+                rows = ds.slice_patient == i
+                feats.append([np.median(x[rows][:, ch][inside[rows]]) for ch in range(2)])
+            print(
+                f"{cohort.name} crops roi-intensity={mode:<12} T1WI+T2WI AUC {cv_auc(np.array(feats), ds.labels):.3f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cohorts", nargs="+", type=Path)
+    parser.add_argument("--crops", action="store_true", help="instead: the crop-median check (crop_medians)")
     args = parser.parse_args()
+    if args.crops:
+        crop_medians(args.cohorts)
+        return
     cfg = PipelineConfig.defaults({})
     names = (*ESTIMATORS, "truth-muscle", *DIAGNOSTICS)
     aucs: dict[str, dict[str, list[float]]] = {
