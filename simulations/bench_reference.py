@@ -9,8 +9,8 @@ and T2WI log-ratios gives one AUC per estimator and cohort. The ceiling ``truth-
 muscle mask near the tumour (re-synthesised from the cohort's seed; a hospital never has it) and is the only
 use of generator truth beyond labels, split and tumour contours. ``err`` is the SD over patients of the
 estimator's log reference minus the true one (per sequence): the smaller, the closer to muscle.
-``pipeline-reference`` is ``roi-intensity = "reference"``'s estimator (:mod:`shared.reference_tissue`), on the
-largest tumour component(s) as the ROI pipeline keeps them. Diagnostics: ``zscore-cw-median`` is the tumour in
+``pipeline-reference`` is the estimator of ``roi-intensity = "reference"`` (:mod:`shared.roi.reference_tissue`),
+on the largest tumour component(s) as the ROI pipeline keeps them. Diagnostics: ``zscore-cw-median`` is the tumour in
 the body z-scored volume (today's crops, no reference), ``plain-mean/near40`` the tumour's plain mean.
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from shared.config import PipelineConfig
-from shared.data.normalise import body_zscore
+from shared.data.normalise import body_mask, body_zscore
 from shared.data.split import patient_split
-from shared.reference_tissue import body_mask, log_mode, reference_log_level
 from shared.roi.crop import largest_components, roi_box, select_slices
+from shared.roi.reference_tissue import log_mode, reference_log_level
 from simulations.synth.calibration import cv_auc, local_muscle
 from simulations.synth.cohort import CohortConfig, npl_counts, site_plan
 from simulations.synth.latents import ClassContrast
@@ -80,7 +80,8 @@ def near_band(outer_mm: float, lo: float, hi: float) -> Estimator:
 
 
 def near_lower_mode(outer_mm: float) -> Estimator:
-    """Mode of the shell's voxels below its median: muscle is the darker soft tissue on T2 (fat, mucosa brighter)."""
+    """Mode of the shell's voxels below its median: muscle is the darker soft tissue on T2 (fat, mucosa
+    brighter)."""
 
     def f(ctx: dict) -> float:
         v = ctx["logs"][shell(ctx, outer_mm)]
@@ -208,9 +209,8 @@ def crop_medians(cohorts: list[Path]) -> None:
             for i in range(len(ds.patients)):
                 rows = ds.slice_patient == i
                 feats.append([np.median(x[rows][:, ch][inside[rows]]) for ch in range(2)])
-            print(
-                f"{cohort.name} crops roi-intensity={mode:<12} T1WI+T2WI AUC {cv_auc(np.array(feats), ds.labels):.3f}"
-            )
+            value = cv_auc(np.array(feats), ds.labels)
+            print(f"{cohort.name} crops roi-intensity={mode:<12} T1WI+T2WI AUC {value:.3f}")
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
     import pytest
 
     from shared.errors import ConfigError, SiteDataError
-    from shared.reference_tissue import reference_log_level
+    from shared.roi.reference_tissue import reference_log_level
 
     p = _muscle_fat_patient(1.0, 0.2)
     with pytest.raises(ValueError, match="empty"):

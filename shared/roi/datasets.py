@@ -19,8 +19,8 @@ from shared.config import PipelineConfig, parse_dataset_name
 from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
 from shared.errors import SiteDataError
-from shared.reference_tissue import ratio_to_reference, reference_log_level
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
+from shared.roi.reference_tissue import ratio_to_reference, reference_log_level
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 
 def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray:
-    """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or relative to the reference tissue
-    this series shows near ``tumour`` (:mod:`shared.reference_tissue`), estimated from the patient's own image at
-    the site: with ``reference`` its ratio to that tissue minus 1 (0 = the reference tissue)."""
+    """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the ratio
+    to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), estimated from the
+    patient's own image at the site (:mod:`shared.roi.reference_tissue`)."""
     image = patient.images[sequence]
     if mode != "reference":
         return body_zscore(image)

@@ -10,18 +10,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from shared.data.normalise import body_mask
+
 #: histogram bin width and smoothing (log-intensity units) of :func:`log_mode`
 MODE_BIN = 0.01
 MODE_SMOOTH = 0.04
-
-
-def body_mask(volume: np.ndarray) -> np.ndarray:
-    """bool mask of voxels inside the body: above 5 % of the range from the minimum to the 99th percentile (the
-    same rule as :func:`shared.data.normalise.body_zscore`)."""
-    v = np.asarray(volume, dtype=np.float32)
-    hi = float(np.percentile(v, 99.0))
-    lo = float(v.min())
-    return v > lo + 0.05 * (hi - lo)
 
 
 def log_mode(values: np.ndarray) -> float:
