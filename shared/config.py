@@ -22,7 +22,12 @@ SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientn
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
-ROI_INTENSITIES: tuple[str, ...] = ("body", "peritumoral")  # shared/roi/datasets.py
+ROI_INTENSITIES: tuple[str, ...] = (
+    "body",
+    "peritumoral",
+    "reference",
+    "reference-ratio",
+)  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")

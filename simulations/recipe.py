@@ -60,7 +60,7 @@ def truth_patients(cohort: Path) -> list[PatientVolumes]:
                     label=int(a["label"]),
                     images={str(s): a[f"{s}_image"] for s in a["sequences"]},
                     mask=a["truth_mask"],
-                    spacing_mm=tuple(float(v) for v in a[f"{a['sequences'][0]}_spacing"][::-1]),
+                    spacing_mm=tuple(float(v) for v in a[f"{a['sequences'][0]}_spacing"]),
                     split=split[pid],
                 )
             )

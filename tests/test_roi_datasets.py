@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from shared.config import PipelineConfig
+from shared.data.patient import PatientVolumes
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
 from shared.roi.datasets import build_roi_datasets
 from simulations.toy_patients import make_toy_patient
@@ -102,3 +103,58 @@ def test_peritumoral_reference_removes_the_surrounding_level_per_channel() -> No
     assert np.allclose(out[0][inside], 2.0) and np.allclose(out[0][~inside], 0.0)
     assert np.allclose(out[1][inside], -6.0) and np.allclose(out[1][~inside], 0.0)
     assert np.array_equal(peritumoral_reference(crop, np.ones((8, 8), bool)), crop)  # no ring: unchanged
+
+
+def _muscle_fat_patient(scale: float, fat_fraction: float) -> PatientVolumes:
+    """Muscle (100) around a tumour 1.2x muscle, a fat block (300) far from it covering ``fat_fraction`` of the
+    slice width, air outside: the body-wide statistics move with the fat, the tumour/muscle ratio does not."""
+    shape = (6, 64, 64)
+    image = np.full(shape, 100.0, np.float32)
+    image[:, :, :4] = 1.0  # air
+    image[:, :, 64 - int(fat_fraction * 64) :] = 300.0  # fat, more than 40 mm from the tumour
+    mask = np.zeros(shape, np.uint8)
+    mask[1:5, 8:16, 8:16] = 1
+    image[mask > 0] = 120.0
+    return PatientVolumes(
+        pseudonym=f"ref-{scale}-{fat_fraction}",
+        label=1,
+        images={"t1": image * np.float32(scale)},
+        mask=mask,
+        spacing_mm=(4.0, 1.0, 1.0),
+        split="train",
+    )
+
+
+def test_reference_intensity_is_the_ratio_to_the_tissue_near_the_tumour() -> None:
+    cfg = {"cls-arch": "resnet18", "cls-image-size": 16, "cls-slices-per-patient": 2, "roi-margin": 0,
+           "datasets": "t1"}  # fmt: skip
+    patients = [
+        _muscle_fat_patient(1.0, 0.2),
+        _muscle_fat_patient(7.0, 0.45),
+    ]  # other scanner scale, more fat
+    masks = {p.pseudonym: p.mask for p in patients}
+    ref, _ = build_roi_datasets(
+        masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-intensity": "reference"})
+    )
+    # margin 0: the crops are all tumour, 1.2 x muscle at both scanner scales and fat fractions
+    np.testing.assert_allclose(ref["t1"].images.numpy(), 0.2, atol=1e-5)
+    body, _ = build_roi_datasets(masks, patients, ("t1",), PipelineConfig.defaults(cfg))
+    z = body["t1"].images.numpy()
+    assert abs(float(z[0].mean() - z[2].mean())) > 0.1  # the body z-score moves with the fat elsewhere
+
+
+def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
+    import pytest
+
+    from shared.errors import ConfigError, SiteDataError
+    from shared.roi.reference_tissue import reference_log_level
+
+    p = _muscle_fat_patient(1.0, 0.2)
+    with pytest.raises(ValueError, match="empty"):
+        reference_log_level(p.images["t1"], np.zeros_like(p.mask), p.spacing_mm)
+    p.images["t1"] = np.where(p.mask > 0, p.images["t1"], 0.0).astype(np.float32)  # nothing but the tumour
+    cfg = PipelineConfig.defaults({"cls-image-size": 16, "datasets": "t1", "roi-intensity": "reference"})
+    with pytest.raises(SiteDataError, match=r"ref-1.0-0.2, sequence t1: .*no body voxel"):
+        build_roi_datasets({p.pseudonym: p.mask}, [p], ("t1",), cfg)
+    with pytest.raises(ConfigError, match="body, peritumoral, reference"):
+        PipelineConfig.defaults({"roi-intensity": "muscle"})

@@ -18,7 +18,9 @@ from torch.utils.data import Dataset
 from shared.config import PipelineConfig, parse_dataset_name
 from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
+from shared.errors import SiteDataError
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
+from shared.roi.reference_tissue import ratio_to_reference, reference_log_level
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,23 @@ def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return crop - ref[:, None, None]
 
 
+def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray:
+    """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the ratio
+    to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), estimated from the
+    patient's own image at the site (:mod:`shared.roi.reference_tissue`)."""
+    image = patient.images[sequence]
+    if mode != "reference":
+        return body_zscore(image)
+    try:
+        level = reference_log_level(image, tumour, patient.spacing_mm)
+    except ValueError as exc:
+        raise SiteDataError(
+            f"patient {patient.pseudonym}, sequence {sequence}: {exc}; roi-intensity={mode!r} needs tissue "
+            "around the tumour (check the mask, or use roi-intensity='body')"
+        ) from exc
+    return ratio_to_reference(image, level)
+
+
 def build_roi_datasets(
     masks_by_patient: Mapping[str, np.ndarray],
     patients: Sequence[PatientVolumes],
@@ -150,7 +169,8 @@ def build_roi_datasets(
 
     Per patient: keep the largest tumour component(s), take the ``cfg.cls.slices_per_patient`` slices with the
     largest area, crop a square box (mask bounding box + ``cfg.roi_margin``) per slice from each sequence of the
-    dataset (body-z-scored volume), resize to ``cfg.cls.image_size``; with ``roi-intensity = "peritumoral"``
+    dataset (:func:`roi_volume`: body-z-scored, or the ratio to the estimated reference tissue with
+    ``roi-intensity = "reference"``), resize to ``cfg.cls.image_size``; with ``roi-intensity = "peritumoral"``
     each crop is then referenced to the tissue around the tumour (:func:`peritumoral_reference`).
     """
     report = RoiReport(n_patients=len(patients))
@@ -184,7 +204,7 @@ def build_roi_datasets(
                 continue
             for s in seqs:
                 if s not in normed:
-                    normed[s] = body_zscore(p.images[s])
+                    normed[s] = roi_volume(p, s, kept, cfg.roi_intensity)
             a = acc[name]
             idx = len(a["patients"])
             for z in zs:
