@@ -101,7 +101,7 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
                     f"{_fmt(a['value']) + ' [' + _fmt(a['ci'][0]) + ', ' + _fmt(a['ci'][1]) + ']':>22}"
                 )
         lines.append(f"{name:<16} {e['role']:<9} {e['patients']:>4} {_fmt(e['dice']):>6} " + " ".join(cells))
-    if results.get("federation", {}).get("secure-aggregation"):
+    if results.get("extra", {}).get("federation", {}).get("secure-aggregation"):
         lines.append(
             "per-site Dice and AUC: not computed (secure-aggregation: the coordinator receives only the sums over "
             "the sites, PRIVACY.md section 6)"
