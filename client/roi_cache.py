@@ -29,6 +29,7 @@ def roi_key(segmenter_hash: str, cfg: PipelineConfig) -> str:
         "datasets": list(cfg.datasets),
         "seg-size": cfg.seg.image_size,
         "seg-in": list(cfg.seg.in_sequences),
+        "intensity": cfg.roi_intensity,  # the crops' values differ per roi-intensity: never reuse another's
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -146,15 +146,40 @@ def test_reference_intensity_is_the_ratio_to_the_tissue_near_the_tumour() -> Non
 def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
     import pytest
 
-    from shared.errors import ConfigError, SiteDataError
+    from shared.errors import ConfigError
     from shared.roi.reference_tissue import reference_log_level
 
     p = _muscle_fat_patient(1.0, 0.2)
     with pytest.raises(ValueError, match="empty"):
         reference_log_level(p.images["t1"], np.zeros_like(p.mask), p.spacing_mm)
+    good = _muscle_fat_patient(2.0, 0.2)
     p.images["t1"] = np.where(p.mask > 0, p.images["t1"], 0.0).astype(np.float32)  # nothing but the tumour
-    cfg = PipelineConfig.defaults({"cls-image-size": 16, "datasets": "t1", "roi-intensity": "reference"})
-    with pytest.raises(SiteDataError, match=r"ref-1.0-0.2, sequence t1: .*no body voxel"):
-        build_roi_datasets({p.pseudonym: p.mask}, [p], ("t1",), cfg)
+    cfg = PipelineConfig.defaults(
+        {"cls-image-size": 16, "cls-slices-per-patient": 2, "datasets": "t1", "roi-intensity": "reference"}
+    )
+    # one such patient is left out and counted; the others' crops are built (one bad series never stops a site)
+    out, report = build_roi_datasets({x.pseudonym: x.mask for x in (p, good)}, [p, good], ("t1",), cfg)
+    assert out["t1"].patients == [good.pseudonym] and report.no_reference == {"t1": 1}
+    assert "1 left out (no tissue around the tumour" in " ".join(report.lines())
+    assert p.pseudonym not in " ".join(report.lines())  # the report holds counts, never a pseudonym
     with pytest.raises(ConfigError, match="body, peritumoral, reference"):
         PipelineConfig.defaults({"roi-intensity": "muscle"})
+
+
+def test_the_site_roi_cache_key_differs_for_every_setting_that_changes_the_crops() -> None:
+    from client.roi_cache import roi_key
+
+    base = {"cls-image-size": 16, "datasets": "t1"}
+    keys = {
+        roi_key("seg-hash", PipelineConfig.defaults({**base, **change}))
+        for change in (
+            {},
+            {"roi-intensity": "peritumoral"},
+            {"roi-intensity": "reference"},
+            {"roi-intensity": "body"},
+            {"roi-margin": 9},
+            {"cls-image-size": 24},
+        )
+    }
+    # body twice only when it is the default (the first and fourth configs are then the same)
+    assert len(keys) == 5 + (PipelineConfig.defaults(base).roi_intensity != "body")

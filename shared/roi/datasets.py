@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 from shared.config import PipelineConfig, parse_dataset_name
 from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
-from shared.errors import SiteDataError
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
 from shared.roi.reference_tissue import ratio_to_reference, reference_log_level
 
@@ -35,6 +34,9 @@ class RoiReport:
     empty_mask: int = 0
     no_prediction: int = 0
     unlabelled: int = 0
+    no_reference: dict[str, int] = field(
+        default_factory=dict
+    )  # roi-intensity=reference: no tissue around the tumour
 
     def lines(self) -> list[str]:
         out = [
@@ -42,9 +44,13 @@ class RoiReport:
             f"{self.no_prediction} without a predicted mask (segmenter sequences missing), {self.unlabelled} unlabelled"
         ]
         for name, n in self.included.items():
-            out.append(
-                f"dataset {name}: {n} patients, {self.missing_sequence.get(name, 0)} left out (missing sequence)"
-            )
+            line = f"dataset {name}: {n} patients, {self.missing_sequence.get(name, 0)} left out (missing sequence)"
+            if self.no_reference.get(name):
+                line += (
+                    f", {self.no_reference[name]} left out (no tissue around the tumour to reference the "
+                    "intensities to: check their masks, or use roi-intensity='body')"
+                )
+            out.append(line)
         return out
 
     def as_dict(self) -> dict:
@@ -55,6 +61,7 @@ class RoiReport:
             "empty_mask": self.empty_mask,
             "no_prediction": self.no_prediction,
             "unlabelled": self.unlabelled,
+            "no_reference": dict(self.no_reference),
         }
 
 
@@ -142,20 +149,27 @@ def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return crop - ref[:, None, None]
 
 
-def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray:
+def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray | None:
     """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the ratio
     to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), estimated from the
-    patient's own image at the site (:mod:`shared.roi.reference_tissue`)."""
+    patient's own image at the site (:mod:`shared.roi.reference_tissue`). None when that series shows no tissue
+    around the tumour (logged here with the patient's pseudonym; the caller leaves the patient out of the
+    dataset and counts it: one such patient never stops the site)."""
     image = patient.images[sequence]
     if mode != "reference":
         return body_zscore(image)
     try:
         level = reference_log_level(image, tumour, patient.spacing_mm)
     except ValueError as exc:
-        raise SiteDataError(
-            f"patient {patient.pseudonym}, sequence {sequence}: {exc}; roi-intensity={mode!r} needs tissue "
-            "around the tumour (check the mask, or use roi-intensity='body')"
-        ) from exc
+        log.warning(
+            "patient %s, sequence %s: %s; left out of the datasets with this sequence (roi-intensity=%r needs "
+            "tissue around the tumour: check the mask, or use roi-intensity='body')",
+            patient.pseudonym,
+            sequence,
+            exc,
+            mode,
+        )
+        return None
     return ratio_to_reference(image, level)
 
 
@@ -197,7 +211,7 @@ def build_roi_datasets(
             log.info("patient %s: empty predicted mask, no ROI", p.pseudonym)
             continue
         boxes = {z: roi_box(kept[z], cfg.roi_margin) for z in zs}
-        normed: dict[str, np.ndarray] = {}
+        normed: dict[str, np.ndarray | None] = {}
         for name, seqs in parsed.items():
             if not p.has(*seqs):
                 report.missing_sequence[name] += 1
@@ -205,6 +219,9 @@ def build_roi_datasets(
             for s in seqs:
                 if s not in normed:
                     normed[s] = roi_volume(p, s, kept, cfg.roi_intensity)
+            if any(normed[s] is None for s in seqs):
+                report.no_reference[name] = report.no_reference.get(name, 0) + 1
+                continue
             a = acc[name]
             idx = len(a["patients"])
             for z in zs:
