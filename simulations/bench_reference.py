@@ -30,10 +30,10 @@ from shared.data.split import patient_split
 from shared.roi.crop import largest_components, roi_box, select_slices
 from shared.roi.reference_tissue import log_mode, reference_log_level
 from simulations.synth.calibration import cv_auc, local_muscle
-from simulations.synth.cohort import CohortConfig, npl_counts, site_plan
+from simulations.synth.cohort import CohortConfig, cohort_site_profiles, npl_counts, site_plan
 from simulations.synth.latents import ClassContrast
 from simulations.synth.sampling import synthesize_patient
-from simulations.synth.site_profile import GridPreset, draw_site_profiles
+from simulations.synth.site_profile import GridPreset
 
 SEQUENCES = ("t1", "t2", "t1ce")
 Estimator = Callable[[dict], float]
@@ -130,15 +130,7 @@ def cohort_profiles(cohort: Path) -> tuple[CohortConfig, list]:
     if raw.get("npl_fraction_per_site") is not None:
         raw["npl_fraction_per_site"] = tuple(raw["npl_fraction_per_site"])
     config = CohortConfig(**raw)
-    profiles = draw_site_profiles(
-        config.seed,
-        config.sites,
-        config.grid,
-        config.npl_fraction,
-        same_scanner=config.same_scanner,
-        npl_per_site=config.npl_fraction_per_site,
-    )
-    return config, profiles
+    return config, cohort_site_profiles(config)
 
 
 def cohort_features(cohort: Path, cfg: PipelineConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:

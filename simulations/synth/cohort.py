@@ -208,11 +208,9 @@ def study_info(
     )
 
 
-def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) -> CohortSummary:
-    """Write every site folder and ``_truth``. Deterministic: the same config writes the same pixel data and UIDs."""
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    profiles = draw_site_profiles(
+def cohort_site_profiles(config: CohortConfig) -> list[SiteProfile]:
+    """The site profiles ``config`` draws (deterministic in its seed): what :func:`generate_cohort` writes from."""
+    return draw_site_profiles(
         config.seed,
         config.sites,
         config.grid,
@@ -220,6 +218,13 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
         same_scanner=config.same_scanner,
         npl_per_site=config.npl_fraction_per_site,
     )
+
+
+def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) -> CohortSummary:
+    """Write every site folder and ``_truth``. Deterministic: the same config writes the same pixel data and UIDs."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    profiles = cohort_site_profiles(config)
     npl = npl_counts(profiles, config)
     contrast = ClassContrast(k=config.difficulty)
     summary = CohortSummary(out_dir=out_dir)
