@@ -59,7 +59,8 @@ def format_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    head = f"{'setting':<18}{'epsilon (unit)':<26}{'Dice':>7}{'vs no DP':>9}" + "".join(
+    width = max([len("setting")] + [len(r["name"]) for r in rows]) + 2
+    head = f"{'setting':<{width}}{'epsilon (unit)':<26}{'Dice':>7}{'vs no DP':>9}" + "".join(
         f"{d:>9}" for d in datasets
     )
     lines = [head, "-" * len(head)]
@@ -67,7 +68,7 @@ def format_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
     for r in rows:
         ratio = (r["dice"] / base) if (base and r["dice"] is not None) else None
         lines.append(
-            f"{r['name']:<18}{r['epsilon']:<26}{fmt(r['dice']):>7}{fmt(ratio):>9}"
+            f"{r['name']:<{width}}{r['epsilon']:<26}{fmt(r['dice']):>7}{fmt(ratio):>9}"
             + "".join(f"{fmt(r['auc'].get(d)):>9}" for d in datasets)
         )
     return "\n".join(lines)
