@@ -30,6 +30,7 @@ def roi_key(segmenter_hash: str, cfg: PipelineConfig) -> str:
         "seg-size": cfg.seg.image_size,
         "seg-in": list(cfg.seg.in_sequences),
         "intensity": cfg.roi_intensity,  # the crops' values differ per roi-intensity: never reuse another's
+        "context": cfg.roi_context,  # and per roi-context (tumour only, or the whole box)
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -26,8 +26,8 @@ ROI_INTENSITIES: tuple[str, ...] = (
     "body",
     "peritumoral",
     "reference",
-    "reference-ratio",
 )  # shared/roi/datasets.py
+ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
@@ -154,6 +154,7 @@ class PipelineConfig:
     cls_epochs: int
     roi_margin: int
     roi_intensity: str
+    roi_context: str
     device: str
     amp: bool
     seed: int
@@ -176,6 +177,7 @@ class PipelineConfig:
         _check_range("cls-epochs", self.cls_epochs, 0, 10_000)
         _check_range("roi-margin", self.roi_margin, 0, 256)
         _check_choice("roi-intensity", self.roi_intensity, ROI_INTENSITIES)
+        _check_choice("roi-context", self.roi_context, ROI_CONTEXTS)
         _check_choice("device", self.device, DEVICES)
         _check_range("seed", self.seed, 0, 2**31 - 1)
         _check_range("hist-bins", self.hist_bins, 2, 1_000_000)

@@ -181,7 +181,27 @@ def test_the_site_roi_cache_key_differs_for_every_setting_that_changes_the_crops
             {"roi-intensity": "body"},
             {"roi-margin": 9},
             {"cls-image-size": 24},
+            {"roi-context": "box"},
+            {"roi-context": "tumour"},
         )
     }
-    # the default intensity is one of the three named: exactly one pair of configs is the same
-    assert len(keys) == 5
+    # the defaults are among those named (intensity reference, context tumour): exactly two pairs are the same
+    assert len(keys) == 6
+
+
+def test_tumour_context_keeps_the_tumour_and_sets_its_surroundings_to_the_reference_level() -> None:
+    cfg = {"cls-arch": "resnet18", "cls-image-size": 16, "cls-slices-per-patient": 2, "roi-margin": 4,
+           "datasets": "t1", "roi-intensity": "body"}  # fmt: skip
+    patients = [_muscle_fat_patient(1.0, 0.2)]
+    masks = {p.pseudonym: p.mask for p in patients}
+    box, _ = build_roi_datasets(masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-context": "box"}))
+    tumour, _ = build_roi_datasets(
+        masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-context": "tumour"})
+    )
+    inside = box["t1"].roi_masks.astype(bool)[:, None]
+    b, t = box["t1"].images.numpy(), tumour["t1"].images.numpy()
+    assert inside.any() and (~inside).any()
+    assert np.abs(b[np.broadcast_to(~inside, b.shape)]).min() > 0.1  # the box shows the muscle around the tumour
+    assert np.all(t[np.broadcast_to(~inside, t.shape)] == 0.0)
+    np.testing.assert_array_equal(t[np.broadcast_to(inside, t.shape)], b[np.broadcast_to(inside, b.shape)])
+    assert PipelineConfig.defaults().roi_context == "tumour"

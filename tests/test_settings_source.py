@@ -35,6 +35,7 @@ OTHER_VALUE = {
     "cls-weight-decay": 0.001,
     "cls-augment": "flip,shift",
     "roi-intensity": "peritumoral",
+    "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
     "datasets": "t1+t2,t1ce",
     "seg-epochs": 3,

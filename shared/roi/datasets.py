@@ -149,6 +149,17 @@ def peritumoral_reference(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return crop - ref[:, None, None]
 
 
+def tumour_only(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``crop (C, S, S)`` with every pixel outside the tumour (``~inside``) set to 0: the reference tissue's level
+    with ``roi-intensity = "reference"`` (the ring's with ``peritumoral``, the body mean with ``body``).
+
+    ``roi-context = "tumour"``: the network then sees the tumour's own signal and its shape, not the anatomy
+    around it, which varies between patients more than the class does. Measured by cross-validation on three
+    cohorts, T1WI+T2WI ResNet18 32 px: 0.833 mean against 0.753 with the whole box (README, Results).
+    """
+    return (crop * inside[None]).astype(np.float32, copy=False)
+
+
 def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray | None:
     """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the ratio
     to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), estimated from the
@@ -185,7 +196,8 @@ def build_roi_datasets(
     largest area, crop a square box (mask bounding box + ``cfg.roi_margin``) per slice from each sequence of the
     dataset (:func:`roi_volume`: body-z-scored, or the ratio to the estimated reference tissue with
     ``roi-intensity = "reference"``), resize to ``cfg.cls.image_size``; with ``roi-intensity = "peritumoral"``
-    each crop is then referenced to the tissue around the tumour (:func:`peritumoral_reference`).
+    each crop is then referenced to the tissue around the tumour (:func:`peritumoral_reference`); with
+    ``roi-context = "tumour"`` (the default) the pixels outside the tumour are then set to 0 (:func:`tumour_only`).
     """
     report = RoiReport(n_patients=len(patients))
     parsed = {name: parse_dataset_name(name) for name in datasets}
@@ -229,6 +241,8 @@ def build_roi_datasets(
                 inside = roi_crop([kept[z]], boxes[z], size)[0] >= 0.5
                 if cfg.roi_intensity == "peritumoral":
                     crop = peritumoral_reference(crop, inside)
+                if cfg.roi_context == "tumour":
+                    crop = tumour_only(crop, inside)
                 a["images"].append(crop)
                 a["masks"].append(inside)
                 a["slice_patient"].append(idx)
