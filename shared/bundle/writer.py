@@ -39,6 +39,9 @@ PREPROCESSING: dict[str, str] = {
     "segmenter_input": "axial slices of seg-in-sequences, resized (bilinear) to seg-image-size; tumour = logit > 0",
     "roi": "largest 3-D component(s) of the predicted mask; cls-slices-per-patient largest slices; square box "
     "around the mask plus roi-margin pixels; resized to cls-image-size",
+    "roi_intensity": "roi-intensity: body (the z-score above), peritumoral (each crop minus the median around the "
+    "tumour) or reference (the ratio to the most frequent tissue within 3-40 mm of the tumour, minus 1)",
+    "roi_context": "roi-context: tumour (pixels outside the predicted tumour set to 0) or box (the whole box)",
     "patient_score": "cls-aggregation of the slice probabilities of NPL",
     "decision": "NPL when the patient score >= the classifier's validation threshold (Youden)",
 }
