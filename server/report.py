@@ -174,7 +174,8 @@ def model_card(
         f"{fed.cls_rounds} classifier rounds x {cfg.cls_epochs} local epoch(s), min-sites "
         f"{fed.min_sites}",
         f"- segmenter U-Net ({cfg.seg.encoder}) on {'+'.join(cfg.seg.in_sequences)}, {cfg.seg.image_size} px",
-        f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px",
+        f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px, "
+        f"roi-intensity {cfg.roi_intensity}, roi-context {cfg.roi_context}",
         f"- seed {cfg.seed}",
     ]
     if results.get("privacy"):

@@ -245,7 +245,8 @@ def write_model_card(out_dir: Path, results: dict[str, Any], cfg: PipelineConfig
         f"- test Dice {results['dice']}; test AUC per dataset in results.json (DeLong 95% CI)",
         "- training data: pooled hospitals (synthetic unless --data named real sites); intended use: research",
         "  comparison with the federated run, not clinical use.",
-        "- inputs: per-volume z-scored within the body (site scale invariant); load with",
+        "- inputs: segmenter slices per-volume z-scored within the body (site scale invariant); classifier crops "
+        f"roi-intensity={cfg.roi_intensity}, roi-context={cfg.roi_context}; load with",
         "  shared.models.build_segmenter / build_classifier and the settings in results.json.",
         "",
     ]

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulations.compare_cmd",
         "federated vs centralized (pooled) vs each site alone, side by side",
     ),
+    "compare-seeds": (
+        "simulations.seeds_cmd",
+        "several compare runs (one per cohort seed): per-seed figures, mean and SD, ordering, goals",
+    ),
     "privacy-table": (
         "simulations.privacy_table_cmd",
         "utility vs privacy: no DP, local DP at epsilon 8/3/1, central DP on one cohort, side by side",

@@ -29,7 +29,7 @@ def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
     """ResNet (``cfg.arch``) with a ``in_channels`` stem and a single-logit head.
 
-    Input ``(B, in_channels, S, S)`` float32 z-scored crops; output ``(B, 1)`` float32 logits of NPL.
+    Input ``(B, in_channels, S, S)`` float32 ROI crops (:mod:`shared.roi.datasets`); output ``(B, 1)`` float32 logits of NPL.
     Weights (``cfg.weights``): random with zero-init of the last BN of each residual block (trains from scratch
     far more reliably here), ImageNet (torchvision enum) or a local state-dict file; for pretrained weights the
     RGB stem is averaged into ``in_channels`` and the 1000-class head replaced.

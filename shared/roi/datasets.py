@@ -66,7 +66,8 @@ class RoiReport:
 
 
 class RoiDataset(Dataset):
-    """Slices of ROI crops: items ``(image (C, S, S) float32 body-z-scored, label float32 0/1, patient index int)``.
+    """Slices of ROI crops: items ``(image (C, S, S) float32 as roi-intensity and roi-context made it, label float32
+    0/1, patient index int)``.
 
     ``roi_masks``: uint8 ``(N_slices, S, S)`` predicted tumour mask on each crop (Grad-CAM core/periphery).
     ``patients``: pseudonyms (index -> pseudonym), ``labels``: per-patient 0 (NPC) / 1 (NPL), ``split``: per-patient

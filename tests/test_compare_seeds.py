@@ -1,0 +1,85 @@
+"""`nasofl-sim compare-seeds`: figures read from each compare.json, means and SDs, the ordering and the goals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError
+from simulations.seeds import format_summary, load_compares, ordering_verdict, summary
+
+
+def _run(dice: float, aucs: dict[str, float], share: float | None = None) -> dict:
+    if share is None:
+        return {"dice": dice, "auc": {d: {"value": v} for d, v in aucs.items()}, "wall_seconds": 10.0}
+    extra = {"gradcam": {d: {"core_share": share, "core_share_ci": [share - 0.1, share + 0.1]} for d in aucs}}
+    return {
+        "dice": dice,
+        "auc": {d: {"value": v} for d, v in aucs.items()},
+        "wall_seconds": 10.0,
+        "extra": extra,
+    }
+
+
+def _compare(folder: Path, central: dict, federated: dict) -> Path:
+    folder.mkdir(parents=True)
+    ratios = {k: federated["auc"][k]["value"] / central["auc"][k]["value"] for k in central["auc"]}
+    ratios["dice"] = federated["dice"] / central["dice"]
+    (folder / "compare.json").write_text(
+        json.dumps({"centralized": central, "federated": federated, "ratios": ratios})
+    )
+    return folder
+
+
+def test_means_ordering_and_goals_come_from_the_runs_own_figures(tmp_path: Path) -> None:
+    c = [
+        {"t1+t2": 0.90, "t1ce": 0.80, "t1": 0.75, "t2": 0.70},
+        {"t1+t2": 0.80, "t1ce": 0.82, "t1": 0.72, "t2": 0.74},
+        {"t1+t2": 0.88, "t1ce": 0.78, "t1": 0.72, "t2": 0.70},
+    ]
+    folders = [
+        _compare(
+            tmp_path / f"seed{i}",
+            _run(0.70, a, share=0.5 + 0.1 * i),
+            _run(0.70 * 0.98, {k: v * 0.95 for k, v in a.items()}),
+        )
+        for i, a in enumerate(c)
+    ]
+    s = summary(load_compares(folders))
+    st = s["stats"]["centralized"]
+    assert st["t1+t2"]["mean"] == pytest.approx(0.86) and st["t1+t2"]["n"] == 3
+    assert st["t1+t2"]["sd"] == pytest.approx(((0.04**2 + 0.06**2 + 0.02**2) / 3) ** 0.5)
+    assert s["stats"]["ratio"]["dice"]["mean"] == pytest.approx(0.98)
+    assert s["ordering"].endswith("holds on the mean")  # 0.86 > 0.80 > 0.73 > 0.713
+    assert s["goals"] == {
+        "centralized T1WI+T2WI AUC >= 0.85": True,
+        "T1WI+T2WI the best of the four": True,
+        "federated/centralized Dice >= 0.97": True,
+        "federated/centralized T1WI+T2WI AUC >= 0.97": False,  # 0.95 on every seed
+    }
+    text = format_summary(s)
+    assert "centralized T1WI+T2WI      0.900   0.800   0.880   0.860" in text
+    assert (
+        "T1WI+T2WI  seed0 0.50 [0.40, 0.60]; seed1 0.60 [0.50, 0.70]; seed2 0.70 [0.60, 0.80]; mean 0.60 over 3"
+        in text
+    )
+    assert "goal federated/centralized T1WI+T2WI AUC >= 0.97: NOT met" in text
+
+
+def test_the_first_break_of_the_seed_ordering_is_named() -> None:
+    verdict = ordering_verdict({"t1+t2": 0.80, "t1ce": 0.78, "t1": 0.66, "t2": 0.69})
+    assert "does NOT hold" in verdict and "T1WI 0.660 <= T2WI 0.690" in verdict
+    assert "cannot judge (T1CE missing)" in ordering_verdict(
+        {"t1+t2": 0.8, "t1ce": None, "t1": 0.7, "t2": 0.6}
+    )
+
+
+def test_a_folder_without_a_finished_compare_is_named(tmp_path: Path) -> None:
+    (tmp_path / "seed0").mkdir()
+    with pytest.raises(ConfigError, match=r"seed0/compare.json: not found"):
+        load_compares([tmp_path / "seed0"])
+    (tmp_path / "seed0" / "compare.json").write_text("{truncated")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_compares([tmp_path / "seed0"])
