@@ -23,7 +23,7 @@ import torch
 from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
 from shared.errors import ModelMismatchError, SiteDataError
-from shared.explain.gradcam import core_periphery_share, grad_cam, save_overlay
+from shared.explain.gradcam import cam_layer, core_periphery_share, grad_cam, save_overlay
 from shared.metrics.auc import auc
 from shared.metrics.roc import roc_curve_points
 from shared.models import build_classifier, build_segmenter, weights_origin
@@ -195,10 +195,11 @@ def gradcam_stage(
     model.to(device).eval()
     per_patient: dict[int, list[float]] = {}
     written: list[str] = []
+    layer_name, layer = cam_layer(model, tuple(test.images.shape[1:])) if len(test) else ("", None)
     for k in range(min(len(test), 64)):
         x, y, i = test[k]
         label = int(y)
-        cam = grad_cam(model, x, class_sign=1.0 if label == 1 else -1.0)
+        cam = grad_cam(model, x, target_layer=layer, class_sign=1.0 if label == 1 else -1.0)
         c, p = core_periphery_share(cam, test.roi_masks[k])
         if np.isfinite(c):
             per_patient.setdefault(int(i), []).append(c)
@@ -212,6 +213,7 @@ def gradcam_stage(
     low, high = bootstrap_mean_ci(shares, seed=0)
     return {
         "dataset": ds.name,
+        "layer": layer_name,  # the deepest stage with a feature map of at least MIN_CAM_SIDE pixels a side
         "n_slices": int(sum(len(v) for v in per_patient.values())),
         "n_patients": len(shares),
         "core_share": float(shares.mean()) if len(shares) else None,

@@ -80,3 +80,29 @@ def test_core_periphery_share() -> None:
     uniform_core, _ = core_periphery_share(np.ones((21, 21)), mask)
     assert 0.35 < uniform_core < 0.65  # the core holds about half of the mask's pixels
     assert np.isnan(core_periphery_share(centre, np.zeros_like(mask))[0])
+
+
+def test_cam_comes_from_a_map_large_enough_to_say_where() -> None:
+    """ResNet's layer4 is 1x1 on a 32 px crop: its CAM is a constant, whose core share is only the core's share of
+    the mask's area (what every dataset reported before, 0.44 each). The layer is chosen by the map's size."""
+    from shared.explain.gradcam import cam_layer
+
+    torch.manual_seed(0)
+    model = build_classifier(replace(DEFAULTS.cls, arch="resnet18"), in_channels=2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.1)
+    assert cam_layer(model, (2, 32, 32))[0] == "layer2"
+    assert cam_layer(model, (2, 64, 64))[0] == "layer3"
+    assert cam_layer(model, (2, 128, 128))[0] == "layer4"
+    x = torch.randn(2, 32, 32)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[6:26, 6:26] = 1
+    flat = grad_cam(model, x, target_layer=model.layer4)
+    assert flat.max() == 0.0 or np.ptp(flat) < 1e-6  # 1x1 map: no spatial information at all
+    if flat.max() > 0:
+        area_share, _ = core_periphery_share(np.ones((32, 32)), mask)
+        assert core_periphery_share(flat, mask)[0] == pytest.approx(area_share)
+    cam = grad_cam(model, x)  # the default layer
+    assert np.ptp(cam) > 0.1

@@ -15,7 +15,7 @@ import torch
 
 from shared.bundle import ModelBundle
 from shared.data.patient import PatientVolumes
-from shared.explain.gradcam import core_periphery_share, grad_cam, save_overlay
+from shared.explain.gradcam import cam_layer, core_periphery_share, grad_cam, save_overlay
 from shared.reporting.table import dataset_label
 from shared.roi.crop import largest_components
 from shared.roi.datasets import build_roi_datasets
@@ -78,9 +78,10 @@ def _gradcam(
     """Mean core / periphery share over the patient's ROI slices; overlay of the largest-tumour slice."""
     sign = -1.0 if call == "NPC" else 1.0  # evidence for the class the model calls
     cores, peris, best = [], [], (-1, None, None)
+    layer = cam_layer(model, tuple(ds.images.shape[1:]))[1] if len(ds) else None
     for k in range(len(ds)):
         x, _, _ = ds[k]
-        cam = grad_cam(model, x, class_sign=sign)
+        cam = grad_cam(model, x, target_layer=layer, class_sign=sign)
         c, p = core_periphery_share(cam, ds.roi_masks[k])
         if np.isfinite(c):
             cores.append(c)

@@ -12,12 +12,54 @@ from scipy import ndimage
 from torch import nn
 
 
-def last_conv_block(model: nn.Module) -> nn.Module:
-    """``model.layer4`` for torchvision ResNets, else the last ``nn.Conv2d`` in module order."""
-    layer4 = getattr(model, "layer4", None)
-    if isinstance(layer4, nn.Module):
-        return layer4
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+#: the smallest side of the feature map Grad-CAM is taken from: a 1x1 map (ResNet's layer4 on a 32 px crop) is
+#: upsampled to a constant, so its "core share" would be the core's share of the mask's area, whatever the model
+#: looks at; 2x2 can only say which quadrant
+MIN_CAM_SIDE = 4
+RESNET_STAGES = ("layer4", "layer3", "layer2", "layer1")
+
+
+@torch.no_grad()
+def stage_sides(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
+    """Output side (the smaller of H, W) of each ResNet stage present in ``model`` for one input of ``shape``
+    ``(C, H, W)``, from one forward pass on zeros (the model's mode is restored)."""
+    sides: dict[str, int] = {}
+    handles = []
+    for name in RESNET_STAGES:
+        stage = getattr(model, name, None)
+        if isinstance(stage, nn.Module):
+            handles.append(stage.register_forward_hook(
+                lambda _m, _i, out, name=name: sides.__setitem__(name, int(min(out.shape[-2:])))
+            ))  # fmt: skip
+    if not handles:
+        return sides
+    was_training = model.training
+    params = list(model.parameters())
+    model.eval()
+    try:
+        device = params[0].device if params else torch.device("cpu")
+        model(torch.zeros((1, *shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sides
+
+
+def cam_layer(model: nn.Module, shape: tuple[int, ...], min_side: int = MIN_CAM_SIDE) -> tuple[str, nn.Module]:
+    """``(name, module)`` Grad-CAM is taken from for inputs of ``shape (C, H, W)``.
+
+    torchvision ResNets: the deepest stage whose output is at least ``min_side`` pixels a side (224 px: layer4,
+    7x7; 64 px: layer3, 4x4; 32 px: layer2, 4x4), ``layer1`` when none is. Other models: the last ``nn.Conv2d``.
+    """
+    sides = stage_sides(model, shape)
+    if sides:
+        for name in RESNET_STAGES:
+            if name in sides and sides[name] >= min_side:
+                return name, getattr(model, name)
+        name = RESNET_STAGES[-1] if RESNET_STAGES[-1] in sides else next(iter(sides))
+        return name, getattr(model, name)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs convolutional features")
     return convs[-1]
@@ -29,8 +71,9 @@ def grad_cam(
     """Grad-CAM of ``image (C, H, W)`` float32 for the logit times ``class_sign`` (+1: NPL evidence, −1: NPC).
 
     Returns float32 ``(H, W)`` in [0, 1] (all zeros when no positive evidence). The model is put in eval mode.
+    ``target_layer`` defaults to :func:`cam_layer` (a stage whose map is at least ``MIN_CAM_SIDE`` a side).
     """
-    layer = target_layer or last_conv_block(model)
+    layer = target_layer if target_layer is not None else cam_layer(model, tuple(image.shape))[1]
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
