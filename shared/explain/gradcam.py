@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-
 #: the smallest side of the feature map Grad-CAM is taken from: a 1x1 map (ResNet's layer4 on a 32 px crop) is
 #: upsampled to a constant, so its "core share" would be the core's share of the mask's area, whatever the model
 #: looks at; 2x2 can only say which quadrant
@@ -46,7 +45,9 @@ def stage_sides(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
     return sides
 
 
-def cam_layer(model: nn.Module, shape: tuple[int, ...], min_side: int = MIN_CAM_SIDE) -> tuple[str, nn.Module]:
+def cam_layer(
+    model: nn.Module, shape: tuple[int, ...], min_side: int = MIN_CAM_SIDE
+) -> tuple[str, nn.Module]:
     """``(name, module)`` Grad-CAM is taken from for inputs of ``shape (C, H, W)``.
 
     torchvision ResNets: the deepest stage whose output is at least ``min_side`` pixels a side (224 px: layer4,
