@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ConfigError
+from shared.reporting.table import dataset_label
 from simulations.compare import DATASETS_ORDER, summary_row
 
 #: the seed study's order of the four datasets by test AUC (Tang et al. 2025: 0.93 > 0.84 > 0.78 > 0.75)
 SEED_ORDER = ("t1+t2", "t1ce", "t1", "t2")
-LABELS = {"t1": "T1WI", "t2": "T2WI", "t1ce": "T1CE", "t1+t2": "T1WI+T2WI"}
 
 
 def load_compares(folders: Sequence[Path]) -> dict[str, dict[str, Any]]:
@@ -69,10 +69,10 @@ def ordering_verdict(means: Mapping[str, float | None]) -> str:
     for a, b in zip(SEED_ORDER, SEED_ORDER[1:], strict=False):
         va, vb = means.get(a), means.get(b)
         if va is None or vb is None:
-            return f"ordering: cannot judge ({LABELS[a if va is None else b]} missing)"
+            return f"ordering: cannot judge ({dataset_label(a if va is None else b)} missing)"
         if not va > vb:
             return (
-                f"ordering T1WI+T2WI > T1CE > T1WI > T2WI: does NOT hold ({LABELS[a]} {va:.3f} <= {LABELS[b]} "
+                f"ordering T1WI+T2WI > T1CE > T1WI > T2WI: does NOT hold ({dataset_label(a)} {va:.3f} <= {dataset_label(b)} "
                 f"{vb:.3f})"
             )
     return "ordering T1WI+T2WI > T1CE > T1WI > T2WI: holds on the mean"
@@ -126,7 +126,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for kind in ("centralized", "federated", "ratio"):
         for f in ("dice", *DATASETS_ORDER):
-            label = "Dice" if f == "dice" else LABELS[f]
+            label = "Dice" if f == "dice" else dataset_label(f)
             st = s["stats"][kind][f]
             lines.append(
                 f"{'fed/central' if kind == 'ratio' else kind:<12}{label:<12}"
@@ -146,7 +146,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
             parts.append(f"{seed} -" if v is None else f"{seed} {v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
         m, _sd, n = mean_sd([per[seed][0] for seed in seeds])
         mean_text = "-" if m is None else f"{m:.2f} over {n}"
-        lines.append(f"  {LABELS[d]:<10} {'; '.join(parts)}; mean {mean_text}")
+        lines.append(f"  {dataset_label(d):<10} {'; '.join(parts)}; mean {mean_text}")
     lines.append("")
     lines.append(s["ordering"])
     for goal, ok in s["goals"].items():

@@ -58,8 +58,8 @@ def cam_layer(
         for name in RESNET_STAGES:
             if name in sides and sides[name] >= min_side:
                 return name, getattr(model, name)
-        name = RESNET_STAGES[-1] if RESNET_STAGES[-1] in sides else next(iter(sides))
-        return name, getattr(model, name)
+        shallowest = [name for name in RESNET_STAGES if name in sides][-1]
+        return shallowest, getattr(model, shallowest)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs convolutional features")
