@@ -205,3 +205,9 @@ def test_tumour_context_keeps_the_tumour_and_sets_its_surroundings_to_the_refere
     assert np.all(t[np.broadcast_to(~inside, t.shape)] == 0.0)
     np.testing.assert_array_equal(t[np.broadcast_to(inside, t.shape)], b[np.broadcast_to(inside, b.shape)])
     assert PipelineConfig.defaults().roi_context == "tumour"
+    import pytest
+
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="roi-context.*tumour, box"):  # a coordinator's unknown value is refused
+        PipelineConfig.defaults({"roi-context": "ring"})
