@@ -26,7 +26,6 @@ PRESETS: dict[str, dict[str, ConfigValue]] = {
         "cls-arch": "resnet18",
         "cls-slices-per-patient": 2,
         "cls-batch-size": 8,
-        "cls-epochs": 2,
         "roi-margin": 2,
         "hist-bins": 100,
     },

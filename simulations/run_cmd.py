@@ -276,7 +276,9 @@ def run(args: argparse.Namespace) -> int:
         "--federation-config",
         f"num-supernodes={n_sites} client-resources-num-cpus=1",
     ]
-    print(f"scenario {scenario.name}: {scenario.description}\n$ {' '.join(cmd)}", flush=True)
+    # with --data the scenario's cohort description (its patient counts) does not describe the sites used
+    what = scenario.description if not args.data else f"its settings on the {n_sites} site folder(s) in {data}"
+    print(f"scenario {scenario.name}: {what}\n$ {' '.join(cmd)}", flush=True)
     print(f"own SuperLink on 127.0.0.1:{env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}", flush=True)
     t0 = time.time()
     log_path = out / "flwr-run.log"

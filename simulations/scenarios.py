@@ -39,6 +39,7 @@ _TOY = {
     "seg-slices-per-patient": 4,
     "cls-arch": "resnet18",
     "cls-slices-per-patient": 2,
+    "cls-epochs": 1,
     "hist-bins": 100,
     "datasets": "t2,t1+t2",
 }
@@ -48,8 +49,9 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "default",
-            "3 hospitals x 24 patients, FedAvg, defaults of pyproject.toml (1 local epoch per round)",
-            (24, 24, 24),
+            "3 hospitals x 40 patients, FedAvg, defaults of pyproject.toml (4 rounds x 2 local epochs per "
+            "classifier), about 24 pooled test patients",
+            (40, 40, 40),
         ),
         Scenario(
             "toy",
@@ -90,10 +92,9 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "large",
-            "3 hospitals x 70 patients (the centralized default preset's cohort), 4 rounds per classifier: for "
-            "`nasofl-sim compare` with about 40 pooled test patients (the default's 14 make AUC ratios noise)",
+            "3 hospitals x 70 patients (the centralized default preset's cohort), the default settings: for "
+            "`nasofl-sim compare` with about 40 pooled test patients (the default's 24 make AUC ratios noise)",
             (70, 70, 70),
-            run_config={"cls-rounds": 4},
         ),
         Scenario(
             "eval-only",

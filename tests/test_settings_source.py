@@ -39,7 +39,7 @@ OTHER_VALUE = {
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
     "datasets": "t1+t2,t1ce",
     "seg-epochs": 3,
-    "cls-epochs": 2,
+    "cls-epochs": 3,
     "roi-margin": 6,
     "device": "cpu",
     "amp": False,
