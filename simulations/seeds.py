@@ -17,26 +17,78 @@ import numpy as np
 
 from shared.errors import ConfigError
 from shared.reporting.table import dataset_label
-from simulations.compare import DATASETS_ORDER, summary_row
+from simulations.compare import DATASETS_ORDER, ratios, summary_row
 
 #: the seed study's order of the four datasets by test AUC (Tang et al. 2025: 0.93 > 0.84 > 0.78 > 0.75)
 SEED_ORDER = ("t1+t2", "t1ce", "t1", "t2")
 
 
-def load_compares(folders: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """``{folder name: compare.json}``; a folder without one is an error naming it."""
+def load_compare(folder: Path) -> dict[str, Any]:
+    """One ``compare.json``; a folder without one, or a broken one, is an error naming it."""
+    path = Path(folder) / "compare.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; expected the --out folder of a finished `nasofl-sim compare`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); re-run that compare") from None
+
+
+def load_compares(folders: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
+    """``{seed name: compare.json}``, one entry per argument. An argument ``A,B`` names the parts of one seed
+    run with different ``datasets`` (:func:`merge_parts`); the seed is named after ``A``."""
     out: dict[str, dict[str, Any]] = {}
-    for folder in folders:
-        path = Path(folder) / "compare.json"
-        if not path.is_file():
-            raise ConfigError(
-                f"{path}: not found; expected the --out folder of a finished `nasofl-sim compare`"
-            )
-        try:
-            out[Path(folder).name] = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err}); re-run that compare") from None
+    for arg in folders:
+        parts = [Path(p) for p in str(arg).split(",") if p]
+        compares = {str(p): load_compare(p) for p in parts}
+        out[parts[0].name] = merge_parts(compares) if len(parts) > 1 else compares[str(parts[0])]
     return out
+
+
+def _without_datasets(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = json.loads(json.dumps(settings or {}))
+    for key in ("run_config", "centralized"):
+        (out.get(key) or {}).pop("datasets", None)
+    return out
+
+
+def merge_parts(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One seed's compare from parts that differ only in ``datasets`` (e.g. T1WI+T2WI on one machine, the other
+    three on another). Refused, naming the parts: different settings, a different segmenter (its Dice differs:
+    another cohort, seed, machine or thread count) or a dataset measured twice."""
+    names = list(parts)
+    first = parts[names[0]]
+    merged: dict[str, Any] = json.loads(json.dumps(first))
+    seen: dict[str, str] = {d: names[0] for d in (first.get("centralized") or {}).get("auc") or {}}
+    for name in names[1:]:
+        part = parts[name]
+        if _without_datasets(part.get("settings")) != _without_datasets(first.get("settings")):
+            raise ConfigError(
+                f"{name}: its settings differ from {names[0]}'s beyond `datasets`; parts of one seed must "
+                "be run with the same cohort, seed and settings"
+            )
+        for kind in ("federated", "centralized"):
+            a, b = (first.get(kind) or {}).get("dice"), (part.get(kind) or {}).get("dice")
+            if a != b:
+                raise ConfigError(
+                    f"{name}: {kind} Dice {b} differs from {names[0]}'s {a}, so its classifiers were built on "
+                    "another segmenter's crops; run the parts on one machine with the same thread count"
+                )
+        for d in (part.get("centralized") or {}).get("auc") or {}:
+            if d in seen:
+                raise ConfigError(f"{name}: dataset {d!r} was also measured in {seen[d]}; give each dataset once")
+            seen[d] = name
+        for kind in ("federated", "centralized"):
+            target, source = merged.setdefault(kind, {}), part.get(kind) or {}
+            target.setdefault("auc", {}).update(source.get("auc") or {})
+            gradcam = (source.get("extra") or {}).get("gradcam") or {}
+            if gradcam:
+                target.setdefault("extra", {}).setdefault("gradcam", {}).update(gradcam)
+            if source.get("wall_seconds") is not None:
+                target["wall_seconds"] = (target.get("wall_seconds") or 0.0) + source["wall_seconds"]
+    merged["ratios"] = ratios(merged.get("federated"), merged.get("centralized"))
+    merged["parts"] = names
+    return merged
 
 
 def core_share(results: Mapping[str, Any] | None, dataset: str) -> tuple[float | None, list | None]:

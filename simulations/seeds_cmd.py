@@ -7,7 +7,9 @@ import argparse
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("outs", nargs="+", metavar="OUT",
-                        help="--out folders of finished `nasofl-sim compare` runs, one per cohort seed")  # fmt: skip
+                        help="--out folders of finished `nasofl-sim compare` runs, one per cohort seed; "
+                             "A,B joins the parts of one seed run with different `datasets` "
+                             "(refused unless the settings and the segmenter's Dice agree)")  # fmt: skip
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON")
 
 

@@ -83,3 +83,41 @@ def test_a_folder_without_a_finished_compare_is_named(tmp_path: Path) -> None:
     (tmp_path / "seed0" / "compare.json").write_text("{truncated")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_compares([tmp_path / "seed0"])
+
+
+def _part(folder: Path, datasets: dict[str, float], dice: float = 0.7, lr: float = 0.001) -> Path:
+    settings = {"run_config": {"datasets": ",".join(datasets), "cls-lr": lr}, "centralized": {"cls-lr": lr}}
+    central = _run(dice, datasets, share=0.4)
+    federated = _run(dice, {d: v * 0.9 for d, v in datasets.items()})
+    path = _compare(folder, central, federated)
+    data = json.loads((path / "compare.json").read_text())
+    (path / "compare.json").write_text(json.dumps({**data, "settings": settings}))
+    return path
+
+
+def test_parts_of_one_seed_join_into_one_column(tmp_path: Path) -> None:
+    a = _part(tmp_path / "a" / "seed0", {"t1+t2": 0.9})
+    b = _part(tmp_path / "b" / "seed0", {"t1": 0.7, "t2": 0.6, "t1ce": 0.8})
+    s = summary(load_compares([f"{a},{b}"]))
+    assert s["seeds"] == ["seed0"]
+    central = s["rows"]["centralized"]["seed0"]
+    assert (central["t1+t2"], central["t1"], central["t2"], central["t1ce"]) == (0.9, 0.7, 0.6, 0.8)
+    assert s["rows"]["ratio"]["seed0"]["t1"] == pytest.approx(0.9)  # recomputed from the joined figures
+    assert s["ordering"].endswith("holds on the mean")
+    assert s["gradcam_core_share"]["t1"]["seed0"][0] == 0.4 and central["wall_seconds"] == 20.0
+
+
+@pytest.mark.parametrize(
+    ("second", "named"),
+    [
+        ({"datasets": {"t1": 0.7}, "dice": 0.71}, "federated Dice 0.71 differs"),
+        ({"datasets": {"t1": 0.7}, "lr": 0.003}, "settings differ"),
+        ({"datasets": {"t1+t2": 0.8}}, r"dataset 't1\+t2' was also measured"),
+    ],
+)
+def test_parts_that_cannot_be_one_seed_are_refused_naming_the_part(tmp_path: Path, second, named) -> None:
+    a = _part(tmp_path / "a" / "seed0", {"t1+t2": 0.9})
+    b = _part(tmp_path / "b" / "seed0", **second)
+    with pytest.raises(ConfigError, match=named) as err:
+        load_compares([f"{a},{b}"])
+    assert str(b) in str(err.value)
