@@ -57,6 +57,7 @@ def plot_curves(
     for name, ys in series.items():
         ax.plot(np.arange(1, len(ys) + 1), ys, marker="o", ms=3, label=name)
     ax.set_xlabel(xlabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs and rounds are whole numbers
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
