@@ -157,9 +157,18 @@ def summary(compares: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "rows": rows,
         "stats": stats,
         "gradcam_core_share": shares,
-        "ordering": ordering_verdict(central_means),
+        "ordering": ordering_verdict(central_means) + _unequal_seeds(stats["centralized"]),
         "goals": goals,
     }
+
+
+def _unequal_seeds(central: Mapping[str, Mapping[str, Any]]) -> str:
+    """A warning when the datasets' means rest on different numbers of seeds (a part of a seed missing)."""
+    counts = {d: central[d]["n"] for d in SEED_ORDER}
+    if len(set(counts.values())) <= 1:
+        return ""
+    listed = ", ".join(f"{dataset_label(d)} {n}" for d, n in counts.items())
+    return f" (caution: the means rest on unequal numbers of seeds: {listed})"
 
 
 def _at_least(value: float | int | None, floor: float) -> bool | None:

@@ -121,3 +121,11 @@ def test_parts_that_cannot_be_one_seed_are_refused_naming_the_part(tmp_path: Pat
     with pytest.raises(ConfigError, match=named) as err:
         load_compares([f"{a},{b}"])
     assert str(b) in str(err.value)
+
+
+def test_an_ordering_over_unequal_numbers_of_seeds_says_so(tmp_path: Path) -> None:
+    full = _part(tmp_path / "seed0", {"t1+t2": 0.9, "t1ce": 0.8, "t1": 0.7, "t2": 0.6})
+    half = _part(tmp_path / "seed1", {"t1+t2": 0.85})
+    s = summary(load_compares([full, half]))
+    assert "unequal numbers of seeds: T1WI+T2WI 2, T1CE 1, T1WI 1, T2WI 1" in s["ordering"]
+    assert "unequal" not in summary(load_compares([full]))["ordering"]
