@@ -20,6 +20,7 @@ from server.pooled_eval import auc_entry, cls_roc
 from server.study_bundle import write_study_bundle
 from shared import protocol as P
 from shared.config import PipelineConfig
+from shared.model_files import save_state_file
 from shared.models import weights_origin
 from shared.reporting import (
     dataset_label,
@@ -154,7 +155,7 @@ def _save_models(study: StudyOutcome, out: Path) -> dict[str, str]:
     ]
     for name, arrays in items:
         path = models / f"{name}.pt"
-        torch.save({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path)
+        save_state_file(path, {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         saved[name] = str(path)
     return saved
 

@@ -47,3 +47,8 @@ class CheckpointError(NasoflError):
 class BundleError(NasoflError):
     """A model bundle cannot be used: a file changed or is missing, or its format or settings do not fit this
     version of nasofl. The message names the file or key and what differs."""
+
+
+class OutputWriteError(NasoflError):
+    """An output file (a model, a bundle's weights) cannot be written, e.g. the disk is full. The message names
+    the file, the space left there and what to do."""

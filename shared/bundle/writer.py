@@ -30,6 +30,7 @@ import torch
 from shared.bundle.manifest import settings_fingerprint, write_manifest
 from shared.config import PipelineConfig
 from shared.data.settings import INGEST_VERSION, IngestSettings
+from shared.model_files import save_state_file
 from shared.reporting.table import dataset_label
 
 PREPROCESSING: dict[str, str] = {
@@ -141,10 +142,10 @@ def write_bundle(
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     settings = bundle_settings(cfg, ingest)
     (out / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    torch.save(_tensor_state(segmenter_state), out / model_file("segmenter"))
+    save_state_file(out / model_file("segmenter"), _tensor_state(segmenter_state))
     models: dict[str, Any] = {}
     for c in classifiers:
-        torch.save(_tensor_state(c.state), out / model_file(c.dataset))
+        save_state_file(out / model_file(c.dataset), _tensor_state(c.state))
         models[c.dataset] = {
             "file": model_file(c.dataset),
             "label": dataset_label(c.dataset),
