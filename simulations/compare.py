@@ -63,8 +63,13 @@ def ratios(
 
 
 def format_compare_table(
-    entries: Mapping[str, Mapping[str, Any] | None], ratio: Mapping[str, float | None]
+    entries: Mapping[str, Mapping[str, Any] | None],
+    ratio: Mapping[str, float | None],
+    ratio_exact: Mapping[str, float | None] | None = None,
 ) -> str:
+    """Dice, AUC per dataset and wall time per run, then federated/centralized; with ``ratio_exact`` a second
+    ratio line for the federated models scored exactly (``federated_exact``, :mod:`simulations.score_models`)."""
+
     def fmt(v: float | None) -> str:
         return "   -  " if v is None else f"{v:6.3f}"
 
@@ -86,13 +91,25 @@ def format_compare_table(
         + "".join(f"{fmt(ratio[d]):>12}" for d in DATASETS_ORDER)
         + f"{fmt(ratio['wall_seconds']):>9}"
     )
+    if ratio_exact is not None:
+        lines.append(
+            f"{'fed exact/centralized':<22}{fmt(ratio_exact.get('dice')):>8}"
+            + "".join(f"{fmt(ratio_exact.get(d)):>12}" for d in DATASETS_ORDER)
+        )
     return "\n".join(lines)
 
 
-def target_verdict(ratio: Mapping[str, float | None], target: float = 0.97) -> list[str]:
-    """Lines saying whether federated reaches ``target`` x centralized on Dice and T1WI+T2WI AUC."""
+GOAL_FIGURES = (("dice", "Dice"), ("t1+t2", "T1WI+T2WI AUC"))
+
+
+def target_verdict(
+    ratio: Mapping[str, float | None],
+    target: float = 0.97,
+    figures: tuple[tuple[str, str], ...] = GOAL_FIGURES,
+) -> list[str]:
+    """Lines saying whether federated reaches ``target`` x centralized on ``figures`` (Dice and T1WI+T2WI AUC)."""
     out = []
-    for key, label in (("dice", "Dice"), ("t1+t2", "T1WI+T2WI AUC")):
+    for key, label in figures:
         r = ratio.get(key)
         if r is None:
             out.append(f"{label}: no ratio (a figure is missing)")

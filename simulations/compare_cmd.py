@@ -35,15 +35,18 @@ def run(args: argparse.Namespace) -> int:
     from shared.data.site import load_site
     from shared.errors import ConfigError
     from shared.reporting.results import write_results
+    from shared.training.device import select_device
     from simulations import run_cmd
     from simulations.centralized import run_centralized
     from simulations.compare import (
+        GOAL_FIGURES,
         centralized_config,
         format_compare_table,
         ratios,
         target_verdict,
     )
     from simulations.scenarios import get_scenario
+    from simulations.score_models import exact_scores_refusal, score_study_bundle
 
     t0 = time.perf_counter()
     scenario = get_scenario(args.preset)
@@ -86,7 +89,20 @@ def run(args: argparse.Namespace) -> int:
     pooled = [p for ps in per_site_patients.values() for p in ps]
     centralized = run_centralized(pooled, cfg, out / "centralized", progress=progress)
 
+    # the federated models through the centralized run's instrument (exact AUC), so the ratio compares models
+    refusal = exact_scores_refusal(fed.fedbn, fed_status.state)
+    federated_exact = None
+    if refusal is None:
+        print("scoring the federated models exactly on the pooled test patients ...", flush=True)
+        federated_exact = score_study_bundle(
+            out / "federated" / "study" / "bundle", pooled, select_device(cfg.device), progress=progress
+        )
+    else:
+        print(f"federated models not scored exactly: {refusal}", file=sys.stderr)
+
     entries: dict[str, object] = {"federated": federated, "centralized": centralized}
+    if federated_exact is not None:
+        entries["federated_exact"] = federated_exact
     # 3. each training site alone
     if not args.skip_sites:
         for i, (name, patients) in enumerate(per_site_patients.items(), start=1):
@@ -98,10 +114,13 @@ def run(args: argparse.Namespace) -> int:
                 entries[name] = None
 
     ratio = ratios(federated, centralized)
-    table = format_compare_table(entries, ratio)
+    ratio_exact = ratios(federated_exact, centralized) if federated_exact is not None else None
+    table = format_compare_table(entries, ratio, ratio_exact)
     compare = {
         **entries,
         "ratios": ratio,
+        "ratios_exact": ratio_exact,
+        "federated_exact_refused": refusal,
         "settings": {"run_config": run_config, "centralized": cfg.to_mapping(), "scenario": scenario.name},
         "wall_seconds": time.perf_counter() - t0,
         "federated_status": fed_status.state,
@@ -112,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     for line in target_verdict(ratio):
         print(line)
+    if ratio_exact is not None:
+        for line in target_verdict(ratio_exact, figures=GOAL_FIGURES[1:]):
+            print(f"{line} (federated models scored exactly, as the centralized run is)")
     print(
         f"outputs: {out / 'compare.json'}, {out / 'compare.txt'}; per-run folders federated/, centralized/, site-*/"
     )

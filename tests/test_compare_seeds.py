@@ -57,7 +57,8 @@ def test_means_ordering_and_goals_come_from_the_runs_own_figures(tmp_path: Path)
         "centralized T1WI+T2WI AUC >= 0.85": True,
         "T1WI+T2WI the best of the four": True,
         "federated/centralized Dice >= 0.97": True,
-        "federated/centralized T1WI+T2WI AUC >= 0.97": False,  # 0.95 on every seed
+        "federated/centralized T1WI+T2WI AUC >= 0.97, the federation's histogram AUC": False,  # 0.95 each seed
+        "federated/centralized T1WI+T2WI AUC >= 0.97, federated models scored exactly": None,  # not scored
     }
     text = format_summary(s)
     assert "centralized T1WI+T2WI      0.900   0.800   0.880   0.860" in text
@@ -65,7 +66,8 @@ def test_means_ordering_and_goals_come_from_the_runs_own_figures(tmp_path: Path)
         "T1WI+T2WI  seed0 0.50 [0.40, 0.60]; seed1 0.60 [0.50, 0.70]; seed2 0.70 [0.60, 0.80]; mean 0.60 over 3"
         in text
     )
-    assert "goal federated/centralized T1WI+T2WI AUC >= 0.97: NOT met" in text
+    assert "goal federated/centralized T1WI+T2WI AUC >= 0.97, the federation's histogram AUC: NOT met" in text
+    assert "scored exactly: cannot judge" in text and "fed exact" not in text
 
 
 def test_the_first_break_of_the_seed_ordering_is_named() -> None:
@@ -129,3 +131,24 @@ def test_an_ordering_over_unequal_numbers_of_seeds_says_so(tmp_path: Path) -> No
     s = summary(load_compares([full, half]))
     assert "unequal numbers of seeds: T1WI+T2WI 2, T1CE 1, T1WI 1, T2WI 1" in s["ordering"]
     assert "unequal" not in summary(load_compares([full]))["ordering"]
+
+
+def test_federated_models_scored_exactly_get_their_own_rows_and_goal(tmp_path: Path) -> None:
+    """Compares that scored the federated bundle exactly (`federated_exact`) show it beside the federation's own
+    histogram figures; parts of one seed join it and recompute its ratio."""
+    a = _part(tmp_path / "a" / "seed0", {"t1+t2": 0.9})
+    b = _part(tmp_path / "b" / "seed0", {"t1": 0.7})
+    for path, exact in ((a, {"t1+t2": 0.88}), (b, {"t1": 0.70})):
+        data = json.loads((path / "compare.json").read_text())
+        data["federated_exact"] = {"dice": None, "auc": {d: {"value": v} for d, v in exact.items()}}
+        (path / "compare.json").write_text(json.dumps(data))
+    s = summary(load_compares([f"{a},{b}"]))
+    assert s["rows"]["federated_exact"]["seed0"]["t1+t2"] == 0.88
+    assert s["rows"]["ratio_exact"]["seed0"]["t1+t2"] == pytest.approx(0.88 / 0.9)
+    assert s["rows"]["ratio_exact"]["seed0"]["t1"] == pytest.approx(1.0)
+    assert s["rows"]["ratio"]["seed0"]["t1+t2"] == pytest.approx(0.9)  # the histogram figure is kept as it was
+    goals = s["goals"]
+    assert goals["federated/centralized T1WI+T2WI AUC >= 0.97, federated models scored exactly"] is True
+    assert goals["federated/centralized T1WI+T2WI AUC >= 0.97, the federation's histogram AUC"] is False
+    text = format_summary(s)
+    assert "exact/centr T1WI+T2WI" in text and "fed exact   T1WI+T2WI" in text

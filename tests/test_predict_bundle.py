@@ -268,3 +268,31 @@ def test_a_state_dict_never_loads_into_the_wrong_architecture(tmp_path) -> None:
             path,
             "resnet18, 1 channel",
         )
+
+
+def test_the_exact_scorer_reproduces_the_study_that_wrote_the_bundle(bundle_dir: Path) -> None:
+    """`compare` scores the federated bundle exactly; on the centralized bundle, whose run scored its own test
+    patients exactly, the same scorer must give that run's AUC for every dataset (same masks, crops, scores)."""
+    from simulations.score_models import score_study_bundle
+
+    results = json.loads((bundle_dir.parent / "results.json").read_text())
+    assert results["auc"], "the toy study scored no dataset: nothing to reproduce"
+    scored = score_study_bundle(bundle_dir, make_toy_cohort(20, size=32, depth=6), CPU)
+    assert set(scored["auc"]) == set(results["auc"])
+    for dataset, entry in results["auc"].items():
+        assert scored["auc"][dataset]["source"] == "exact"
+        assert scored["auc"][dataset]["n_patients"] == entry["n_patients"]
+        assert scored["auc"][dataset]["value"] == pytest.approx(entry["value"], abs=1e-9)
+        # the Youden threshold is one patient's score: equal only when the raw scores are
+        assert scored["auc"][dataset]["threshold"] == pytest.approx(entry["threshold"], abs=1e-9)
+    # other patients' scores differ: the scorer reads the patients it is given
+    other = score_study_bundle(bundle_dir, make_toy_cohort(20, size=32, depth=6, seed=5), CPU)
+    assert any(other["auc"][d]["threshold"] != scored["auc"][d]["threshold"] for d in other["auc"])
+
+
+def test_exact_scores_are_refused_when_no_single_model_holds_the_sites_scores() -> None:
+    from simulations.score_models import exact_scores_refusal
+
+    assert exact_scores_refusal(fedbn=False, study_state="COMPLETED") is None
+    assert "ended FAILED" in exact_scores_refusal(fedbn=False, study_state="FAILED")
+    assert "fedbn = true" in exact_scores_refusal(fedbn=True, study_state="COMPLETED")
