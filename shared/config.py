@@ -29,6 +29,7 @@ ROI_INTENSITIES: tuple[str, ...] = (
 )  # shared/roi/datasets.py
 ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
+CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
 DP_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -112,6 +113,7 @@ class ClassifierConfig:
     weight_decay: float
     aggregation: str
     augment: str
+    tta: str
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -130,6 +132,7 @@ class ClassifierConfig:
         _check_range("cls-label-smoothing", self.label_smoothing, 0.0, 0.5)
         _check_range("cls-weight-decay", self.weight_decay, 0.0, 1.0)
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
+        _check_choice("cls-tta", self.tta, CLS_TTA)
         unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
         if unknown:
             raise ConfigError(

@@ -34,6 +34,7 @@ OTHER_VALUE = {
     "cls-label-smoothing": 0.05,
     "cls-weight-decay": 0.001,
     "cls-augment": "flip,shift",
+    "cls-tta": "flip",
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back

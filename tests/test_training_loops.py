@@ -149,3 +149,32 @@ def test_patient_aggregation_is_mean_of_slices() -> None:
     out = aggregate_patient_scores(np.array([0.2, 0.4, 0.9, 0.5]), np.array([0, 0, 1, 2]), 4)
     np.testing.assert_allclose(out[:3], [0.3, 0.9, 0.5])
     assert np.isnan(out[3])
+
+
+class _LeftMinusRight(torch.nn.Module):
+    """A 'classifier' whose logit is the mean of the left half minus the right half of channel 0: it tells a
+    slice from its left-right mirror image, so flip test-time augmentation must change its scores."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return (x[:, :1, :, :half].mean(dim=(1, 2, 3)) - x[:, :1, :, half:].mean(dim=(1, 2, 3))).unsqueeze(1)
+
+
+def test_flip_tta_scores_each_slice_as_the_mean_over_its_four_flips() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 2, 8, 8)).astype(np.float32)
+    ds = RoiDataset("t1+t2", ("t1", "t2"), images, np.array([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], [0, 1, 0],
+                    ["test"] * 3)  # fmt: skip
+    model = _LeftMinusRight()
+    plain, _ = patient_scores(model, ds, TINY, torch.device("cpu"))
+    flip_cfg = replace(TINY, cls=replace(TINY.cls, tta="flip"))
+    tta, _ = patient_scores(model, ds, flip_cfg, torch.device("cpu"))
+    x = torch.from_numpy(images)
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
+    by_slice = torch.stack([torch.sigmoid(model(v).squeeze(1)) for v in views]).mean(0).double().numpy()
+    assert tta == pytest.approx(aggregate_patient_scores(by_slice, ds.slice_patient, 3), abs=1e-6)
+    # this model is anti-symmetric under a left-right flip: the four views cancel to exactly 0.5
+    assert tta == pytest.approx([0.5, 0.5, 0.5], abs=1e-6)
+    assert not np.allclose(plain, 0.5, atol=1e-3), "without TTA the slices keep their own scores"
+    with pytest.raises(ConfigError, match="cls-tta"):
+        PipelineConfig.defaults({"cls-tta": "rot"})

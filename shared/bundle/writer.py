@@ -43,7 +43,8 @@ PREPROCESSING: dict[str, str] = {
     "roi_intensity": "roi-intensity: body (the z-score above), peritumoral (each crop minus the median around the "
     "tumour) or reference (the ratio to the most frequent tissue within 3-40 mm of the tumour, minus 1)",
     "roi_context": "roi-context: tumour (pixels outside the predicted tumour set to 0) or box (the whole box)",
-    "patient_score": "cls-aggregation of the slice probabilities of NPL",
+    "patient_score": "cls-aggregation of the slice probabilities of NPL (cls-tta = flip: each slice's probability "
+    "is the mean over its four flips)",
     "decision": "NPL when the patient score >= the classifier's validation threshold (Youden)",
 }
 

@@ -100,16 +100,25 @@ def train_classifier(
     return TrainStats(losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs)
 
 
+#: ``cls-tta = "flip"``: the views a slice is scored in (spatial dims flipped; none = the slice itself)
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
 @torch.no_grad()
 def slice_scores(model: nn.Module, ds: RoiDataset, cfg: PipelineConfig, device: torch.device) -> np.ndarray:
-    """float64 ``(N_slices,)`` probabilities of NPL, in dataset order."""
+    """float64 ``(N_slices,)`` probabilities of NPL, in dataset order; with ``cls-tta = "flip"`` each is the mean
+    of the probabilities of the slice's four flips (:data:`FLIP_VIEWS`)."""
     place_model(model, device).eval()
+    views = FLIP_VIEWS if cfg.cls.tta == "flip" else ((),)
     out: list[np.ndarray] = []
     for start in range(0, len(ds), 64):
         x = place_batch(ds.images[start : start + 64], device)
-        with autocast_for(device, cfg.amp):
-            logits = model(x)
-        out.append(torch.sigmoid(logits.float().squeeze(1)).cpu().numpy().astype(np.float64))
+        prob = torch.zeros(len(x), dtype=torch.float64)
+        for dims in views:
+            with autocast_for(device, cfg.amp):
+                logits = model(torch.flip(x, dims) if dims else x)
+            prob += torch.sigmoid(logits.float().squeeze(1)).cpu().double()
+        out.append((prob / len(views)).numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
