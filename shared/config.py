@@ -30,6 +30,7 @@ ROI_INTENSITIES: tuple[str, ...] = (
 ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
+SEG_AUGMENT_OPS: tuple[str, ...] = ("flip", "shift", "intensity")  # shared/training/augment.py augment_pairs
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
 DP_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -72,6 +73,7 @@ class SegmenterConfig:
     batch_size: int
     loss: str
     slices_per_patient: int
+    augment: str
 
     def __post_init__(self) -> None:
         _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
@@ -88,10 +90,21 @@ class SegmenterConfig:
         _check_range("seg-batch-size", self.batch_size, 1, 4096)
         _check_choice("seg-loss", self.loss, SEG_LOSSES)
         _check_range("seg-slices-per-patient", self.slices_per_patient, 1, 1024)
+        unknown = [op for op in self.augment_ops if op not in SEG_AUGMENT_OPS]
+        if unknown:
+            raise ConfigError(
+                f"seg-augment={self.augment!r}: {unknown[0]!r} is not an augmentation; expected 'none' or a "
+                f"comma-separated list of {', '.join(SEG_AUGMENT_OPS)}"
+            )
 
     @property
     def in_channels(self) -> int:
         return len(self.in_sequences)
+
+    @property
+    def augment_ops(self) -> tuple[str, ...]:
+        """``seg-augment`` as a tuple of ops (``()`` for ``"none"``)."""
+        return tuple(op.strip() for op in self.augment.split(",") if op.strip() not in ("", "none"))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ OTHER_VALUE = {
     "seg-batch-size": 4,
     "seg-loss": "dice",
     "seg-slices-per-patient": 6,
+    "seg-augment": "flip,intensity",
     "cls-arch": "resnet50",
     "cls-weights": "file:/srv/weights/resnet101.pth",
     "cls-image-size": 48,

@@ -1,7 +1,8 @@
-"""Geometric augmentation of classifier ROI crops, applied per sample on a batch during training.
+"""Training-time augmentation, per sample on a batch: classifier ROI crops (:func:`augment_batch`) and the
+segmenter's slices with their masks (:func:`augment_pairs`).
 
-Only geometry changes: the class evidence in these crops is the tumour's intensity relative to its
-surroundings, so intensities are never rescaled. Ops (``cls-augment``, comma-separated):
+Classifier crops: only geometry changes. The class evidence in these crops is the tumour's intensity relative to
+its surroundings, so intensities are never rescaled. Ops (``cls-augment``, comma-separated):
 
 - ``flip``: random left-right and up-down flips,
 - ``rot90``: a random multiple of 90 degrees,
@@ -35,3 +36,38 @@ def augment_batch(x: torch.Tensor, ops: tuple[str, ...], gen: torch.Generator) -
             sample = padded[:, dy : dy + side, dx : dx + side]
         out.append(sample)
     return torch.stack(out)
+
+
+#: ``seg-augment = intensity``: per sample and channel, gain in [1 - g, 1 + g] and offset in [-o, o] (z-score units)
+SEG_GAIN, SEG_OFFSET = 0.1, 0.1
+
+
+def augment_pairs(
+    x: torch.Tensor, y: torch.Tensor, ops: tuple[str, ...], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New ``(B, C, S, S)`` slices and ``(B, 1, S, S)`` masks, each pair transformed alike (draws from ``gen``).
+
+    Ops (``seg-augment``): ``flip`` left-right only (a head is near-symmetric left to right, never upside down);
+    ``shift`` a translation of up to 1/8 of the side (the slice's edge repeated: air at a head's border; the mask
+    zero-filled); ``intensity`` a gain and offset per channel (scanner contrast; masks unchanged).
+    """
+    if not ops or len(x) == 0:
+        return x, y
+    xs, ys = [], []
+    side = x.shape[-1]
+    pad = max(1, side // 8)
+    for image, mask in zip(x, y, strict=True):
+        if "flip" in ops and torch.rand(1, generator=gen).item() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        if "shift" in ops:
+            dy, dx = (int(v) for v in torch.randint(2 * pad + 1, (2,), generator=gen))
+            image = F.pad(image[None], (pad, pad, pad, pad), mode="replicate")[0][:, dy : dy + side, dx : dx + side]
+            mask = F.pad(mask[None], (pad, pad, pad, pad))[0][:, dy : dy + side, dx : dx + side]
+        if "intensity" in ops:
+            c = image.shape[0]
+            gain = 1.0 + SEG_GAIN * (2.0 * torch.rand(c, 1, 1, generator=gen) - 1.0)
+            offset = SEG_OFFSET * (2.0 * torch.rand(c, 1, 1, generator=gen) - 1.0)
+            image = image * gain + offset
+        xs.append(image)
+        ys.append(mask)
+    return torch.stack(xs), torch.stack(ys)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
 from shared.metrics.dice import dice_from_sums, overlap_sums
+from shared.training.augment import augment_pairs
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
 from shared.training.schedules import prox_term, snapshot_params
 from shared.training.seg_dataset import SegSliceDataset, patient_input, resize_slices
@@ -93,6 +94,8 @@ def train_segmenter(
     loss_fn = segmentation_loss(cfg.seg.loss)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch + 2)
+    ops = cfg.seg.augment_ops
     losses: list[float] = []
     n_examples = 0
     for epoch in range(start_epoch, start_epoch + epochs):
@@ -106,6 +109,7 @@ def train_segmenter(
         )
         epoch_losses: list[float] = []
         for x, y in tqdm(loader, desc=f"seg epoch {epoch + 1}", disable=not progress, leave=False):
+            x, y = augment_pairs(x, y, ops, aug_gen)
             x, y = place_batch(x, device), y.to(device)
             with autocast_for(device, cfg.amp):
                 logits = model(x)
