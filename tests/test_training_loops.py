@@ -178,3 +178,30 @@ def test_flip_tta_scores_each_slice_as_the_mean_over_its_four_flips() -> None:
     assert not np.allclose(plain, 0.5, atol=1e-3), "without TTA the slices keep their own scores"
     with pytest.raises(ConfigError, match="cls-tta"):
         PipelineConfig.defaults({"cls-tta": "rot"})
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_seg_augment_reaches_the_segmenter_loop_with_and_without_dp(dp: bool) -> None:
+    """The same seed and data give the same weights; seg-augment changes them, in the plain loop and in DP-SGD
+    (a loop that ignored the setting would leave them equal). DP-SGD picks each sampled patient's slice with OS
+    entropy, so there each patient offers one slice and every patient is sampled (rate 1, no noise)."""
+    from shared.privacy.dp_sgd import DPPlan
+    from shared.privacy.dp_training import train_segmenter_dp
+
+    patients = make_toy_cohort(6, size=32, depth=6)
+    cpu = torch.device("cpu")
+
+    def trained(augment: str) -> torch.Tensor:
+        cfg = replace(TINY, seg=replace(TINY.seg, augment=augment, slices_per_patient=1 if dp else 4), amp=False)
+        torch.manual_seed(0)
+        model = build_segmenter(cfg.seg, dp=dp)
+        if dp:
+            plan = DPPlan(sample_rate=1.0, noise_multiplier=0.0, steps=1, expected_batch=4, max_grad_norm=1.0)
+            train_segmenter_dp(model, patients, cfg, cpu, plan, epoch=0)
+        else:
+            train_segmenter(model, patients, cfg, cpu, epochs=1)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = trained("none")
+    assert torch.equal(plain, trained("none"))
+    assert not torch.equal(plain, trained("intensity"))

@@ -18,7 +18,7 @@ from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
 from shared.privacy.dp_sgd import DPPlan, DPStats, per_sample_seg_loss, run_dp_sgd
 from shared.roi.datasets import RoiDataset
-from shared.training.augment import augment_batch
+from shared.training.augment import augment_batch, augment_pairs
 from shared.training.classification import smoothed_bce
 from shared.training.device import TrainStats, place_batch, place_model
 from shared.training.seg_dataset import SegSliceDataset
@@ -59,11 +59,13 @@ def train_segmenter_dp(
         slices[i].append(k)
     place_model(model, device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 2)
 
     def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         items = [ds[k] for k in picks]
         x = torch.stack([a for a, _ in items])
         y = torch.stack([b for _, b in items])
+        x, y = augment_pairs(x, y, cfg.seg.augment_ops, aug_gen)  # per sample: DP unit unchanged
         return place_batch(x, device), y.to(device)
 
     def loss_of(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
