@@ -152,3 +152,32 @@ def test_federated_models_scored_exactly_get_their_own_rows_and_goal(tmp_path: P
     assert goals["federated/centralized T1WI+T2WI AUC >= 0.97, the federation's histogram AUC"] is False
     text = format_summary(s)
     assert "exact/centr T1WI+T2WI" in text and "fed exact   T1WI+T2WI" in text
+    figures = [line[12:24].strip() for line in text.splitlines()]
+    assert "fed exact   Dice" not in text and "T2WI" not in figures  # figures no seed has are left out
+    # a second seed without exact scores: the exact goal is not judged on the one seed that has them
+    c = _part(tmp_path / "c" / "seed1", {"t1+t2": 0.9})
+    two = summary(load_compares([f"{a},{b}", c]))
+    assert two["goals"]["federated/centralized T1WI+T2WI AUC >= 0.97, federated models scored exactly"] is None
+
+
+def test_the_validation_figures_settings_are_chosen_on_are_shown_per_seed(tmp_path: Path) -> None:
+    """Centralized: the kept epoch's validation AUC and the best validation Dice; federated: the kept round's
+    pooled validation figures. Joined parts keep each dataset's."""
+    a = _part(tmp_path / "a" / "seed0", {"t1+t2": 0.9})
+    b = _part(tmp_path / "b" / "seed0", {"t1": 0.7})
+    for path, d, cv, fv in ((a, "t1+t2", 0.83, 0.81), (b, "t1", 0.72, 0.70)):
+        data = json.loads((path / "compare.json").read_text())
+        data["centralized"]["extra"]["classifiers"] = {d: {"validation": {"value": cv}}}
+        data["centralized"]["extra"]["segmenter"] = {"history": {"val Dice": [0.5, 0.74, 0.7]}}
+        data["federated"]["extra"] = {
+            "kept_rounds": {"seg": {"value": 0.71}, f"cls:{d}": {"round": 3, "value": fv}}
+        }
+        (path / "compare.json").write_text(json.dumps(data))
+    s = summary(load_compares([f"{a},{b}"]))
+    central, fed = s["rows"]["centralized_val"]["seed0"], s["rows"]["federated_val"]["seed0"]
+    assert (central["t1+t2"], central["t1"], central["dice"]) == (0.83, 0.72, 0.74)
+    assert (fed["t1+t2"], fed["t1"], fed["dice"]) == (0.81, 0.70, 0.71)
+    assert central["t1ce"] is None and fed["t2"] is None
+    text = format_summary(s)
+    assert "validation: the figures settings are chosen on" in text
+    assert "central val T1WI+T2WI      0.830" in text and "fed val     T1WI+T2WI      0.810" in text
