@@ -256,6 +256,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
     )
     for d in DATASETS_ORDER:
         per = s["gradcam_core_share"][d]
+        if all(per[seed][0] is None for seed in seeds):
+            continue  # a dataset no seed ran
         parts = []
         for seed in seeds:
             v, ci = per[seed]

@@ -154,6 +154,7 @@ def test_federated_models_scored_exactly_get_their_own_rows_and_goal(tmp_path: P
     assert "exact/centr T1WI+T2WI" in text and "fed exact   T1WI+T2WI" in text
     figures = [line[12:24].strip() for line in text.splitlines()]
     assert "fed exact   Dice" not in text and "T2WI" not in figures  # figures no seed has are left out
+    assert "  T2WI " not in text and "  T1WI+T2WI  seed0 0.40" in text  # Grad-CAM: only datasets that ran
     # a second seed without exact scores: the exact goal is not judged on the one seed that has them
     c = _part(tmp_path / "c" / "seed1", {"t1+t2": 0.9})
     two = summary(load_compares([f"{a},{b}", c]))
