@@ -296,3 +296,23 @@ def test_exact_scores_are_refused_when_no_single_model_holds_the_sites_scores() 
     assert exact_scores_refusal(fedbn=False, study_state="COMPLETED") is None
     assert "ended FAILED" in exact_scores_refusal(fedbn=False, study_state="FAILED")
     assert "fedbn = true" in exact_scores_refusal(fedbn=True, study_state="COMPLETED")
+
+
+def test_a_bundle_written_before_the_newer_keys_loads_as_it_behaved_and_other_gaps_are_refused(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """A bundle whose settings predate cls-tta and seg-augment is read with the values it was written under
+    (one score per slice); a bundle missing any other key is still refused, naming it."""
+    old = shutil.copytree(bundle_dir, tmp_path / "old")
+    settings = json.loads((old / "settings.json").read_text())
+    settings["pipeline"].pop("cls-tta")
+    settings["pipeline"].pop("seg-augment")
+    (old / "settings.json").write_text(json.dumps(settings))
+    rehash(old)
+    loaded = load_bundle(old)
+    assert loaded.cfg.cls.tta == "none" and loaded.cfg.seg.augment == "none"
+    settings["pipeline"].pop("roi-margin")
+    (old / "settings.json").write_text(json.dumps(settings))
+    rehash(old)
+    with pytest.raises(BundleError, match="pipeline settings lack roi-margin"):
+        load_bundle(old)

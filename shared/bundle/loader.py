@@ -80,6 +80,12 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
     model.eval()
 
 
+#: pipeline keys added after bundles were first written, with the value that reproduces how a bundle written
+#: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
+#: cls-tta: such bundles scored each slice once; seg-augment: training only, no effect on inference.
+KEYS_ADDED_SINCE: dict[str, object] = {"cls-tta": "none", "seg-augment": "none"}
+
+
 def _settings(
     root: Path, manifest: Mapping[str, Any]
 ) -> tuple[PipelineConfig, IngestSettings, dict[str, Any]]:
@@ -89,7 +95,7 @@ def _settings(
         raise BundleError(
             f"{path}: settings fingerprint differs from the manifest's; the bundle is inconsistent"
         )
-    pipeline = settings.get("pipeline", {})
+    pipeline = {**KEYS_ADDED_SINCE, **settings.get("pipeline", {})}
     known = set(pipeline_keys())
     absent = sorted(known - set(pipeline))
     if absent:
