@@ -59,6 +59,7 @@ def train_seg(
         )
         metrics[P.NUM_PATIENTS] = 0
         return state_to_numpy(model.state_dict()), metrics
+    total_epochs = int(conf.get(P.CFG_TOTAL_ROUNDS, rnd)) * cfg.seg_epochs  # the stage's lr schedule spans it
     if cfg.dp == "local":
         from client.privacy_site import private_round
         from shared.privacy.dp_training import seg_training_patients, train_segmenter_dp
@@ -70,7 +71,9 @@ def train_seg(
             n_patients=seg_training_patients(patients, cfg),
             batch_size=cfg.seg.batch_size,
             epochs=cfg.seg_epochs,
-            train=lambda plan: train_segmenter_dp(model, patients, cfg_r, device, plan, epoch=rnd - 1),
+            train=lambda plan: train_segmenter_dp(
+                model, patients, cfg_r, device, plan, epoch=rnd - 1, total_epochs=total_epochs
+            ),
         )
         metrics.update(dp_metrics)
     else:
@@ -82,6 +85,7 @@ def train_seg(
             epochs=cfg.seg_epochs,
             prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
             start_epoch=(rnd - 1) * cfg.seg_epochs,
+            total_epochs=total_epochs,
         )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, "seg", rnd)

@@ -20,6 +20,8 @@ from shared.errors import ConfigError
 
 SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0")
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
+#: ``seg-lr-schedule``: Adam at a constant lr, or cosine decay to 0 over all the stage's epochs (rounds x local epochs)
+SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
 ROI_INTENSITIES: tuple[str, ...] = (
@@ -74,6 +76,7 @@ class SegmenterConfig:
     loss: str
     slices_per_patient: int
     augment: str
+    lr_schedule: str
 
     def __post_init__(self) -> None:
         _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
@@ -89,6 +92,7 @@ class SegmenterConfig:
         _check_range("seg-lr", self.lr, 0.0, 1.0, lo_open=True)
         _check_range("seg-batch-size", self.batch_size, 1, 4096)
         _check_choice("seg-loss", self.loss, SEG_LOSSES)
+        _check_choice("seg-lr-schedule", self.lr_schedule, SEG_LR_SCHEDULES)
         _check_range("seg-slices-per-patient", self.slices_per_patient, 1, 1024)
         unknown = [op for op in self.augment_ops if op not in SEG_AUGMENT_OPS]
         if unknown:

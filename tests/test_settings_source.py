@@ -25,6 +25,7 @@ OTHER_VALUE = {
     "seg-loss": "dice",
     "seg-slices-per-patient": 6,
     "seg-augment": "flip,intensity",
+    "seg-lr-schedule": "cosine",
     "cls-arch": "resnet50",
     "cls-weights": "file:/srv/weights/resnet101.pth",
     "cls-image-size": 48,

@@ -205,3 +205,46 @@ def test_seg_augment_reaches_the_segmenter_loop_with_and_without_dp(dp: bool) ->
     plain = trained("none")
     assert torch.equal(plain, trained("none"))
     assert not torch.equal(plain, trained("intensity"))
+
+
+def test_lr_factor_is_one_when_constant_and_decays_to_zero_when_cosine() -> None:
+    from shared.training.schedules import lr_factor
+
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    cosine = [lr_factor("cosine", s, 10) for s in range(11)]
+    assert cosine[0] == 1.0 and cosine[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
+    with pytest.raises(ValueError, match="'step'"):
+        lr_factor("step", 0, 10)
+    with pytest.raises(ConfigError, match="seg-lr-schedule='linear'.*constant, cosine"):
+        PipelineConfig.defaults({"seg-lr-schedule": "linear"})
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_late_round_of_the_cosine_schedule_barely_moves_the_segmenter(dp: bool) -> None:
+    """Round 10 of 10 (``start_epoch``/``epoch`` 9, ``total_epochs`` 10): under ``cosine`` the lr is near 0, so the
+    weights move far less than under ``constant`` (Adam's steps scale with the lr); the first round of a schedule
+    is not slowed at all. A loop that ignored ``total_epochs`` or the schedule would move them alike."""
+    from shared.privacy.dp_sgd import DPPlan
+    from shared.privacy.dp_training import train_segmenter_dp
+
+    patients = make_toy_cohort(6, size=32, depth=6)
+    cpu = torch.device("cpu")
+
+    def moved(schedule: str, epoch: int, total: int) -> float:
+        cfg = replace(
+            TINY, seg=replace(TINY.seg, lr_schedule=schedule, slices_per_patient=1 if dp else 4), amp=False
+        )
+        torch.manual_seed(0)
+        model = build_segmenter(cfg.seg, dp=dp)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        if dp:
+            plan = DPPlan(sample_rate=1.0, noise_multiplier=0.0, steps=2, expected_batch=4, max_grad_norm=1.0)
+            train_segmenter_dp(model, patients, cfg, cpu, plan, epoch=epoch, total_epochs=total)
+        else:
+            train_segmenter(model, patients, cfg, cpu, epochs=1, start_epoch=epoch, total_epochs=total)
+        return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+
+    constant = moved("constant", 9, 10)
+    assert moved("cosine", 9, 10) < 0.1 * constant
+    assert moved("cosine", 0, 1 if dp else 10) > 0.5 * moved("constant", 0, 10)

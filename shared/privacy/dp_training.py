@@ -21,6 +21,7 @@ from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch, augment_pairs
 from shared.training.classification import smoothed_bce
 from shared.training.device import TrainStats, place_batch, place_model
+from shared.training.schedules import lr_factor
 from shared.training.seg_dataset import SegSliceDataset
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,12 @@ def train_segmenter_dp(
     device: torch.device,
     plan: DPPlan,
     epoch: int,
+    total_epochs: int | None = None,
 ) -> TrainStats:
-    """One round of DP-SGD on the segmenter (Adam at ``cfg.seg.lr``); ``epoch`` picks the candidate slices."""
+    """One round of DP-SGD on the segmenter; ``epoch`` picks the candidate slices.
+
+    Adam at ``cfg.seg.lr`` times the ``seg-lr-schedule`` factor at the start of ``epoch`` of ``total_epochs``
+    (constant within the round: the DP plan's steps do not map onto epochs)."""
     ds = SegSliceDataset(
         patients, cfg.seg.in_sequences, cfg.seg.image_size, cfg.seg.slices_per_patient, seed=cfg.seed
     )
@@ -58,7 +63,8 @@ def train_segmenter_dp(
     for k, (i, _z) in enumerate(ds.index):
         slices[i].append(k)
     place_model(model, device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
+    lr = cfg.seg.lr * lr_factor(cfg.seg.lr_schedule, epoch, max(total_epochs or 0, epoch + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 2)
 
     def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

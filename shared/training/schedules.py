@@ -19,6 +19,16 @@ def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the base lr under ``schedule``: ``"constant"`` 1, ``"cosine"`` cosine decay to 0 at
+    ``total_steps`` (no warm-up). Raises ValueError on another name (the config validates it first)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return warmup_cosine(step, total_steps, 0.0)
+    raise ValueError(f"lr schedule {schedule!r} is unknown: expected constant or cosine")
+
+
 def snapshot_params(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of the trainable parameters (the "global" model for FedProx)."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -23,7 +23,7 @@ from shared.data.patient import PatientVolumes
 from shared.metrics.dice import dice_from_sums, overlap_sums
 from shared.training.augment import augment_pairs
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
-from shared.training.schedules import prox_term, snapshot_params
+from shared.training.schedules import lr_factor, prox_term, snapshot_params
 from shared.training.seg_dataset import SegSliceDataset, patient_input, resize_slices
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,14 @@ def train_segmenter(
     global_params: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
     start_epoch: int = 0,
+    total_epochs: int | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on slices of ``patients`` that have a mask and the segmenter's sequences.
 
-    Adam at ``cfg.seg.lr``; ``prox_mu > 0`` adds FedProx's ``mu/2·||w − w_global||²`` (``global_params`` default:
+    Adam at ``cfg.seg.lr``; with ``seg-lr-schedule = "cosine"`` the lr decays to 0 over ``total_epochs``
+    (default ``start_epoch + epochs``) and this call runs epochs ``start_epoch .. start_epoch + epochs − 1`` of
+    it, so federated rounds share one schedule. ``prox_mu > 0`` adds FedProx's ``mu/2·||w − w_global||²`` (``global_params`` default:
     the weights at entry). ``on_epoch_end(epoch, mean_loss)`` is called after each epoch (model selection).
     Raises ValueError when no patient has a mask.
     """
@@ -93,6 +96,12 @@ def train_segmenter(
         global_params = snapshot_params(model)
     loss_fn = segmentation_loss(cfg.seg.loss)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
+    total_epochs = max(total_epochs or 0, start_epoch + epochs)
+    steps_per_epoch = len(ds) // cfg.seg.batch_size if len(ds) > cfg.seg.batch_size else 1  # as the loader's drop_last
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: lr_factor(cfg.seg.lr_schedule, s + start_epoch * steps_per_epoch, total_epochs * steps_per_epoch),
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch + 2)
     ops = cfg.seg.augment_ops
@@ -119,6 +128,7 @@ def train_segmenter(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             epoch_losses.append(float(loss.detach()))
             n_examples += len(x)
         losses += epoch_losses

@@ -1,0 +1,56 @@
+"""A site's segmenter round follows the stage's lr schedule: the server's ``total-rounds`` sets where it ends."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from client.handlers_seg import train_seg
+from client.node_data import NodeSite, SiteData
+from shared import protocol as P
+from shared.config import PipelineConfig
+from shared.models import build_segmenter
+from shared.records import state_to_record
+from simulations.toy_patients import make_toy_cohort
+
+torch.set_num_threads(1)
+
+CFG = PipelineConfig.defaults(
+    {
+        "seg-encoder": "resnet18",
+        "seg-image-size": 32,
+        "seg-slices-per-patient": 4,
+        "seg-lr": 3e-3,
+        "seg-epochs": 1,
+        "seg-augment": "none",
+        "device": "cpu",
+        "amp": False,
+    }
+)
+
+
+def test_the_last_round_of_a_cosine_stage_moves_the_segmenter_far_less_than_a_constant_one(tmp_path) -> None:
+    """Round 8 of 8 under ``cosine`` runs at an lr near 0; under ``constant`` at full lr. The same round without
+    ``total-rounds`` in the message is the last of its own schedule too; as round 1 of 8 it is barely slowed
+    (a site that ignored ``total-rounds`` would decay to 0 within round 1: about 0.75 of the constant run)."""
+    site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False)
+    data = SiteData(site, make_toy_cohort(10, size=32, depth=6), None)
+    torch.manual_seed(0)
+    model = build_segmenter(CFG.seg)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = [name for name, _ in model.named_parameters()]  # BatchNorm statistics move whatever the lr
+    record = state_to_record(start)
+
+    def moved(schedule: str, rnd: int, total: int | None) -> float:
+        cfg = replace(CFG, seg=replace(CFG.seg, lr_schedule=schedule))
+        conf = {P.CFG_ROUND: rnd, P.CFG_STUDY: "s1"} | ({P.CFG_TOTAL_ROUNDS: total} if total else {})
+        arrays, metrics = train_seg(record, conf, data, cfg, torch.device("cpu"))
+        assert metrics[P.NUM_PATIENTS] > 0
+        return float(np.sqrt(sum(((arrays[k] - start[k].numpy()) ** 2).sum() for k in weights)))
+
+    constant = moved("constant", 8, 8)
+    assert moved("cosine", 8, 8) < 0.1 * constant
+    assert moved("cosine", 8, None) < 0.1 * constant
+    assert moved("cosine", 1, 8) > 0.85 * moved("constant", 1, 8)
