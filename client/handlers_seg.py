@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
+from client.local_optimizer import load_optimizer_state, save_optimizer_state
 from client.node_data import SiteData, split_patients
 from shared import protocol as P
 from shared.config import PipelineConfig
@@ -77,6 +78,8 @@ def train_seg(
         )
         metrics.update(dp_metrics)
     else:
+        keep = cfg.seg.local_optimizer == "keep"
+        cache = data.site.cache_dir
         stats = train_segmenter(
             model,
             patients,
@@ -86,6 +89,8 @@ def train_seg(
             prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
             start_epoch=(rnd - 1) * cfg.seg_epochs,
             total_epochs=total_epochs,
+            optimizer_state=load_optimizer_state(cache, study, "seg", rnd, model) if keep else None,
+            keep_optimizer_state=(lambda st: save_optimizer_state(cache, study, "seg", rnd, st)) if keep else None,
         )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, "seg", rnd)

@@ -22,6 +22,9 @@ SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientn
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 #: ``seg-lr-schedule``: Adam at a constant lr, or cosine decay to 0 over all the stage's epochs (rounds x local epochs)
 SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+#: ``seg-local-optimizer``: a fresh Adam at each site every round, or each site keeps its Adam moments between
+#: rounds (in its cache: ``client/local_optimizer.py``)
+SEG_LOCAL_OPTIMIZERS: tuple[str, ...] = ("restart", "keep")
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
 ROI_INTENSITIES: tuple[str, ...] = (
@@ -77,6 +80,7 @@ class SegmenterConfig:
     slices_per_patient: int
     augment: str
     lr_schedule: str
+    local_optimizer: str
 
     def __post_init__(self) -> None:
         _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
@@ -93,6 +97,7 @@ class SegmenterConfig:
         _check_range("seg-batch-size", self.batch_size, 1, 4096)
         _check_choice("seg-loss", self.loss, SEG_LOSSES)
         _check_choice("seg-lr-schedule", self.lr_schedule, SEG_LR_SCHEDULES)
+        _check_choice("seg-local-optimizer", self.local_optimizer, SEG_LOCAL_OPTIMIZERS)
         _check_range("seg-slices-per-patient", self.slices_per_patient, 1, 1024)
         unknown = [op for op in self.augment_ops if op not in SEG_AUGMENT_OPS]
         if unknown:

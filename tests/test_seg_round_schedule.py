@@ -16,6 +16,7 @@ from shared.records import state_to_record
 from simulations.toy_patients import make_toy_cohort
 
 torch.set_num_threads(1)
+CPU = torch.device("cpu")
 
 CFG = PipelineConfig.defaults(
     {
@@ -54,3 +55,45 @@ def test_the_last_round_of_a_cosine_stage_moves_the_segmenter_far_less_than_a_co
     assert moved("cosine", 8, 8) < 0.1 * constant
     assert moved("cosine", 8, None) < 0.1 * constant
     assert moved("cosine", 1, 8) > 0.85 * moved("constant", 1, 8)
+
+
+def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_does_not(tmp_path, caplog) -> None:
+    """``seg-local-optimizer = keep``: round 2 continues round 1's Adam (its step count goes on, so its weights
+    differ from a fresh Adam's on the same global model); the state stays in the site's cache, the latest two
+    rounds only. ``restart`` writes nothing. A file that does not fit the model is named in a warning and that
+    round trains exactly as ``restart`` does."""
+    from client.local_optimizer import load_optimizer_state
+
+    site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False)
+    data = SiteData(site, make_toy_cohort(10, size=32, depth=6), None)
+    torch.manual_seed(0)
+    model = build_segmenter(CFG.seg)
+    record = state_to_record(model.state_dict())
+    keep = replace(CFG, seg=replace(CFG.seg, local_optimizer="keep"))
+    optim_dir = site.cache_dir / "optim" / "s1"
+
+    def round_(cfg: PipelineConfig, rnd: int) -> dict[str, np.ndarray]:
+        return train_seg(record, {P.CFG_ROUND: rnd, P.CFG_STUDY: "s1", P.CFG_TOTAL_ROUNDS: 4}, data, cfg, CPU)[0]
+
+    fresh = round_(CFG, 2)
+    assert not optim_dir.exists()
+    round_(keep, 1)
+    steps_r1 = max(int(s["step"]) for s in torch.load(optim_dir / "seg-r1.pt")["state"].values())
+    kept = round_(keep, 2)
+    steps_r2 = max(int(s["step"]) for s in torch.load(optim_dir / "seg-r2.pt")["state"].values())
+    assert steps_r1 > 0 and steps_r2 == 2 * steps_r1
+    assert any(not np.array_equal(kept[k], fresh[k]) for k in fresh)
+    round_(keep, 3)
+    assert sorted(p.name for p in optim_dir.iterdir()) == ["seg-r2.pt", "seg-r3.pt"]
+
+    other = build_segmenter(replace(CFG.seg, encoder="resnet34"))
+    assert load_optimizer_state(site.cache_dir, "s1", "seg", 4, other) is None
+    assert "seg-r3.pt is for" in caplog.text or "seg-r3.pt is shaped" in caplog.text
+    (optim_dir / "seg-r3.pt").write_bytes(b"not a torch file")
+    for name in ("seg-r2.pt",):
+        (optim_dir / name).unlink()
+    caplog.clear()
+    after_bad_file = round_(keep, 4)
+    assert "seg-r3.pt is unreadable" in caplog.text
+    fresh_4 = round_(CFG, 4)
+    assert all(np.array_equal(after_bad_file[k], fresh_4[k]) for k in fresh_4)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,12 +74,16 @@ def train_segmenter(
     start_epoch: int = 0,
     total_epochs: int | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
+    keep_optimizer_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on slices of ``patients`` that have a mask and the segmenter's sequences.
 
     Adam at ``cfg.seg.lr``; with ``seg-lr-schedule = "cosine"`` the lr decays to 0 over ``total_epochs``
     (default ``start_epoch + epochs``) and this call runs epochs ``start_epoch .. start_epoch + epochs − 1`` of
-    it, so federated rounds share one schedule. ``prox_mu > 0`` adds FedProx's ``mu/2·||w − w_global||²`` (``global_params`` default:
+    it, so federated rounds share one schedule. ``optimizer_state`` (an Adam ``state_dict`` of an earlier call on
+    the same architecture) continues Adam's moments instead of starting fresh; ``keep_optimizer_state`` receives
+    the final one (``seg-local-optimizer = "keep"``). ``prox_mu > 0`` adds FedProx's ``mu/2·||w − w_global||²`` (``global_params`` default:
     the weights at entry). ``on_epoch_end(epoch, mean_loss)`` is called after each epoch (model selection).
     Raises ValueError when no patient has a mask.
     """
@@ -96,6 +101,10 @@ def train_segmenter(
         global_params = snapshot_params(model)
     loss_fn = segmentation_loss(cfg.seg.loss)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+        for group in opt.param_groups:  # the moments continue; the lr is this call's
+            group["lr"] = group["initial_lr"] = cfg.seg.lr
     total_epochs = max(total_epochs or 0, start_epoch + epochs)
     steps_per_epoch = len(ds) // cfg.seg.batch_size if len(ds) > cfg.seg.batch_size else 1  # as the loader's drop_last
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -137,6 +146,8 @@ def train_segmenter(
         if on_epoch_end is not None:
             on_epoch_end(epoch, mean)
             model.train()
+    if keep_optimizer_state is not None:
+        keep_optimizer_state(opt.state_dict())
     seconds = time.perf_counter() - t0
     if not losses:
         return TrainStats(float("nan"), float("nan"), float("nan"), 0, seconds, epochs)

@@ -1,0 +1,85 @@
+"""``seg-local-optimizer = "keep"``: a site's Adam moments carried from one segmenter round to the next.
+
+A fresh Adam takes a full-size step on every weight in its first steps, whatever the gradient's size: with one
+short local epoch per round, each round restarts into those steps. Kept, the moments continue where the site's
+previous round left them; the weights still come from the global model. The state lives in the site's cache
+(``<cache>/optim/<study-id>/<stage>-r<round>.pt``), is never sent, and holds no patient data (running means of
+gradients, the same kind of figure as the weights the site sends). One file per round, the latest two kept, so a
+study resumed at the round before still finds the state that round started from.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.model_files import save_state_file
+
+log = logging.getLogger(__name__)
+
+KEEP_FILES = 2
+
+
+def _path(cache_dir: Path, study: str, stage_key: str, round: int) -> Path:
+    tag = stage_key.replace(":", "-").replace("+", "plus")
+    return Path(cache_dir) / "optim" / study / f"{tag}-r{round}.pt"
+
+
+def load_optimizer_state(
+    cache_dir: Path, study: str, stage_key: str, before_round: int, model: nn.Module
+) -> dict[str, Any] | None:
+    """The site's optimizer state saved by its latest round < ``before_round`` of this study, or None.
+
+    A file that is unreadable or does not fit ``model``'s parameters is logged with its path and the reason, and
+    that round starts a fresh Adam (as ``restart`` does every round): the weights never depend on it."""
+    for r in range(before_round - 1, 0, -1):
+        path = _path(cache_dir, study, stage_key, r)
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            problem = _misfit(state, model)
+        except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as err:
+            problem = f"unreadable ({err})"
+        if problem:
+            log.warning("optimizer state %s is %s: this round starts a fresh Adam", path, problem)
+            return None
+        return state
+    return None
+
+
+def _misfit(state: Mapping[str, Any], model: nn.Module) -> str | None:
+    """Why ``state`` (an Adam state_dict) does not fit ``model``'s trainable parameters, or None."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    ids = [i for g in state["param_groups"] for i in g["params"]]
+    if len(ids) != len(params):
+        return f"for {len(ids)} parameters, not this model's {len(params)}"
+    for i, p in zip(ids, params, strict=True):
+        moments = state["state"].get(i)
+        if moments is not None and tuple(moments["exp_avg"].shape) != tuple(p.shape):
+            return f"shaped {tuple(moments['exp_avg'].shape)} at parameter {i}, not {tuple(p.shape)}"
+    return None
+
+
+def save_optimizer_state(
+    cache_dir: Path, study: str, stage_key: str, round: int, state: Mapping[str, Any]
+) -> Path:
+    """Write round ``round``'s final optimizer state (atomic) and drop this stage's files older than the latest
+    :data:`KEEP_FILES` rounds."""
+    path = _path(cache_dir, study, stage_key, round)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    save_state_file(path, state)  # type: ignore[arg-type]  # nested dict of tensors and numbers
+    for old in path.parent.glob(f"{path.name.rsplit('-r', 1)[0]}-r*.pt"):
+        try:
+            r = int(old.stem.rsplit("-r", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if r <= round - KEEP_FILES:
+            old.unlink(missing_ok=True)
+    return path
