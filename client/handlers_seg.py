@@ -61,6 +61,10 @@ def train_seg(
         metrics[P.NUM_PATIENTS] = 0
         return state_to_numpy(model.state_dict()), metrics
     total_epochs = int(conf.get(P.CFG_TOTAL_ROUNDS, rnd)) * cfg.seg_epochs  # the stage's lr schedule spans it
+    cache = data.site.cache_dir
+    keep = cfg.seg.local_optimizer == "keep"
+    optimizer_state = load_optimizer_state(cache, study, "seg", rnd, model) if keep else None
+    keep_optimizer_state = (lambda st: save_optimizer_state(cache, study, "seg", rnd, st)) if keep else None
     if cfg.dp == "local":
         from client.privacy_site import private_round
         from shared.privacy.dp_training import seg_training_patients, train_segmenter_dp
@@ -73,13 +77,19 @@ def train_seg(
             batch_size=cfg.seg.batch_size,
             epochs=cfg.seg_epochs,
             train=lambda plan: train_segmenter_dp(
-                model, patients, cfg_r, device, plan, epoch=rnd - 1, total_epochs=total_epochs
+                model,
+                patients,
+                cfg_r,
+                device,
+                plan,
+                epoch=rnd - 1,
+                total_epochs=total_epochs,
+                optimizer_state=optimizer_state,
+                keep_optimizer_state=keep_optimizer_state,
             ),
         )
         metrics.update(dp_metrics)
     else:
-        keep = cfg.seg.local_optimizer == "keep"
-        cache = data.site.cache_dir
         stats = train_segmenter(
             model,
             patients,
@@ -89,8 +99,8 @@ def train_seg(
             prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
             start_epoch=(rnd - 1) * cfg.seg_epochs,
             total_epochs=total_epochs,
-            optimizer_state=load_optimizer_state(cache, study, "seg", rnd, model) if keep else None,
-            keep_optimizer_state=(lambda st: save_optimizer_state(cache, study, "seg", rnd, st)) if keep else None,
+            optimizer_state=optimizer_state,
+            keep_optimizer_state=keep_optimizer_state,
         )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, "seg", rnd)

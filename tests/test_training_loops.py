@@ -248,3 +248,34 @@ def test_a_late_round_of_the_cosine_schedule_barely_moves_the_segmenter(dp: bool
     constant = moved("constant", 9, 10)
     assert moved("cosine", 9, 10) < 0.1 * constant
     assert moved("cosine", 0, 1 if dp else 10) > 0.5 * moved("constant", 0, 10)
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_kept_optimizer_state_continues_adam_in_both_segmenter_loops(dp: bool) -> None:
+    """The state one call hands out is the state the next call continues: Adam's step count adds up (a loop that
+    dropped ``optimizer_state`` would start again at the same count)."""
+    from shared.privacy.dp_sgd import DPPlan
+    from shared.privacy.dp_training import train_segmenter_dp
+
+    patients = make_toy_cohort(6, size=32, depth=6)
+    cfg = replace(TINY, seg=replace(TINY.seg, slices_per_patient=1 if dp else 4), amp=False)
+    torch.manual_seed(0)
+    model = build_segmenter(cfg.seg, dp=dp)
+    kept: list[dict] = []
+
+    def one_call(state: dict | None) -> int:
+        if dp:
+            plan = DPPlan(sample_rate=1.0, noise_multiplier=0.5, steps=2, expected_batch=4, max_grad_norm=1.0)
+            train_segmenter_dp(
+                model, patients, cfg, torch.device("cpu"), plan, epoch=0, optimizer_state=state,
+                keep_optimizer_state=kept.append,
+            )  # fmt: skip
+        else:
+            train_segmenter(
+                model, patients, cfg, torch.device("cpu"), epochs=1, optimizer_state=state,
+                keep_optimizer_state=kept.append,
+            )  # fmt: skip
+        return max(int(s["step"]) for s in kept[-1]["state"].values())
+
+    first = one_call(None)
+    assert first > 0 and one_call(kept[-1]) == 2 * first

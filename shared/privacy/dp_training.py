@@ -9,6 +9,8 @@ Both need a DP-compatible model (``build_*(..., dp=True)``: GroupNorm, out-of-pl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,11 +50,15 @@ def train_segmenter_dp(
     plan: DPPlan,
     epoch: int,
     total_epochs: int | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
+    keep_optimizer_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainStats:
     """One round of DP-SGD on the segmenter; ``epoch`` picks the candidate slices.
 
     Adam at ``cfg.seg.lr`` times the ``seg-lr-schedule`` factor at the start of ``epoch`` of ``total_epochs``
-    (constant within the round: the DP plan's steps do not map onto epochs)."""
+    (constant within the round: the DP plan's steps do not map onto epochs). ``optimizer_state`` /
+    ``keep_optimizer_state`` as in :func:`shared.training.segmentation.train_segmenter`: Adam's moments are
+    computed from the clipped, noised gradients, so carrying them costs no privacy (post-processing)."""
     ds = SegSliceDataset(
         patients, cfg.seg.in_sequences, cfg.seg.image_size, cfg.seg.slices_per_patient, seed=cfg.seed
     )
@@ -65,6 +71,10 @@ def train_segmenter_dp(
     place_model(model, device).train()
     lr = cfg.seg.lr * lr_factor(cfg.seg.lr_schedule, epoch, max(total_epochs or 0, epoch + 1))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+        for group in opt.param_groups:
+            group["lr"] = lr
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 2)
 
     def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +88,8 @@ def train_segmenter_dp(
         return per_sample_seg_loss(output.float(), y, cfg.seg.loss)
 
     stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
+    if keep_optimizer_state is not None:
+        keep_optimizer_state(opt.state_dict())
     log.info(
         "segmenter DP-SGD: %s steps, q %.3f, noise %.3f, %s noise-only steps",
         plan.steps,
