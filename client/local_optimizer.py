@@ -5,13 +5,16 @@ short local epoch per round, each round restarts into those steps. Kept, the mom
 previous round left them; the weights still come from the global model. The state lives in the site's cache
 (``<cache>/optim/<study-id>/<stage>-r<round>.pt``), is never sent, and holds no patient data (running means of
 gradients, the same kind of figure as the weights the site sends). One file per round, the latest two kept, so a
-study resumed at the round before still finds the state that round started from.
+study resumed at the round before still finds the state that round started from; when a study saves its first
+state, earlier studies' folders are removed (about 115 MB per round for the default U-Net). A round after the
+first that finds no state says so in the site's log and starts a fresh Adam.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,11 @@ def load_optimizer_state(
             log.warning("optimizer state %s is %s: this round starts a fresh Adam", path, problem)
             return None
         return state
+    if before_round > 1:
+        log.warning(
+            "no optimizer state from an earlier %s round of study %s in %s: round %s starts a fresh Adam",
+            stage_key, study, Path(cache_dir) / "optim", before_round,
+        )  # fmt: skip
     return None
 
 
@@ -70,9 +78,13 @@ def _misfit(state: Mapping[str, Any], model: nn.Module) -> str | None:
 def save_optimizer_state(
     cache_dir: Path, study: str, stage_key: str, round: int, state: Mapping[str, Any]
 ) -> Path:
-    """Write round ``round``'s final optimizer state (atomic) and drop this stage's files older than the latest
-    :data:`KEEP_FILES` rounds."""
+    """Write round ``round``'s final optimizer state (atomic), drop this stage's files older than the latest
+    :data:`KEEP_FILES` rounds and, on a study's first save, other studies' folders."""
     path = _path(cache_dir, study, stage_key, round)
+    if not path.parent.exists():
+        for other in path.parent.parent.glob("*"):
+            if other.is_dir() and other.name != study:
+                shutil.rmtree(other, ignore_errors=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_state_file(path, state)  # type: ignore[arg-type]  # nested dict of tensors and numbers
     for old in path.parent.glob(f"{path.name.rsplit('-r', 1)[0]}-r*.pt"):

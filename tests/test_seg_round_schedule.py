@@ -26,6 +26,7 @@ CFG = PipelineConfig.defaults(
         "seg-lr": 3e-3,
         "seg-epochs": 1,
         "seg-augment": "none",
+        "seg-local-optimizer": "restart",
         "device": "cpu",
         "amp": False,
     }
@@ -60,7 +61,7 @@ def test_the_last_round_of_a_cosine_stage_moves_the_segmenter_far_less_than_a_co
 def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_does_not(tmp_path, caplog) -> None:
     """``seg-local-optimizer = keep``: round 2 continues round 1's Adam (its step count goes on, so its weights
     differ from a fresh Adam's on the same global model); the state stays in the site's cache, the latest two
-    rounds only. ``restart`` writes nothing. A file that does not fit the model is named in a warning and that
+    rounds of the latest study only. ``restart`` writes nothing. A file that does not fit the model is named in a warning and that
     round trains exactly as ``restart`` does."""
     from client.local_optimizer import load_optimizer_state
 
@@ -77,7 +78,11 @@ def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_do
 
     fresh = round_(CFG, 2)
     assert not optim_dir.exists()
+    earlier_study = site.cache_dir / "optim" / "s0"
+    earlier_study.mkdir(parents=True)
+    (earlier_study / "seg-r7.pt").write_bytes(b"state of an earlier study")
     round_(keep, 1)
+    assert not earlier_study.exists()
     steps_r1 = max(int(s["step"]) for s in torch.load(optim_dir / "seg-r1.pt")["state"].values())
     kept = round_(keep, 2)
     steps_r2 = max(int(s["step"]) for s in torch.load(optim_dir / "seg-r2.pt")["state"].values())
@@ -90,10 +95,12 @@ def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_do
     assert load_optimizer_state(site.cache_dir, "s1", "seg", 4, other) is None
     assert "seg-r3.pt is for" in caplog.text or "seg-r3.pt is shaped" in caplog.text
     (optim_dir / "seg-r3.pt").write_bytes(b"not a torch file")
-    for name in ("seg-r2.pt",):
-        (optim_dir / name).unlink()
+    (optim_dir / "seg-r2.pt").unlink()
     caplog.clear()
     after_bad_file = round_(keep, 4)
     assert "seg-r3.pt is unreadable" in caplog.text
     fresh_4 = round_(CFG, 4)
     assert all(np.array_equal(after_bad_file[k], fresh_4[k]) for k in fresh_4)
+    caplog.clear()
+    assert load_optimizer_state(site.cache_dir, "s2", "seg", 3, other) is None
+    assert "no optimizer state from an earlier seg round of study s2" in caplog.text
