@@ -20,6 +20,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client import handlers_cls, handlers_seg
+from client.local_model import check_study_id
 from client.node_data import SiteData, load_site_data, resolve_site
 from client.secure_aggregation import secure_aggregation
 from shared import protocol as P
@@ -117,8 +118,12 @@ def guarded(stage: str) -> Callable:
 
 
 def _conf(msg: Message) -> dict:
+    """The message's config record; its study id is checked (it names folders in the site's cache)."""
     rec = msg.content.config_records.get(P.CONFIG)
-    return dict(rec) if rec is not None else {}
+    conf = dict(rec) if rec is not None else {}
+    if P.CFG_STUDY in conf:
+        check_study_id(conf[P.CFG_STUDY])
+    return conf
 
 
 def _reply(msg: Message, metrics: dict, arrays: dict | None = None, transport: str = "float32") -> Message:

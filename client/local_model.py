@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,10 +18,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared import protocol as P
 from shared.config import PipelineConfig
 from shared.records import norm_keys, record_to_state, state_to_numpy
 
 log = logging.getLogger(__name__)
+
+
+_STUDY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_study_id(value: object) -> str:
+    """``value`` if it can name a folder under the site's cache (letters, digits, ``_``, ``-``; at most 64), else
+    ValueError: the id comes from the coordinator's message, and a path in it (``../``) would reach outside the
+    cache, where FedBN state and Adam moments are written and earlier studies' folders are removed."""
+    if not isinstance(value, str) or not _STUDY_ID.fullmatch(value):
+        raise ValueError(
+            f"message config {P.CFG_STUDY!r} is {str(value)[:80]!r}: expected 1-64 letters, digits, '_' or '-' "
+            "(it names folders in this site's cache); refused. A nasofl server sends a 12-character fingerprint: "
+            "check which server this node is connected to"
+        )
+    return value
 
 
 def derived_seed(seed: int, stage: str, dataset: str, round: int, site: str) -> int:
@@ -44,7 +62,7 @@ def load_global(model: nn.Module, record) -> None:
 
 def _fedbn_path(cache_dir: Path, study: str, stage_key: str, round: int) -> Path:
     tag = stage_key.replace(":", "-").replace("+", "plus")
-    return cache_dir / "fedbn" / study / f"{tag}-r{round}.npz"
+    return cache_dir / "fedbn" / check_study_id(study) / f"{tag}-r{round}.npz"
 
 
 def overlay_local_norm(

@@ -104,3 +104,36 @@ def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_do
     caplog.clear()
     assert load_optimizer_state(site.cache_dir, "s2", "seg", 3, other) is None
     assert "no optimizer state from an earlier seg round of study s2" in caplog.text
+
+
+def test_a_study_id_that_is_a_path_is_refused_before_any_file_is_written_or_removed(tmp_path, monkeypatch) -> None:
+    """The study id comes from the coordinator's message and names folders in the site's cache, where earlier
+    studies' folders are removed: ``../`` in it would reach the hospital's other files."""
+    import pytest
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import _conf
+    from client.local_model import check_study_id, save_local_norm
+    from client.local_optimizer import save_optimizer_state
+
+    assert check_study_id("4409812d7076") == "4409812d7076" and check_study_id("study") == "study"
+    bystander = tmp_path / "hospital-files"
+    bystander.mkdir()
+    (bystander / "keep-me.txt").write_text("not the site's cache")
+    cache = tmp_path / "site" / "cache"
+    for bad in ("../../../hospital-files", "a/b", "", "x" * 65, 7):
+        with pytest.raises(ValueError, match="'study-id'.*refused"):
+            check_study_id(bad)
+    with pytest.raises(ValueError, match="'study-id'.*refused"):
+        save_optimizer_state(cache, "../../../hospital-files/x", "seg", 1, {"state": {}, "param_groups": []})
+    with pytest.raises(ValueError, match="'study-id'.*refused"):
+        save_local_norm(build_segmenter(CFG.seg), cache, "../../..", "seg", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # set by flwr's runtime in the process that sends it
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    msg = Message(RecordDict({P.CONFIG: ConfigRecord({P.CFG_STUDY: "../x", P.CFG_ROUND: 1})}), 0, "train.seg")
+    with pytest.raises(ValueError, match="'study-id'.*refused"):
+        _conf(msg)
+    assert (bystander / "keep-me.txt").read_text() == "not the site's cache"
+    assert not (tmp_path / "site").exists()
