@@ -200,7 +200,9 @@ def test_resume_after_interruption_gives_the_same_final_arrays(cohort, tmp_path)
         )
     assert (broken / "STATUS").read_text().startswith("FAILED")
     assert json.loads((broken / "checkpoints" / "state.json").read_text())["round"] == 1
-    run_study(toy_config(cohort, broken, **common, **{"resume": True}))
+    # the sites keep their caches across the crash, as a hospital's node does: its Adam state of round 1
+    # (seg-local-optimizer = keep) is what round 2 continues from
+    run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "resume": True}))
     assert (broken / "STATUS").read_text().startswith("COMPLETED")
     rounds = [(x["stage"], x["round"]) for x in round_lines(broken)]
     assert rounds == [("seg", 1), ("seg", 2), ("cls", 1)], "no round lost or repeated"
