@@ -26,7 +26,7 @@ OTHER_VALUE = {
     "seg-slices-per-patient": 6,
     "seg-augment": "flip,intensity",
     "seg-lr-schedule": "cosine",
-    "seg-local-optimizer": "keep",
+    "seg-local-optimizer": "restart",
     "cls-arch": "resnet50",
     "cls-weights": "file:/srv/weights/resnet101.pth",
     "cls-image-size": 48,
