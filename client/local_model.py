@@ -60,9 +60,13 @@ def load_global(model: nn.Module, record) -> None:
     model.load_state_dict(record_to_state(record, model.state_dict()))
 
 
+def stage_file_tag(stage_key: str) -> str:
+    """``"cls:t1+t2"`` -> ``"cls-t1plust2"``: a stage key as part of a file name in the site's cache."""
+    return stage_key.replace(":", "-").replace("+", "plus")
+
+
 def _fedbn_path(cache_dir: Path, study: str, stage_key: str, round: int) -> Path:
-    tag = stage_key.replace(":", "-").replace("+", "plus")
-    return cache_dir / "fedbn" / check_study_id(study) / f"{tag}-r{round}.npz"
+    return cache_dir / "fedbn" / check_study_id(study) / f"{stage_file_tag(stage_key)}-r{round}.npz"
 
 
 def overlay_local_norm(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from client.local_model import check_study_id
+from client.local_model import check_study_id, stage_file_tag
 from shared.model_files import save_state_file
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ KEEP_FILES = 2
 
 def _path(cache_dir: Path, study: str, stage_key: str, round: int) -> Path:
     check_study_id(study)  # it names a folder; siblings of that folder are removed
-    tag = stage_key.replace(":", "-").replace("+", "plus")
-    return Path(cache_dir) / "optim" / study / f"{tag}-r{round}.pt"
+    return Path(cache_dir) / "optim" / study / f"{stage_file_tag(stage_key)}-r{round}.pt"
 
 
 def load_optimizer_state(

@@ -84,7 +84,9 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
 #: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-local-optimizer: training only.
 KEYS_ADDED_SINCE: dict[str, object] = {
-    "cls-tta": "none", "seg-augment": "none", "seg-lr-schedule": "constant",
+    "cls-tta": "none",
+    "seg-augment": "none",
+    "seg-lr-schedule": "constant",
     "seg-local-optimizer": "restart",
 }
 

@@ -23,7 +23,7 @@ from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch, augment_pairs
 from shared.training.classification import smoothed_bce
 from shared.training.device import TrainStats, place_batch, place_model
-from shared.training.schedules import lr_factor
+from shared.training.schedules import adam, lr_factor
 from shared.training.seg_dataset import SegSliceDataset
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,7 @@ def train_segmenter_dp(
         slices[i].append(k)
     place_model(model, device).train()
     lr = cfg.seg.lr * lr_factor(cfg.seg.lr_schedule, epoch, max(total_epochs or 0, epoch + 1))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
-        for group in opt.param_groups:
-            group["lr"] = lr
+    opt = adam(model.parameters(), lr, optimizer_state)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 2)
 
     def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +29,17 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     if schedule == "cosine":
         return warmup_cosine(step, total_steps, 0.0)
     raise ValueError(f"lr schedule {schedule!r} is unknown: expected constant or cosine")
+
+
+def adam(params, lr: float, state: Mapping[str, Any] | None = None) -> torch.optim.Adam:
+    """Adam at ``lr``; with ``state`` (an earlier Adam's ``state_dict`` on the same parameters) its moments and
+    step counts continue, at this call's ``lr``."""
+    opt = torch.optim.Adam(params, lr=lr)
+    if state is not None:
+        opt.load_state_dict(state)
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] = lr
+    return opt
 
 
 def snapshot_params(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from shared.data.patient import PatientVolumes
 from shared.metrics.dice import dice_from_sums, overlap_sums
 from shared.training.augment import augment_pairs
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
-from shared.training.schedules import lr_factor, prox_term, snapshot_params
+from shared.training.schedules import adam, lr_factor, prox_term, snapshot_params
 from shared.training.seg_dataset import SegSliceDataset, patient_input, resize_slices
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,7 @@ def train_segmenter(
     if prox_mu > 0 and global_params is None:
         global_params = snapshot_params(model)
     loss_fn = segmentation_loss(cfg.seg.loss)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg.lr)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
-        for group in opt.param_groups:  # the moments continue; the lr is this call's
-            group["lr"] = group["initial_lr"] = cfg.seg.lr
+    opt = adam(model.parameters(), cfg.seg.lr, optimizer_state)
     total_epochs = max(total_epochs or 0, start_epoch + epochs)
     steps_per_epoch = len(ds) // cfg.seg.batch_size if len(ds) > cfg.seg.batch_size else 1  # as the loader's drop_last
     sched = torch.optim.lr_scheduler.LambdaLR(
