@@ -22,7 +22,7 @@ from shared.config import PipelineConfig, pipeline_keys
 from shared.errors import ConfigError
 from shared.records import TRANSPORT_DTYPES
 
-STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedmedian", "fedtrimmedavg")
 
 #: keys read by the ClientApp only (they reach every site with the run config)
 CLIENT_KEYS: tuple[str, ...] = ("sim-data-root", "sim-cache-root", "debug-fail-sites")
@@ -43,6 +43,8 @@ class FederationConfig:
     fedadam_beta1: float
     fedadam_beta2: float
     fedadam_tau: float
+    fedavgm_server_lr: float
+    fedavgm_momentum: float
     trimmed_beta: float
     update_norm_factor: float
     fedbn: bool
@@ -76,6 +78,8 @@ class FederationConfig:
         _range("fedadam-beta1", self.fedadam_beta1, 0.0, 0.999999)
         _range("fedadam-beta2", self.fedadam_beta2, 0.0, 0.999999)
         _range("fedadam-tau", self.fedadam_tau, 1e-12, 1.0)
+        _range("fedavgm-server-lr", self.fedavgm_server_lr, 1e-6, 10.0)
+        _range("fedavgm-momentum", self.fedavgm_momentum, 0.0, 0.99)
         _range("trimmed-beta", self.trimmed_beta, 0.0, 0.49)
         if self.update_norm_factor != 0:
             _range("update-norm-factor (0 turns the bound off)", self.update_norm_factor, 1.5, 1e6)

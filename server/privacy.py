@@ -47,14 +47,14 @@ SECURE_AGGREGATION_REFUSED = ("fedmedian", "fedtrimmedavg")
 
 
 def check_secure_aggregation_settings(fed: FederationConfig, cfg: PipelineConfig) -> None:
-    """Refuse what cannot run on masked updates, naming both keys (ConfigError). FedAvg, FedProx and FedAdam
-    need only the weighted mean of the updates (FedAdam's server step reads the aggregate and its own moments),
+    """Refuse what cannot run on masked updates, naming both keys (ConfigError). FedAvg, FedProx, FedAdam and
+    FedAvgM need only the weighted mean of the updates (their server steps read the aggregate and their own state),
     so they are allowed; dp='local' is allowed (DP-SGD runs at the site before masking)."""
     if fed.strategy in SECURE_AGGREGATION_REFUSED:
         raise ConfigError(
             f"secure-aggregation=true with strategy={fed.strategy!r}: robust aggregation (a coordinate-wise median "
             "or trimmed mean) needs every site's update, and secure aggregation shows the coordinator only their "
-            "sum; use strategy fedavg, fedprox or fedadam, or secure-aggregation=false"
+            "sum; use strategy fedavg, fedprox, fedadam or fedavgm, or secure-aggregation=false"
         )
     if cfg.dp == "central":
         raise ConfigError(

@@ -73,7 +73,7 @@ def updates(values: dict[int, float]) -> dict[int, dict]:
     }
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"])
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedavgm", "fedmedian", "fedtrimmedavg"])
 def test_every_strategy_routes_checks_and_aggregates(name):
     strategy = make_strategy(name, **{"trimmed-beta": 0.34})  # 3 usable updates: trims one at each end
     msgs = configure(strategy)
@@ -93,6 +93,42 @@ def test_every_strategy_routes_checks_and_aggregates(name):
         assert np.allclose(w, 2.0)
     else:
         assert (w > 1.0).all() and "m_t" in strategy.strategy_state()
+
+
+def _fedavgm_round(strategy, global_w: float, site_w: float):
+    grid = LocalGrid(client_app=None, n_nodes=0, run_config={})
+    grid.get_node_ids = lambda: list(NODES)
+    sent = {"w": np.full((2, 2), global_w, np.float32), "n": np.array([1], np.int64)}
+    msgs = list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in sent.items()}), ConfigRecord(), grid))
+    for m in msgs:
+        m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+    by_node = {m.metadata.dst_node_id: m for m in msgs}
+    ups = updates({11: site_w, 12: site_w, 13: site_w})
+    arrays, _ = strategy.aggregate_train(1, [reply_to(by_node[n], a) for n, a in ups.items()])
+    return arrays
+
+
+def test_fedavgm_steps_with_server_momentum_and_a_resumed_strategy_continues_it_exactly():
+    settings = {"fedavgm-momentum": 0.5, "fedavgm-server-lr": 1.0}
+    live = make_strategy("fedavgm", **settings)
+    first = _fedavgm_round(live, 1.0, 2.0)
+    assert np.allclose(first["w"].numpy(), 2.0), "round 1: no momentum yet, the plain mean"
+    assert first["n"].numpy().dtype == np.int64, "BatchNorm-style counters stay integers"
+    state = live.strategy_state()
+    second = _fedavgm_round(live, 2.0, 3.0)
+    # step = 0.5 x (previous step 1) + this round's 1 -> 2.0 -> 2.0 + 1.5 = 3.5; FedAvg would give 3.0
+    assert np.allclose(second["w"].numpy(), 3.5)
+    resumed = make_strategy("fedavgm", **settings)
+    resumed.load_strategy_state(state)
+    assert np.array_equal(_fedavgm_round(resumed, 2.0, 3.0)["w"].numpy(), second["w"].numpy())
+    forgetful = make_strategy("fedavgm", **settings)
+    assert np.allclose(_fedavgm_round(forgetful, 2.0, 3.0)["w"].numpy(), 3.0), "without the state: no momentum"
+    misfit = make_strategy("fedavgm", **settings)
+    misfit.load_strategy_state({"momentum": {"other": np.zeros(3)}})
+    with pytest.raises(ValueError, match="does not fit the model"):
+        _fedavgm_round(misfit, 2.0, 3.0)
+    with pytest.raises(ValueError, match="unknown parts"):
+        make_strategy("fedavgm").load_strategy_state({"m_t": {}})
 
 
 def test_robust_strategies_resist_a_finite_outlier_that_fedavg_averages_in():

@@ -136,6 +136,7 @@ def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_
         ({"dp": "central", "strategy": "fedmedian"}, "dp='central' with strategy='fedmedian'"),
         ({"dp": "central", "strategy": "fedtrimmedavg"}, "dp='central' with strategy='fedtrimmedavg'"),
         ({"dp": "central", "strategy": "fedadam"}, "dp='central' with strategy='fedadam'"),
+        ({"dp": "central", "strategy": "fedavgm"}, "dp='central' with strategy='fedavgm'"),
         ({"dp": "central", "transport-dtype": "float16"}, "dp='central' with transport-dtype='float16'"),
         ({"dp": "local", "strategy": "fedprox", "amp": False}, "dp='local' with strategy='fedprox'"),
         ({"dp": "local", "amp": True}, "dp='local' with amp=true"),

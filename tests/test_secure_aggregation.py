@@ -164,7 +164,7 @@ def _strategy(name: str, grid: LocalGrid, caps: dict[int, int]):
     return strategy
 
 
-def test_fedavg_applies_the_unmasked_mean_and_fedadam_steps_from_it():
+def test_fedavg_applies_the_unmasked_mean_and_fedadam_and_fedavgm_step_from_it():
     grid = _secure_grid(3)
     nodes = list(grid.contexts)
     caps = {n: 40 for n in nodes}
@@ -189,6 +189,12 @@ def test_fedavg_applies_the_unmasked_mean_and_fedadam_steps_from_it():
     assert set(fedadam.strategy_state()) == {"m_t", "v_t"}
     delta = stepped["conv.weight"].numpy() - GLOBAL["conv.weight"]
     assert np.isfinite(delta).all() and np.abs(delta).max() > 0
+    fedavgm = _strategy("fedavgm", grid, caps)
+    fedavgm.configure_train(1, numpy_to_record(GLOBAL), ConfigRecord({}), grid)
+    momentum, _ = fedavgm.aggregate_train(1, [])
+    assert set(fedavgm.strategy_state()) == {"momentum"}
+    # round 1 has no earlier step: server lr 1 x the unmasked mean's update, as FedAvg applies it
+    np.testing.assert_allclose(momentum["conv.weight"].numpy(), arrays["conv.weight"].numpy(), rtol=0, atol=2 * bound + 1e-6)
 
 
 def test_a_claim_above_the_sites_own_counts_ends_the_run_naming_the_site():

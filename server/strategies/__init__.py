@@ -53,6 +53,12 @@ def _build(fed: FederationConfig, uniform: bool) -> StageMixin:
             beta_2=fed.fedadam_beta2,
             tau=fed.fedadam_tau,
         )
+    if fed.strategy == "fedavgm":
+        from server.strategies.fedavgm import CheckedFedAvgM
+
+        return CheckedFedAvgM(
+            **common, server_learning_rate=fed.fedavgm_server_lr, server_momentum=fed.fedavgm_momentum
+        )
     if fed.strategy == "fedmedian":
         from server.strategies.robust import CheckedFedMedian
 
