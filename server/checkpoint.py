@@ -4,7 +4,7 @@ Layout of the checkpoint directory (absolute path from run config ``checkpoint-d
 
     state.json              stage, dataset, round, settings fingerprint, seed, completed stages, time
     current.npz             global arrays of the stage in progress, after ``round``
-    strategy.npz            strategy state (FedAdam moments m_t / v_t), may be empty
+    strategy.npz            strategy state (FedAdam moments m_t / v_t, FedAvgM momentum), may be empty
     kept.npz                the global arrays of the stage's kept round so far (``select-round``), when that
                             is an earlier round than ``current.npz``'s (kept as a hard link, never rewritten)
     final-seg.npz           the final global segmenter, once stage 1 is complete
