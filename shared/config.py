@@ -32,7 +32,7 @@ ROI_INTENSITIES: tuple[str, ...] = (
     "peritumoral",
     "reference",
 )  # shared/roi/datasets.py
-ROI_CONTEXTS: tuple[str, ...] = ("tumour", "core", "box")  # shared/roi/datasets.py
+ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
 SEG_AUGMENT_OPS: tuple[str, ...] = ("flip", "shift", "intensity")  # shared/training/augment.py augment_pairs

@@ -183,11 +183,10 @@ def test_the_site_roi_cache_key_differs_for_every_setting_that_changes_the_crops
             {"cls-image-size": 24},
             {"roi-context": "box"},
             {"roi-context": "tumour"},
-            {"roi-context": "core"},
         )
     }
     # the defaults are among those named (intensity reference, context tumour): exactly two pairs are the same
-    assert len(keys) == 7
+    assert len(keys) == 6
 
 
 def test_tumour_context_keeps_the_tumour_and_sets_its_surroundings_to_the_reference_level() -> None:
@@ -210,33 +209,5 @@ def test_tumour_context_keeps_the_tumour_and_sets_its_surroundings_to_the_refere
 
     from shared.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="roi-context.*tumour, core, box"):  # a coordinator's unknown value is refused
+    with pytest.raises(ConfigError, match="roi-context.*tumour, box"):  # a coordinator's unknown value is refused
         PipelineConfig.defaults({"roi-context": "ring"})
-
-
-def test_core_context_leaves_out_the_tumours_rim_and_keeps_a_thin_tumour_whole() -> None:
-    from shared.roi.datasets import CORE_RIM_SHARE, tumour_core
-
-    inside = np.zeros((32, 32), bool)
-    inside[4:28, 6:26] = True  # 24 x 20 px
-    core = tumour_core(inside)
-    rim = int(np.ceil(CORE_RIM_SHARE * 32))
-    assert core[4 + rim : 28 - rim, 6 + rim : 26 - rim].all(), "the centre is kept"
-    assert not core[4:4 + rim - 1].any() and not core[:, 6:6 + rim - 1].any(), "the rim is left out"
-    assert core.sum() < inside.sum() and not (core & ~inside).any()
-    thin = np.zeros((32, 32), bool)
-    thin[10:13, 2:30] = True  # 3 px thick: no pixel is 3 px from the outside
-    assert tumour_core(thin) is thin
-
-    cfg = {"cls-arch": "resnet18", "cls-image-size": 16, "cls-slices-per-patient": 2, "roi-margin": 4,
-           "datasets": "t1", "roi-intensity": "body"}  # fmt: skip
-    patients = [_muscle_fat_patient(1.0, 0.2)]
-    masks = {p.pseudonym: p.mask for p in patients}
-    tumour, _ = build_roi_datasets(masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-context": "tumour"}))
-    cored, report = build_roi_datasets(masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-context": "core"}))
-    t, c = tumour["t1"].images.numpy(), cored["t1"].images.numpy()
-    kept = c != 0
-    assert kept.any() and (t != 0).sum() > kept.sum(), "fewer pixels than the whole tumour"
-    np.testing.assert_array_equal(c[kept], t[kept])  # the core's values are the tumour's own
-    np.testing.assert_array_equal(cored["t1"].roi_masks, tumour["t1"].roi_masks)  # Grad-CAM reads the whole tumour
-    assert report.as_dict()["core_whole"].get("t1", 0) == 0

@@ -37,7 +37,6 @@ class RoiReport:
     no_reference: dict[str, int] = field(
         default_factory=dict
     )  # roi-intensity=reference: no tissue around the tumour
-    core_whole: dict[str, int] = field(default_factory=dict)  # roi-context=core: slices too thin to have a core
 
     def lines(self) -> list[str]:
         out = [
@@ -51,8 +50,6 @@ class RoiReport:
                     f", {self.no_reference[name]} left out (no tissue around the tumour to reference the "
                     "intensities to: check their masks, or use roi-intensity='body')"
                 )
-            if self.core_whole.get(name):
-                line += f"; {self.core_whole[name]} slice(s) too thin for a core kept the whole tumour"
             out.append(line)
         return out
 
@@ -65,7 +62,6 @@ class RoiReport:
             "no_prediction": self.no_prediction,
             "unlabelled": self.unlabelled,
             "no_reference": dict(self.no_reference),
-            "core_whole": dict(self.core_whole),
         }
 
 
@@ -165,22 +161,6 @@ def tumour_only(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return (crop * inside[None]).astype(np.float32, copy=False)
 
 
-#: ``roi-context = "core"``: the rim left out, as a share of the crop's side (3 px of a 32 px crop)
-CORE_RIM_SHARE = 3 / 32
-
-
-def tumour_core(inside: np.ndarray) -> np.ndarray:
-    """The tumour's core on a crop: the pixels of ``inside (S, S)`` at least ``CORE_RIM_SHARE x S`` pixels from
-    the nearest pixel outside it. The rim is where a predicted contour errs and partial volume mixes the tumour
-    with its neighbours; the seed's Grad-CAM put the evidence in the centre. A tumour too thin to have a core on
-    this slice keeps its whole area (the caller counts such slices)."""
-    from scipy.ndimage import distance_transform_edt
-
-    rim = CORE_RIM_SHARE * inside.shape[-1]
-    core = distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1] >= rim
-    return core if core.any() else inside
-
-
 def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray | None:
     """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the ratio
     to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), estimated from the
@@ -218,8 +198,7 @@ def build_roi_datasets(
     dataset (:func:`roi_volume`: body-z-scored, or the ratio to the estimated reference tissue with
     ``roi-intensity = "reference"``), resize to ``cfg.cls.image_size``; with ``roi-intensity = "peritumoral"``
     each crop is then referenced to the tissue around the tumour (:func:`peritumoral_reference`); with
-    ``roi-context = "tumour"`` (the default) the pixels outside the tumour are then set to 0 (:func:`tumour_only`),
-    with ``"core"`` also its rim (:func:`tumour_core`). The crops' ``roi_masks`` stay the whole tumour (Grad-CAM).
+    ``roi-context = "tumour"`` (the default) the pixels outside the tumour are then set to 0 (:func:`tumour_only`).
     """
     report = RoiReport(n_patients=len(patients))
     parsed = {name: parse_dataset_name(name) for name in datasets}
@@ -265,10 +244,6 @@ def build_roi_datasets(
                     crop = peritumoral_reference(crop, inside)
                 if cfg.roi_context == "tumour":
                     crop = tumour_only(crop, inside)
-                elif cfg.roi_context == "core":
-                    core = tumour_core(inside)
-                    report.core_whole[name] = report.core_whole.get(name, 0) + int(core is inside)
-                    crop = tumour_only(crop, core)
                 a["images"].append(crop)
                 a["masks"].append(inside)
                 a["slice_patient"].append(idx)
