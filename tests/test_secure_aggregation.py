@@ -242,7 +242,9 @@ def test_check_config_refuses_what_the_server_refuses():
     )
 
 
-@pytest.mark.parametrize("strategy,dp", [("fedavg", "local"), ("fedprox", "off"), ("fedadam", "local")])
+@pytest.mark.parametrize(
+    "strategy,dp", [("fedavg", "local"), ("fedprox", "off"), ("fedadam", "local"), ("fedavgm", "local")]
+)
 def test_averaging_strategies_and_local_dp_are_allowed_with_secure_aggregation(strategy, dp):
     rc = {**default_run_config(), "secure-aggregation": True, "update-norm-factor": 0.0, "strategy": strategy}
     check_privacy_settings(federation_from_run_config(rc), PipelineConfig.defaults({"dp": dp, "amp": False}))
