@@ -115,3 +115,12 @@ def norm_keys(model: torch.nn.Module) -> list[str]:
             prefix = f"{mod_name}." if mod_name else ""
             keys.extend(prefix + k for k in module.state_dict().keys())
     return keys
+
+
+#: the state-dict names of BatchNorm's running statistics (buffers, not weights; the coordinator has no model)
+RUNNING_STATISTICS: tuple[str, ...] = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_running_statistic(key: str) -> bool:
+    """Whether state-dict ``key`` is a normalisation layer's running statistic rather than a trained weight."""
+    return key.rsplit(".", 1)[-1] in RUNNING_STATISTICS

@@ -98,12 +98,18 @@ def test_every_strategy_routes_checks_and_aggregates(name):
 def _fedavgm_round(strategy, global_w: float, site_w: float):
     grid = LocalGrid(client_app=None, n_nodes=0, run_config={})
     grid.get_node_ids = lambda: list(NODES)
-    sent = {"w": np.full((2, 2), global_w, np.float32), "n": np.array([1], np.int64)}
+    sent = {
+        "w": np.full((2, 2), global_w, np.float32),
+        "n": np.array([1], np.int64),
+        "bn.running_var": np.full(2, global_w, np.float32),
+    }
     msgs = list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in sent.items()}), ConfigRecord(), grid))
     for m in msgs:
         m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
     by_node = {m.metadata.dst_node_id: m for m in msgs}
     ups = updates({11: site_w, 12: site_w, 13: site_w})
+    for up in ups.values():
+        up["bn.running_var"] = np.full(2, site_w, np.float32)
     arrays, _ = strategy.aggregate_train(1, [reply_to(by_node[n], a) for n, a in ups.items()])
     return arrays
 
@@ -118,6 +124,8 @@ def test_fedavgm_steps_with_server_momentum_and_a_resumed_strategy_continues_it_
     second = _fedavgm_round(live, 2.0, 3.0)
     # step = 0.5 x (previous step 1) + this round's 1 -> 2.0 -> 2.0 + 1.5 = 3.5; FedAvg would give 3.0
     assert np.allclose(second["w"].numpy(), 3.5)
+    # running statistics are averaged, never stepped with momentum (a variance could go below zero)
+    assert np.allclose(second["bn.running_var"].numpy(), 3.0) and set(state["momentum"]) == {"w"}
     resumed = make_strategy("fedavgm", **settings)
     resumed.load_strategy_state(state)
     assert np.array_equal(_fedavgm_round(resumed, 2.0, 3.0)["w"].numpy(), second["w"].numpy())

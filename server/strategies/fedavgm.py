@@ -1,56 +1,59 @@
 """FedAvgM: the averaged update taken as a pseudo-gradient, with server momentum and a server learning rate.
 
-Each round's step is ``server-lr x (momentum x previous step + (global - mean of the sites' models))``; the momentum
-buffer is checkpointed every round so a resumed study continues it exactly. It reads only the weighted mean of the
-updates, so it runs under secure aggregation as FedAvg does.
+For every weight: ``step = momentum x previous step + (mean of the sites' models - global)`` and
+``global += server-lr x step`` (round 1: no previous step, so server-lr 1 gives FedAvg's mean). Running statistics
+(BatchNorm's running mean and variance, its batch counter) are averaged as FedAvg does: they are not weights, and
+momentum could push a running variance below zero. The step is checkpointed every round so a resumed study
+continues it exactly. It reads only the weighted mean of the updates, so it runs under secure aggregation.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array
-from flwr.serverapp.strategy import FedAvgM
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import FedAvg
 
 from server.strategies.base import StageMixin
+from shared.records import is_running_statistic
 
-#: the checkpointed part of the strategy state: the momentum buffer, array name -> array
+#: the checkpointed part of the strategy state: the last step, array name -> array
 MOMENTUM = "momentum"
 
 
-class CheckedFedAvgM(StageMixin, FedAvgM):
-    """Flower's FedAvgM with update checks; ``strategy_state()`` returns its momentum buffer for exact resume."""
+class CheckedFedAvgM(StageMixin, FedAvg):
+    """FedAvg's checked mean, then the server's momentum step on the weights."""
 
-    _loaded_momentum: dict[str, np.ndarray] | None = None
-
-    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[override]
-        # the step is taken from the model sent this round (after a resume: the checkpoint's), not a stale copy
-        self.current_arrays = arrays
-        if self._loaded_momentum is not None:
-            # Flower keeps the buffer as a list in the model's array order; a checkpoint keeps it by name
-            missing = set(arrays.keys()) ^ set(self._loaded_momentum)
-            if missing:
-                raise ValueError(
-                    f"the checkpoint's FedAvgM momentum does not fit the model: arrays {sorted(missing)[:5]} differ"
-                )
-            self.momentum_vector = [self._loaded_momentum[k] for k in arrays.keys()]
-            self._loaded_momentum = None
-        return super().configure_train(server_round, arrays, config, grid)
+    def __init__(self, *args, server_learning_rate: float = 1.0, server_momentum: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.server_learning_rate = server_learning_rate
+        self.server_momentum = server_momentum
+        self.step: dict[str, np.ndarray] = {}
 
     def aggregate_train(self, server_round, replies):  # type: ignore[override]
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None and self._global_numpy is not None:
-            # integer arrays (BatchNorm's batch counters) are counters, not weights: back to the dtype sent
-            for name, sent in self._global_numpy.items():
-                if np.issubdtype(sent.dtype, np.integer) and name in arrays:
-                    value = np.rint(arrays[name].numpy()).astype(sent.dtype)
-                    arrays[name] = Array(value)
-        return arrays, metrics
+        sent = self._global_numpy
+        if arrays is None or sent is None:
+            return arrays, metrics
+        if self.step and set(self.step) != {k for k, v in sent.items() if _is_weight(k, v)}:
+            raise ValueError(
+                "the FedAvgM momentum does not fit the model: its arrays differ from the global model's "
+                "(was the checkpoint written for another model?)"
+            )
+        out: dict[str, np.ndarray] = {}
+        for name, mean_record in arrays.items():
+            mean = mean_record.numpy()
+            old = sent[name]
+            if not _is_weight(name, old):
+                out[name] = np.rint(mean).astype(old.dtype) if np.issubdtype(old.dtype, np.integer) else mean
+                continue
+            update = mean.astype(np.float32) - old.astype(np.float32)
+            step = update + np.float32(self.server_momentum) * self.step[name] if name in self.step else update
+            self.step[name] = step
+            out[name] = (old.astype(np.float32) + np.float32(self.server_learning_rate) * step).astype(old.dtype)
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in out.items()}), metrics
 
     def strategy_state(self) -> dict[str, dict[str, np.ndarray]]:
-        if self.momentum_vector is None or self.current_arrays is None:
-            return {}
-        names = list(self.current_arrays.keys())
-        return {MOMENTUM: {k: np.asarray(v) for k, v in zip(names, self.momentum_vector, strict=True)}}
+        return {MOMENTUM: dict(self.step)} if self.step else {}
 
     def load_strategy_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         unknown = set(state) - {MOMENTUM}
@@ -58,5 +61,9 @@ class CheckedFedAvgM(StageMixin, FedAvgM):
             raise ValueError(
                 f"checkpoint strategy state has unknown parts {sorted(unknown)}: expected {MOMENTUM!r}"
             )
-        if MOMENTUM in state:  # put in Flower's list order when the round's model arrives (configure_train)
-            self._loaded_momentum = {k: np.asarray(v) for k, v in state[MOMENTUM].items()}
+        self.step = {k: np.asarray(v, dtype=np.float32) for k, v in state.get(MOMENTUM, {}).items()}
+
+
+def _is_weight(name: str, array: np.ndarray) -> bool:
+    """A trained floating-point weight (the momentum's domain), not a running statistic or a counter."""
+    return np.issubdtype(array.dtype, np.floating) and not is_running_statistic(name)
