@@ -11,7 +11,7 @@ site can neither blow up the global model nor make its own update the global mod
   updates to single out one outlier (with 2 it is their mean, and a huge delta is at most 2 x that mean), so the
   check runs from 3 updates on; with 2 sites use ``min-sites`` and a robust strategy (``fedmedian``) instead.
   A median of 0 (most sites sent the global model back unchanged) bounds nothing and is logged.
-- **Example count.** ``num-examples`` weights FedAvg/FedProx/FedAdam. A site may claim at most what its own
+- **Example count.** ``num-examples`` weights FedAvg/FedProx/FedAdam/FedAvgM. A site may claim at most what its own
   ``query.info`` / ``query.roi`` counts allow: training patients x slices per patient x local epochs
   (:func:`example_cap`); a larger claim is rejected.
 

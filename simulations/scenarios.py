@@ -50,7 +50,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "default",
-            "3 hospitals x 40 patients, FedAvg, defaults of pyproject.toml (4 rounds x 2 local epochs per "
+            "3 hospitals x 40 patients, FedAvgM, defaults of pyproject.toml (4 rounds x 2 local epochs per "
             "classifier), about 24 pooled test patients",
             (40, 40, 40),
         ),
@@ -62,7 +62,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "alike",
-            "3 hospitals x 24 patients, one scanner and protocol for all, 8 NPL each (33%), FedAvg",
+            "3 hospitals x 24 patients, one scanner and protocol for all, 8 NPL each (33%), FedAvgM",
             (24, 24, 24),
             same_scanner=True,
             npl_per_site=(1 / 3, 1 / 3, 1 / 3),
@@ -82,7 +82,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "unequal",
-            "very unequal sizes (60 / 20 / 8 patients), sample-weighted FedAvg",
+            "very unequal sizes (60 / 20 / 8 patients), sample-weighted FedAvgM",
             (60, 20, 8),
         ),
         Scenario(

@@ -137,7 +137,10 @@ def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_
         ({"dp": "central", "strategy": "fedtrimmedavg"}, "dp='central' with strategy='fedtrimmedavg'"),
         ({"dp": "central", "strategy": "fedadam"}, "dp='central' with strategy='fedadam'"),
         ({"dp": "central", "strategy": "fedavgm"}, "dp='central' with strategy='fedavgm'"),
-        ({"dp": "central", "transport-dtype": "float16"}, "dp='central' with transport-dtype='float16'"),
+        (
+            {"dp": "central", "strategy": "fedavg", "transport-dtype": "float16"},
+            "dp='central' with transport-dtype='float16'",
+        ),
         ({"dp": "local", "strategy": "fedprox", "amp": False}, "dp='local' with strategy='fedprox'"),
         ({"dp": "local", "amp": True}, "dp='local' with amp=true"),
     ],
@@ -343,7 +346,9 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
 
 @pytest.mark.slow
 def test_central_dp_study_both_stages_epsilon_per_site_and_audit(cohort, tmp_path):
-    grid, results = _run(cohort, tmp_path / "central", dp="central", **{"dp-noise-multiplier": 1.5})
+    grid, results = _run(
+        cohort, tmp_path / "central", dp="central", strategy="fedavg", **{"dp-noise-multiplier": 1.5}
+    )
     assert (tmp_path / "central" / "STATUS").read_text().startswith("COMPLETED")
     priv = results["privacy"]
     assert priv["mode"] == "central" and priv["unit"] == "one site" and priv["releases"] == 2

@@ -214,7 +214,7 @@ def test_a_claim_above_the_sites_own_counts_ends_the_run_naming_the_site():
     [
         ({"strategy": "fedmedian"}, "secure-aggregation=true with strategy='fedmedian'"),
         ({"strategy": "fedtrimmedavg"}, "secure-aggregation=true with strategy='fedtrimmedavg'"),
-        ({"dp": "central"}, "secure-aggregation=true with dp='central'"),
+        ({"dp": "central", "strategy": "fedavg"}, "secure-aggregation=true with dp='central'"),
         ({"update-norm-factor": 10.0}, "secure-aggregation=true with update-norm-factor=10"),
         ({"min-sites": 1}, "secure-aggregation=true with min-sites=1"),
     ],
