@@ -58,7 +58,7 @@ def test_a_trimmed_mean_that_trims_nobody_is_named():
 # ---- strategies --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedtrimmedavg"])
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedavgm", "fedtrimmedavg"])
 def test_an_update_times_1e6_is_rejected_with_the_site_named(name):
     strategy = make_strategy(name, **{"trimmed-beta": 0.34})  # 3 honest sites: one trimmed at each end
     strategy.update_norm_factor = 10.0
