@@ -29,21 +29,25 @@ class CheckedFedAvgM(StageMixin, FedAvg):
         self.server_momentum = server_momentum
         self.step: dict[str, np.ndarray] = {}
 
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[override]
+        # a resumed step that does not fit the model is refused before the sites spend a round training
+        if self.step and set(self.step) != {k for k, a in arrays.items() if _is_weight(k, np.dtype(a.dtype))}:
+            raise ValueError(
+                "the FedAvgM momentum does not fit the model: its arrays differ from the global model's "
+                "(was the checkpoint written for another model?)"
+            )
+        return super().configure_train(server_round, arrays, config, grid)
+
     def aggregate_train(self, server_round, replies):  # type: ignore[override]
         arrays, metrics = super().aggregate_train(server_round, replies)
         sent = self._global_numpy
         if arrays is None or sent is None:
             return arrays, metrics
-        if self.step and set(self.step) != {k for k, v in sent.items() if _is_weight(k, v)}:
-            raise ValueError(
-                "the FedAvgM momentum does not fit the model: its arrays differ from the global model's "
-                "(was the checkpoint written for another model?)"
-            )
         out: dict[str, np.ndarray] = {}
         for name, mean_record in arrays.items():
             mean = mean_record.numpy()
             old = sent[name]
-            if not _is_weight(name, old):
+            if not _is_weight(name, old.dtype):
                 out[name] = np.rint(mean).astype(old.dtype) if np.issubdtype(old.dtype, np.integer) else mean
                 continue
             update = mean.astype(np.float32) - old.astype(np.float32)
@@ -64,6 +68,6 @@ class CheckedFedAvgM(StageMixin, FedAvg):
         self.step = {k: np.asarray(v, dtype=np.float32) for k, v in state.get(MOMENTUM, {}).items()}
 
 
-def _is_weight(name: str, array: np.ndarray) -> bool:
+def _is_weight(name: str, dtype: np.dtype) -> bool:
     """A trained floating-point weight (the momentum's domain), not a running statistic or a counter."""
-    return np.issubdtype(array.dtype, np.floating) and not is_running_statistic(name)
+    return np.issubdtype(dtype, np.floating) and not is_running_statistic(name)
