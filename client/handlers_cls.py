@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
+from client.local_optimizer import load_optimizer_state, save_optimizer_state
 from client.node_data import SiteData
 from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
 from shared import protocol as P
@@ -102,6 +103,11 @@ def train_cls(
         return state_to_numpy(model.state_dict()), metrics
     epochs = cfg.cls_epochs
     total = int(conf.get(P.CFG_TOTAL_ROUNDS, rnd)) * epochs
+    cache = data.site.cache_dir
+    stage_key = f"cls:{name}"
+    keep = cfg.cls.local_optimizer == "keep"
+    optimizer_state = load_optimizer_state(cache, study, stage_key, rnd, model) if keep else None
+    keep_optimizer_state = (lambda st: save_optimizer_state(cache, study, stage_key, rnd, st)) if keep else None
     if cfg.dp == "local":
         from client.privacy_site import private_round
         from shared.privacy.dp_training import train_classifier_dp
@@ -113,7 +119,9 @@ def train_cls(
             n_patients=len(ds.patients),
             batch_size=cfg.cls.batch_size,
             epochs=epochs,
-            train=lambda plan: train_classifier_dp(model, ds, cfg_r, device, plan),
+            train=lambda plan: train_classifier_dp(
+                model, ds, cfg_r, device, plan, optimizer_state, keep_optimizer_state
+            ),
         )
         metrics.update(dp_metrics)
     else:
@@ -126,6 +134,8 @@ def train_cls(
             prox_mu=float(conf.get(P.CFG_PROX_MU, 0.0)),
             start_epoch=(rnd - 1) * epochs,
             total_epochs=max(total, rnd * epochs),
+            optimizer_state=optimizer_state,
+            keep_optimizer_state=keep_optimizer_state,
         )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, f"cls:{name}", rnd)

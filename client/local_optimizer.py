@@ -1,12 +1,14 @@
-"""``seg-local-optimizer = "keep"``: a site's Adam moments carried from one segmenter round to the next.
+"""``seg-local-optimizer`` / ``cls-local-optimizer = "keep"``: a site's Adam(W) moments carried from one round
+of a stage to the next.
 
 A fresh Adam takes a full-size step on every weight in its first steps, whatever the gradient's size: with one
 short local epoch per round, each round restarts into those steps. Kept, the moments continue where the site's
 previous round left them; the weights still come from the global model. The state lives in the site's cache
-(``<cache>/optim/<study-id>/<stage>-r<round>.pt``), is never sent, and holds no patient data (running means of
-gradients, the same kind of figure as the weights the site sends). One file per round, the latest two kept, so a
-study resumed at the round before still finds the state that round started from; when a study saves its first
-state, earlier studies' folders are removed (about 115 MB per round for the default U-Net). A round after the
+(``<cache>/optim/<study-id>/<stage>-r<round>.pt``, stage ``seg`` or ``cls-<dataset>``), is never sent, and holds
+no patient data (running means of gradients, the same kind of figure as the weights the site sends). One file per
+round, the latest two kept, so a study resumed at the round before still finds the state that round started from;
+when a study saves its first state, earlier studies' folders are removed (about 115 MB per round for the default
+U-Net, 340 MB per classifier dataset for a ResNet101). A round after the
 first that finds no state says so in the site's log and starts a fresh Adam.
 """
 

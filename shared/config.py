@@ -22,9 +22,10 @@ SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientn
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
 #: ``seg-lr-schedule``: Adam at a constant lr, or cosine decay to 0 over all the stage's epochs (rounds x local epochs)
 SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-#: ``seg-local-optimizer``: a fresh Adam at each site every round, or each site keeps its Adam moments between
-#: rounds (in its cache: ``client/local_optimizer.py``)
-SEG_LOCAL_OPTIMIZERS: tuple[str, ...] = ("restart", "keep")
+#: ``seg-local-optimizer`` / ``cls-local-optimizer``: a fresh Adam(W) at each site every round, or each site keeps
+#: its optimizer's moments between rounds (in its cache: ``client/local_optimizer.py``)
+LOCAL_OPTIMIZERS: tuple[str, ...] = ("restart", "keep")
+SEG_LOCAL_OPTIMIZERS = LOCAL_OPTIMIZERS
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
 ROI_INTENSITIES: tuple[str, ...] = (
@@ -136,6 +137,7 @@ class ClassifierConfig:
     aggregation: str
     augment: str
     tta: str
+    local_optimizer: str
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -155,6 +157,7 @@ class ClassifierConfig:
         _check_range("cls-weight-decay", self.weight_decay, 0.0, 1.0)
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
         _check_choice("cls-tta", self.tta, CLS_TTA)
+        _check_choice("cls-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
         unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
         if unknown:
             raise ConfigError(

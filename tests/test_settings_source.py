@@ -38,6 +38,7 @@ OTHER_VALUE = {
     "cls-weight-decay": 0.001,
     "cls-augment": "flip,shift",
     "cls-tta": "flip",
+    "cls-local-optimizer": "keep",
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back

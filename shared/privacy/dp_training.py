@@ -23,7 +23,7 @@ from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch, augment_pairs
 from shared.training.classification import smoothed_bce
 from shared.training.device import TrainStats, place_batch, place_model
-from shared.training.schedules import adam, lr_factor
+from shared.training.schedules import adam, adamw, lr_factor
 from shared.training.seg_dataset import SegSliceDataset
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,17 @@ def train_segmenter_dp(
 
 
 def train_classifier_dp(
-    model: nn.Module, ds: RoiDataset, cfg: PipelineConfig, device: torch.device, plan: DPPlan
+    model: nn.Module,
+    ds: RoiDataset,
+    cfg: PipelineConfig,
+    device: torch.device,
+    plan: DPPlan,
+    optimizer_state: Mapping[str, Any] | None = None,
+    keep_optimizer_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainStats:
-    """One round of DP-SGD on the classifier (AdamW at a constant ``cfg.cls.lr``; no warm-up under DP)."""
+    """One round of DP-SGD on the classifier (AdamW at a constant ``cfg.cls.lr``; no warm-up under DP).
+    ``optimizer_state`` / ``keep_optimizer_state`` as in :func:`train_segmenter_dp` (moments of noised
+    gradients: post-processing)."""
     if len(ds) == 0:
         raise ValueError(f"dataset {ds.name!r} has no ROI slices to train on")
     slices: list[list[int]] = [[] for _ in range(len(ds.patients))]
@@ -107,7 +115,7 @@ def train_classifier_dp(
         slices[int(i)].append(k)
     slices = [s for s in slices if s]
     place_model(model, device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.cls.lr, weight_decay=cfg.cls.weight_decay)
+    opt = adamw(model.parameters(), cfg.cls.lr, cfg.cls.weight_decay, optimizer_state)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
 
     def batch_of(picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,4 +127,6 @@ def train_classifier_dp(
         return smoothed_bce(output.float().squeeze(1), y, cfg.cls.label_smoothing)
 
     stats = run_dp_sgd(model, opt, slices, batch_of, loss_of, plan)
+    if keep_optimizer_state is not None:
+        keep_optimizer_state(opt.state_dict())
     return _stats(stats, 1)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from shared.config import PipelineConfig
 from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
-from shared.training.schedules import prox_term, snapshot_params, warmup_cosine
+from shared.training.schedules import adamw, prox_term, snapshot_params, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,16 @@ def train_classifier(
     start_epoch: int = 0,
     total_epochs: int | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
+    keep_optimizer_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on all slices of ``ds`` (use ``ds.subset("train")``).
 
     The lr schedule spans ``total_epochs`` (default ``start_epoch + epochs``) and this call runs epochs
     ``start_epoch .. start_epoch + epochs − 1`` of it, so federated rounds of one epoch can share one schedule.
     ``on_epoch_end(epoch, mean_loss)`` runs after each epoch (model selection on validation AUC).
+    ``optimizer_state`` (an AdamW ``state_dict`` of an earlier call on the same architecture) continues AdamW's
+    moments instead of starting fresh; ``keep_optimizer_state`` receives the final one (``cls-local-optimizer``).
     """
     t0 = time.perf_counter()
     if len(ds) == 0:
@@ -62,7 +67,7 @@ def train_classifier(
     drop_last = len(ds) > bs
     steps_per_epoch = len(ds) // bs if drop_last else 1
     total_steps = total_epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.cls.lr, weight_decay=cfg.cls.weight_decay)
+    opt = adamw(model.parameters(), cfg.cls.lr, cfg.cls.weight_decay, optimizer_state)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s + start_epoch * steps_per_epoch, total_steps, cfg.cls.warmup)
     )
@@ -96,6 +101,8 @@ def train_classifier(
         if on_epoch_end is not None:
             on_epoch_end(epoch, mean)
             model.train()
+    if keep_optimizer_state is not None:
+        keep_optimizer_state(opt.state_dict())
     seconds = time.perf_counter() - t0
     return TrainStats(losses[0], losses[-1], float(np.mean(losses)), n_examples, seconds, epochs)
 

@@ -34,7 +34,19 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
 def adam(params, lr: float, state: Mapping[str, Any] | None = None) -> torch.optim.Adam:
     """Adam at ``lr``; with ``state`` (an earlier Adam's ``state_dict`` on the same parameters) its moments and
     step counts continue, at this call's ``lr``."""
-    opt = torch.optim.Adam(params, lr=lr)
+    return _continued(torch.optim.Adam(params, lr=lr), lr, state)
+
+
+def adamw(params, lr: float, weight_decay: float, state: Mapping[str, Any] | None = None) -> torch.optim.AdamW:
+    """AdamW at ``lr`` and ``weight_decay``; ``state`` (an earlier AdamW's ``state_dict``) as in :func:`adam`."""
+    opt = _continued(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), lr, state)
+    for group in opt.param_groups:
+        group["weight_decay"] = weight_decay
+    return opt
+
+
+def _continued(opt, lr: float, state: Mapping[str, Any] | None):
+    """``opt`` with ``state``'s moments and step counts loaded, its lr (and the scheduler's base lr) ``lr``."""
     if state is not None:
         opt.load_state_dict(state)
         for group in opt.param_groups:
