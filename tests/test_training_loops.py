@@ -279,3 +279,31 @@ def test_a_kept_optimizer_state_continues_adam_in_both_segmenter_loops(dp: bool)
 
     first = one_call(None)
     assert first > 0 and one_call(kept[-1]) == 2 * first
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_kept_optimizer_state_continues_adamw_in_both_classifier_loops(dp: bool) -> None:
+    """As the segmenter's: the AdamW state one classifier call hands out is the state the next call continues,
+    with or without DP-SGD, and it keeps the run's weight decay."""
+    from shared.privacy.dp_sgd import DPPlan
+    from shared.privacy.dp_training import train_classifier_dp
+
+    ds = _toy_roi_dataset(8)
+    cfg = replace(TINY, amp=False)
+    torch.manual_seed(0)
+    model = build_classifier(cfg.cls, ds.in_channels, dp=dp)
+    kept: list[dict] = []
+
+    def one_call(state: dict | None) -> int:
+        if dp:
+            plan = DPPlan(sample_rate=1.0, noise_multiplier=0.5, steps=2, expected_batch=4, max_grad_norm=1.0)
+            train_classifier_dp(model, ds, cfg, torch.device("cpu"), plan, state, kept.append)
+        else:
+            train_classifier(
+                model, ds, cfg, torch.device("cpu"), epochs=1, optimizer_state=state, keep_optimizer_state=kept.append
+            )  # fmt: skip
+        assert kept[-1]["param_groups"][0]["weight_decay"] == cfg.cls.weight_decay
+        return max(int(s["step"]) for s in kept[-1]["state"].values())
+
+    first = one_call(None)
+    assert first > 0 and one_call(kept[-1]) == 2 * first
