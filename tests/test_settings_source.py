@@ -39,6 +39,7 @@ OTHER_VALUE = {
     "cls-augment": "flip,shift",
     "cls-tta": "flip",
     "cls-local-optimizer": "keep",
+    "cls-norm": "group",
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
