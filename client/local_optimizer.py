@@ -6,9 +6,9 @@ short local epoch per round, each round restarts into those steps. Kept, the mom
 previous round left them; the weights still come from the global model. The state lives in the site's cache
 (``<cache>/optim/<study-id>/<stage>-r<round>.pt``, stage ``seg`` or ``cls-<dataset>``), is never sent, and holds
 no patient data (running means of gradients, the same kind of figure as the weights the site sends). One file per
-round, the latest two kept, so a study resumed at the round before still finds the state that round started from;
-when a study saves its first state, earlier studies' folders are removed (about 115 MB per round for the default
-U-Net, 340 MB per classifier dataset for a ResNet101). A round after the
+round, the latest two of the stage in progress kept, so a study resumed at the round before still finds the state
+that round started from; a stage's first save removes the earlier stages' files, a study's first save earlier
+studies' folders (about 115 MB per file for the default U-Net, 340 MB for a ResNet101 classifier). A round after the
 first that finds no state says so in the site's log and starts a fresh Adam.
 """
 
@@ -81,8 +81,10 @@ def _misfit(state: Mapping[str, Any], model: nn.Module) -> str | None:
 def save_optimizer_state(
     cache_dir: Path, study: str, stage_key: str, round: int, state: Mapping[str, Any]
 ) -> Path:
-    """Write round ``round``'s final optimizer state (atomic), drop this stage's files older than the latest
-    :data:`KEEP_FILES` rounds and, on a study's first save, other studies' folders."""
+    """Write round ``round``'s final optimizer state (atomic); keep only this stage's latest :data:`KEEP_FILES`
+    rounds: a site training this stage has seen every earlier stage finish (the coordinator moves on only after
+    aggregating a stage's last round), so their files are removed, and on a study's first save so are other
+    studies' folders."""
     path = _path(cache_dir, study, stage_key, round)
     if not path.parent.exists():
         for other in path.parent.parent.glob("*"):
@@ -90,11 +92,11 @@ def save_optimizer_state(
                 shutil.rmtree(other, ignore_errors=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_state_file(path, state)  # type: ignore[arg-type]  # nested dict of tensors and numbers
-    for old in path.parent.glob(f"{path.name.rsplit('-r', 1)[0]}-r*.pt"):
-        try:
-            r = int(old.stem.rsplit("-r", 1)[1])
-        except (IndexError, ValueError):
+    tag = path.name.rsplit("-r", 1)[0]
+    for old in path.parent.glob("*-r*.pt"):
+        old_tag, _, r = old.stem.rpartition("-r")
+        if not r.isdigit():
             continue
-        if r <= round - KEEP_FILES:
+        if old_tag != tag or int(r) <= round - KEEP_FILES:
             old.unlink(missing_ok=True)
     return path

@@ -53,7 +53,8 @@ def test_keep_carries_each_sites_adamw_moments_into_its_next_classifier_round_an
     tmp_path, caplog
 ) -> None:
     """Round 2 continues round 1's AdamW (its step count goes on, its weights differ from a fresh AdamW's on the
-    same global model); the files sit in the site's cache under the dataset's name, the latest two rounds; the
+    same global model); the files sit in the site's cache under the dataset's name, the latest two rounds, and
+    the finished segmenter stage's file goes when the classifier stage first saves; the
     scheduler's base lr is this run's ``cls-lr``, not the saved one. ``restart`` writes nothing; a file that
     does not fit the model is named in a warning and that round trains as ``restart`` does."""
     data = _site(tmp_path)
@@ -70,7 +71,10 @@ def test_keep_carries_each_sites_adamw_moments_into_its_next_classifier_round_an
 
     fresh = round_(CFG, 2)
     assert not optim_dir.exists()
+    optim_dir.mkdir(parents=True)
+    (optim_dir / "seg-r15.pt").write_bytes(b"the segmenter stage's last state")
     round_(keep, 1)
+    assert not (optim_dir / "seg-r15.pt").exists(), "a finished stage's state is removed when the next one saves"
     r1 = torch.load(optim_dir / "cls-t1plust2-r1.pt")
     steps_r1 = max(int(s["step"]) for s in r1["state"].values())
     kept = round_(replace(keep, cls=replace(keep.cls, lr=0.002)), 2)

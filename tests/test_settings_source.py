@@ -38,7 +38,7 @@ OTHER_VALUE = {
     "cls-weight-decay": 0.001,
     "cls-augment": "flip,shift",
     "cls-tta": "flip",
-    "cls-local-optimizer": "keep",
+    "cls-local-optimizer": "restart",
     "cls-norm": "group",
     "roi-intensity": "peritumoral",
     "roi-context": "box",
