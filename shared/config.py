@@ -35,9 +35,6 @@ ROI_INTENSITIES: tuple[str, ...] = (
 )  # shared/roi/datasets.py
 ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
-#: ``cls-norm``: the classifier's normalisation layers: torchvision's BatchNorm, or GroupNorm (no running
-#: statistics: nothing for the sites' averages to disagree on; the layers DP-SGD needs anyway)
-CLS_NORMS: tuple[str, ...] = ("batch", "group")
 CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
 SEG_AUGMENT_OPS: tuple[str, ...] = ("flip", "shift", "intensity")  # shared/training/augment.py augment_pairs
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -141,7 +138,6 @@ class ClassifierConfig:
     augment: str
     tta: str
     local_optimizer: str
-    norm: str
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -162,7 +158,6 @@ class ClassifierConfig:
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
         _check_choice("cls-tta", self.tta, CLS_TTA)
         _check_choice("cls-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
-        _check_choice("cls-norm", self.norm, CLS_NORMS)
         unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
         if unknown:
             raise ConfigError(

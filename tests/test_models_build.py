@@ -51,33 +51,6 @@ def test_classifier_single_logit(arch: str) -> None:
     assert float(loss) > 0
 
 
-def test_group_norm_classifier_has_no_batchnorm_keeps_zero_init_and_pretrained_affine_and_is_dp_ready(
-    tmp_path,
-) -> None:
-    """``cls-norm = group``: no BatchNorm (so no running statistics in the state dict), the zero-init residual
-    branch stays zero, a file's pretrained BatchNorm scale and shift carry over, one image's score does not
-    depend on the rest of its batch, and Opacus accepts it as built (and after its own fix, under DP)."""
-    cfg = replace(DEFAULTS.cls, arch="resnet18", norm="group")
-    model = build_classifier(cfg, in_channels=2).eval()
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert not any("running_" in k or "num_batches" in k for k in model.state_dict())
-    assert isinstance(model.layer1[0].bn2, torch.nn.GroupNorm) and float(model.layer1[0].bn2.weight.abs().sum()) == 0
-    x = torch.randn(4, 2, 32, 32)
-    torch.testing.assert_close(model(x)[:1], model(x[:1]))
-    ref = resnet18(weights=None)
-    with torch.no_grad():
-        ref.layer2[0].bn1.weight.uniform_(0.5, 1.5)
-        ref.layer2[0].bn1.bias.uniform_(-0.5, 0.5)
-    torch.save(ref.state_dict(), tmp_path / "r18.pth")
-    pre = build_classifier(replace(cfg, weights=f"file:{tmp_path / 'r18.pth'}"), in_channels=2)
-    torch.testing.assert_close(pre.layer2[0].bn1.weight, ref.layer2[0].bn1.weight)
-    torch.testing.assert_close(pre.layer2[0].bn1.bias, ref.layer2[0].bn1.bias)
-    assert ModuleValidator.validate(model.train(), strict=False) == []
-    dp_model = build_classifier(cfg, in_channels=2, dp=True)
-    assert ModuleValidator.validate(dp_model, strict=False) == []
-    assert list(dp_model.state_dict()) == list(model.state_dict())
-
-
 def test_label_smoothing_targets() -> None:
     logits = torch.tensor([0.0])
     # with smoothing 0.1 the target for label 1 is 0.95: the loss minimum is at sigmoid(z) = 0.95

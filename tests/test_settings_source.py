@@ -39,7 +39,6 @@ OTHER_VALUE = {
     "cls-augment": "flip,shift",
     "cls-tta": "flip",
     "cls-local-optimizer": "restart",
-    "cls-norm": "group",
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back

@@ -82,15 +82,14 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 
 #: pipeline keys added after bundles were first written, with the value that reproduces how a bundle written
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
-#: cls-tta: such bundles scored each slice once; cls-norm: they had BatchNorm; seg-augment, seg-lr-schedule,
-#: seg-/cls-local-optimizer: training only.
+#: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer: training
+#: only.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
     "seg-augment": "none",
     "seg-lr-schedule": "constant",
     "seg-local-optimizer": "restart",
     "cls-local-optimizer": "restart",
-    "cls-norm": "batch",
 }
 
 

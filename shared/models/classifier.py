@@ -32,8 +32,7 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
     Input ``(B, in_channels, S, S)`` float32 ROI crops (:mod:`shared.roi.datasets`); output ``(B, 1)`` float32 logits of NPL.
     Weights (``cfg.weights``): random with zero-init of the last BN of each residual block (trains from scratch
     far more reliably here), ImageNet (torchvision enum) or a local state-dict file; for pretrained weights the
-    RGB stem is averaged into ``in_channels`` and the 1000-class head replaced. ``cfg.norm = "group"``: every
-    BatchNorm becomes a GroupNorm with its scale and shift (:func:`group_normed`).
+    RGB stem is averaged into ``in_channels`` and the 1000-class head replaced.
     """
     if in_channels < 1:
         raise ModelMismatchError(f"in_channels={in_channels}: expected at least 1")
@@ -55,29 +54,8 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
         with torch.no_grad():
             model.conv1.weight.copy_(adapt_stem(old.weight, in_channels))
     model.fc = nn.Linear(model.fc.in_features, 1)
-    if cfg.norm == "group":
-        model = group_normed(model)
     if dp:
         from shared.models.dp_compat import make_dp_compatible
 
         model = make_dp_compatible(model)
-    return model
-
-
-def group_normed(model: nn.Module) -> nn.Module:
-    """``model`` with every ``BatchNorm2d`` replaced by a ``GroupNorm`` over ``gcd(32, channels)`` groups that
-    takes over its scale and shift (so a zero-initialised residual branch stays zero, a pretrained affine stays);
-    the running statistics are dropped: GroupNorm normalises each image by its own."""
-    import math
-
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.BatchNorm2d):
-            c = child.num_features
-            gn = nn.GroupNorm(math.gcd(32, c), c, eps=child.eps, affine=True)
-            with torch.no_grad():
-                gn.weight.copy_(child.weight)
-                gn.bias.copy_(child.bias)
-            setattr(model, name, gn)
-        else:
-            group_normed(child)
     return model
