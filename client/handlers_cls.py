@@ -69,6 +69,7 @@ def query_roi(
 
 def _dataset(conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig):
     name = str(conf[P.CFG_DATASET])
+    parse_dataset_name(name)  # it names files in the site's cache: only sequences joined by "+" pass, no path
     return name, load_roi(data.site.cache_dir, roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg), name)
 
 

@@ -92,3 +92,25 @@ def test_keep_carries_each_sites_adamw_moments_into_its_next_classifier_round_an
     assert "cls-t1plust2-r3.pt is unreadable" in caplog.text
     fresh_4 = round_(CFG, 4)
     assert all(np.array_equal(after_bad_file[k], fresh_4[k]) for k in fresh_4)
+
+
+def test_a_dataset_name_that_is_a_path_is_refused_before_any_file_is_read_or_written(tmp_path) -> None:
+    """The dataset name comes from the coordinator's message and names the ROI file the site reads and the
+    optimizer files it writes: ``../`` in it would reach the hospital's other files."""
+    import pytest
+
+    from shared.errors import ConfigError
+
+    data = _site(tmp_path)
+    bystander = tmp_path / "hospital-files"
+    bystander.mkdir()
+    np.savez(bystander / "x.npz", images=np.zeros(1))
+    keep = replace(CFG, cls=replace(CFG.cls, local_optimizer="keep"))
+    record = state_to_record(build_classifier(CFG.cls, 2).state_dict())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for bad in ("../../../hospital-files/x", "t1/../../x", "t1+t1"):
+        conf = {P.CFG_ROUND: 2, P.CFG_STUDY: "s1", P.CFG_TOTAL_ROUNDS: 4, P.CFG_DATASET: bad,
+                P.CFG_SEGMENTER_HASH: "seg-hash"}  # fmt: skip
+        with pytest.raises(ConfigError, match="datasets entry"):
+            train_cls(record, conf, data, keep, CPU)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
