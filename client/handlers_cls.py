@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
-from client.local_optimizer import load_optimizer_state, save_optimizer_state
+from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData
 from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
 from shared import protocol as P
@@ -108,7 +108,8 @@ def train_cls(
     stage_key = f"cls:{name}"
     keep = cfg.cls.local_optimizer == "keep"
     optimizer_state = load_optimizer_state(cache, study, stage_key, rnd, model) if keep else None
-    keep_optimizer_state = (lambda st: save_optimizer_state(cache, study, stage_key, rnd, st)) if keep else None
+    total_rounds = int(conf[P.CFG_TOTAL_ROUNDS]) if P.CFG_TOTAL_ROUNDS in conf else None
+    keep_optimizer_state = state_keeper(cache, study, stage_key, rnd, total_rounds) if keep else None
     if cfg.dp == "local":
         from client.privacy_site import private_round
         from shared.privacy.dp_training import train_classifier_dp

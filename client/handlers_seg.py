@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
-from client.local_optimizer import load_optimizer_state, save_optimizer_state
+from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData, split_patients
 from shared import protocol as P
 from shared.config import PipelineConfig
@@ -64,7 +64,8 @@ def train_seg(
     cache = data.site.cache_dir
     keep = cfg.seg.local_optimizer == "keep"
     optimizer_state = load_optimizer_state(cache, study, "seg", rnd, model) if keep else None
-    keep_optimizer_state = (lambda st: save_optimizer_state(cache, study, "seg", rnd, st)) if keep else None
+    total_rounds = int(conf[P.CFG_TOTAL_ROUNDS]) if P.CFG_TOTAL_ROUNDS in conf else None
+    keep_optimizer_state = state_keeper(cache, study, "seg", rnd, total_rounds) if keep else None
     if cfg.dp == "local":
         from client.privacy_site import private_round
         from shared.privacy.dp_training import seg_training_patients, train_segmenter_dp

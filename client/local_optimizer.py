@@ -7,8 +7,8 @@ previous round left them; the weights still come from the global model. The stat
 (``<cache>/optim/<study-id>/<stage>-r<round>.pt``, stage ``seg`` or ``cls-<dataset>``), is never sent, and holds
 no patient data (running means of gradients, the same kind of figure as the weights the site sends). One file per
 round, the latest two of the stage in progress kept, so a study resumed at the round before still finds the state
-that round started from; a stage's first save removes the earlier stages' files, a study's first save earlier
-studies' folders (about 115 MB per file for the default U-Net, 340 MB for a ResNet101 classifier). A round after the
+that round started from; a stage's last round writes nothing (nothing continues it) and keeps only the file it
+started from; a stage's first save removes the earlier stages' files, a study's first save earlier studies' folders (about 115 MB per file for the default U-Net, 340 MB for a ResNet101 classifier). A round after the
 first that finds no state says so in the site's log and starts a fresh Adam.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import pickle
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,31 @@ def save_optimizer_state(
                 shutil.rmtree(other, ignore_errors=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_state_file(path, state)  # type: ignore[arg-type]  # nested dict of tensors and numbers
-    tag = path.name.rsplit("-r", 1)[0]
-    for old in path.parent.glob("*-r*.pt"):
-        old_tag, _, r = old.stem.rpartition("-r")
-        if not r.isdigit():
-            continue
-        if old_tag != tag or int(r) <= round - KEEP_FILES:
-            old.unlink(missing_ok=True)
+    _prune(path.parent, path.name.rsplit("-r", 1)[0], keep=lambda r: r > round - KEEP_FILES)
     return path
+
+
+def state_keeper(
+    cache_dir: Path, study: str, stage_key: str, round: int, total_rounds: int | None
+) -> Callable[[dict[str, Any]], None]:
+    """What a round does with its final optimizer state. At the stage's last round (``total_rounds``, from the
+    coordinator's message) no round would continue it: it is not written (340 MB for a ResNet101), and of this
+    stage's files only the one that round started from stays (a study resumed at that round needs it)."""
+    last = total_rounds is not None and round >= total_rounds
+
+    def keep_state(state: dict[str, Any]) -> None:
+        if not last:
+            save_optimizer_state(cache_dir, study, stage_key, round, state)
+            return
+        folder = _path(cache_dir, study, stage_key, round).parent
+        _prune(folder, stage_file_tag(stage_key), keep=lambda r: r == round - 1)
+
+    return keep_state
+
+
+def _prune(folder: Path, tag: str, keep: Callable[[int], bool]) -> None:
+    """Remove the other stages' files in ``folder`` and this stage's (``tag``) whose round fails ``keep``."""
+    for old in folder.glob("*-r*.pt"):
+        old_tag, _, r = old.stem.rpartition("-r")
+        if r.isdigit() and (old_tag != tag or not keep(int(r))):
+            old.unlink(missing_ok=True)

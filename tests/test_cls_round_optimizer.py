@@ -55,7 +55,7 @@ def test_keep_carries_each_sites_adamw_moments_into_its_next_classifier_round_an
     """Round 2 continues round 1's AdamW (its step count goes on, its weights differ from a fresh AdamW's on the
     same global model); the files sit in the site's cache under the dataset's name, the latest two rounds, and
     the finished segmenter stage's file goes when the classifier stage first saves; the
-    scheduler's base lr is this run's ``cls-lr``, not the saved one. ``restart`` writes nothing; a file that
+    scheduler's base lr is this run's ``cls-lr``, not the saved one; the stage's last round writes nothing. ``restart`` writes nothing; a file that
     does not fit the model is named in a warning and that round trains as ``restart`` does."""
     data = _site(tmp_path)
     torch.manual_seed(0)
@@ -90,6 +90,8 @@ def test_keep_carries_each_sites_adamw_moments_into_its_next_classifier_round_an
     caplog.clear()
     after_bad_file = round_(keep, 4)
     assert "cls-t1plust2-r3.pt is unreadable" in caplog.text
+    # round 4 of 4 is the stage's last: its state is not written, only the file it started from stays
+    assert sorted(p.name for p in optim_dir.iterdir()) == ["cls-t1plust2-r3.pt"]
     fresh_4 = round_(CFG, 4)
     assert all(np.array_equal(after_bad_file[k], fresh_4[k]) for k in fresh_4)
 

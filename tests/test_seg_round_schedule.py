@@ -99,6 +99,7 @@ def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_do
     caplog.clear()
     after_bad_file = round_(keep, 4)
     assert "seg-r3.pt is unreadable" in caplog.text
+    assert sorted(p.name for p in optim_dir.iterdir()) == ["seg-r3.pt"], "the stage's last round writes nothing"
     fresh_4 = round_(CFG, 4)
     assert all(np.array_equal(after_bad_file[k], fresh_4[k]) for k in fresh_4)
     caplog.clear()
