@@ -92,7 +92,7 @@ def save_optimizer_state(
                 shutil.rmtree(other, ignore_errors=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_state_file(path, state)  # type: ignore[arg-type]  # nested dict of tensors and numbers
-    _prune(path.parent, path.name.rsplit("-r", 1)[0], keep=lambda r: r > round - KEEP_FILES)
+    _prune(path.parent, stage_file_tag(stage_key), keep=lambda r: r > round - KEEP_FILES)
     return path
 
 

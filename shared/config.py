@@ -25,7 +25,6 @@ SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 #: ``seg-local-optimizer`` / ``cls-local-optimizer``: a fresh Adam(W) at each site every round, or each site keeps
 #: its optimizer's moments between rounds (in its cache: ``client/local_optimizer.py``)
 LOCAL_OPTIMIZERS: tuple[str, ...] = ("restart", "keep")
-SEG_LOCAL_OPTIMIZERS = LOCAL_OPTIMIZERS
 CLS_ARCHS: tuple[str, ...] = ("resnet101", "resnet18", "resnet50")
 CLS_AGGREGATIONS: tuple[str, ...] = ("mean",)
 ROI_INTENSITIES: tuple[str, ...] = (
@@ -98,7 +97,7 @@ class SegmenterConfig:
         _check_range("seg-batch-size", self.batch_size, 1, 4096)
         _check_choice("seg-loss", self.loss, SEG_LOSSES)
         _check_choice("seg-lr-schedule", self.lr_schedule, SEG_LR_SCHEDULES)
-        _check_choice("seg-local-optimizer", self.local_optimizer, SEG_LOCAL_OPTIMIZERS)
+        _check_choice("seg-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
         _check_range("seg-slices-per-patient", self.slices_per_patient, 1, 1024)
         unknown = [op for op in self.augment_ops if op not in SEG_AUGMENT_OPS]
         if unknown:
