@@ -76,7 +76,12 @@ def _dataset(conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig):
 def train_cls(
     record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
-    """One round of local classifier training on the ROI crops of ``conf["dataset"]``."""
+    """One round of local classifier training on the ROI crops of ``conf["dataset"]`` (of contrastive
+    pretraining of its backbone when ``conf["stage"]`` says so: :mod:`client.handlers_pretrain`)."""
+    if str(conf.get(P.CFG_STAGE, P.STAGE_CLS)) == P.STAGE_CLS_PRETRAIN:
+        from client.handlers_pretrain import pretrain_cls
+
+        return pretrain_cls(record, conf, data, cfg, device)
     rnd = int(conf[P.CFG_ROUND])
     name, full = _dataset(conf, data, cfg)
     cfg_r = seeded_config(cfg, "cls", name, rnd, data.site.name)

@@ -15,7 +15,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.config import federation_from_run_config, pipeline_from_run_config
 from server.polling_grid import for_study
-from server.privacy import check_privacy_settings, privacy_summary
+from server.privacy import privacy_summary
+from server.settings_check import check_study_settings
 from server.report import write_report
 from server.run_log import RunLog
 from server.status import Heartbeat, write_status
@@ -60,7 +61,7 @@ def main(grid: Grid, context: Context) -> None:
             context.run_config
         )  # ConfigError names the key; the run ends at once
         cfg = pipeline_from_run_config(context.run_config)
-        check_privacy_settings(fed, cfg)
+        check_study_settings(fed, cfg)
     except ConfigError as err:
         log.error("CONFIG ERROR, study not started: %s", err)
         _mark_failed(str(context.run_config.get("out-dir", "")), f"ConfigError: {err}")
@@ -89,7 +90,9 @@ def main(grid: Grid, context: Context) -> None:
                 fed,
                 # every training round of every stage that ran is one release (a round that cannot aggregate
                 # ends the study), counted from the settings so that rounds done before a resume count too
-                fed.seg_rounds + fed.cls_rounds * len(outcome.classifiers),
+                fed.seg_rounds
+                + fed.cls_rounds * len(outcome.classifiers)
+                + fed.cls_pretrain_rounds * len(outcome.pretrained),
                 len(study.roster.train_site_names()),
             )
             paths = write_report(outcome, cfg, fed, study.recorder.history, out, time.time() - t0, privacy)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from flwr.common.config import flatten_dict, parse_config_args
 
     from server.config import federation_from_run_config, pipeline_from_run_config, split_run_config
-    from server.privacy import check_privacy_settings
+    from server.settings_check import check_study_settings
     from shared.app_config import app_pyproject
     from shared.errors import ConfigError
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     merged = {**defaults, **overrides}
     split_run_config(merged)
     fed = federation_from_run_config(merged)
-    check_privacy_settings(fed, pipeline_from_run_config(merged))  # the combinations the ServerApp refuses
+    check_study_settings(fed, pipeline_from_run_config(merged))  # the combinations the ServerApp refuses
     changed = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "none"
     print(f"run config OK ({len(merged)} keys; strategy {fed.strategy}; overrides: {changed})")
     return 0

@@ -34,6 +34,7 @@ class FederationConfig:
 
     strategy: str
     seg_rounds: int
+    cls_pretrain_rounds: int
     cls_rounds: int
     min_sites: int
     wait_for_sites_s: float
@@ -69,6 +70,7 @@ class FederationConfig:
                 f"strategy={self.strategy!r} is not allowed: expected one of {', '.join(STRATEGIES)}{extra}"
             )
         _range("seg-rounds", self.seg_rounds, 0, 10_000)
+        _range("cls-pretrain-rounds", self.cls_pretrain_rounds, 0, 10_000)
         _range("cls-rounds", self.cls_rounds, 0, 10_000)
         _range("min-sites", self.min_sites, 1, 10_000)
         _range("wait-for-sites-s", self.wait_for_sites_s, 0, 86_400)

@@ -41,7 +41,8 @@ class StudyOutcome:
     """``segmenter``: kept segmenter arrays; ``classifiers``: dataset -> kept arrays (datasets that trained);
     ``segmenter_test`` / ``classifier_tests``: final tests; ``classifier_val``: the kept classifiers on the pooled
     validation split (the bundle's decision thresholds); ``sites``: node id -> SiteInfo; ``skipped``: site ->
-    {stage or dataset: why it sat out}; ``kept_rounds``: stage key -> the kept-round summary."""
+    {stage or dataset: why it sat out}; ``kept_rounds``: stage key -> the kept-round summary (classifier and
+    segmenter stages); ``pretrained``: datasets whose backbone pretraining stage ran (``cls-pretrain-rounds``)."""
 
     segmenter: Arrays
     classifiers: dict[str, Arrays]
@@ -51,3 +52,4 @@ class StudyOutcome:
     sites: dict[int, SiteInfo]
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
     kept_rounds: dict[str, dict[str, object]] = field(default_factory=dict)
+    pretrained: tuple[str, ...] = ()

@@ -64,6 +64,7 @@ def build_results(
             "auc": {ds: tests[ds].external.get("auc") for ds in cfg.datasets if ds in tests},
         },
         "kept_rounds": dict(study.kept_rounds),
+        "pretrained": list(study.pretrained),
     }
     results = results_json(
         dice=seg.pooled.get("dice"),
@@ -179,6 +180,13 @@ def model_card(
         f"roi-intensity {cfg.roi_intensity}, roi-context {cfg.roi_context}",
         f"- seed {cfg.seed}",
     ]
+    pretrained = results.get("extra", {}).get("pretrained") or []
+    if pretrained:
+        lines.append(
+            f"- classifier backbones pretrained by contrastive learning on the sites' unlabelled ROI crops "
+            f"({fed.cls_pretrain_rounds} rounds x {cfg.cls.pretrain_epochs} local epoch(s)) before their "
+            f"supervised rounds: {', '.join(pretrained)}"
+        )
     if results.get("privacy"):
         from server.privacy import privacy_lines
 

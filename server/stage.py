@@ -1,9 +1,11 @@
 """A stage of the study as a value: the segmenter, or the classifier of one dataset.
 
 ``Study.run`` builds the list once (:func:`study_stages`) and loops over it. Everything that differs between the
-two kinds of stage lives here and nowhere else: message types, the metric keys of evaluation replies, the
+kinds of stage lives here and nowhere else: message types, the metric keys of evaluation replies, the
 figure a round is selected on, how the initial model is built, how evaluation statistics are pooled, which
-sites have data for it. Its ``kind`` travels on the wire as ``shared.protocol.STAGE_SEG`` / ``STAGE_CLS``.
+sites have data for it. Its ``kind`` travels on the wire as ``shared.protocol.STAGE_SEG`` / ``STAGE_CLS`` /
+``STAGE_CLS_PRETRAIN``. A pretraining stage (``cls-pretrain-rounds``) sends ``train.cls`` messages, evaluates
+nothing (its model has no trained head yet) and hands its final weights to the classifier stage of its dataset.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shared.models import build_classifier, build_segmenter
 class StageKind(StrEnum):
     SEG = P.STAGE_SEG
     CLS = P.STAGE_CLS
+    CLS_PRETRAIN = P.STAGE_CLS_PRETRAIN
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,14 @@ class Stage:
         return self.kind is StageKind.SEG
 
     @property
+    def is_pretraining(self) -> bool:
+        """Contrastive pretraining of a classifier's backbone: no evaluation, the final round is kept."""
+        return self.kind is StageKind.CLS_PRETRAIN
+
+    @property
     def label(self) -> str:
+        if self.is_pretraining:
+            return f"classifier {self.dataset} pretraining"
         return "segmenter" if self.is_segmenter else f"classifier {self.dataset}"
 
     @property
@@ -60,8 +70,8 @@ class Stage:
 
     @property
     def action(self) -> str:
-        """The action part of the message types (``train.<action>``)."""
-        return self.kind.value
+        """The action part of the message types (``train.<action>``): a pretraining stage sends ``train.cls``."""
+        return P.STAGE_SEG if self.is_segmenter else P.STAGE_CLS
 
     @property
     def eval_metric_keys(self) -> tuple[str, ...]:
@@ -93,9 +103,16 @@ class Stage:
         return pool(self.figures, sums, pooled_sites)
 
 
-def study_stages(seg_rounds: int, cls_rounds: int, cfg: PipelineConfig) -> list[Stage]:
-    """The segmenter, then one classifier stage per dataset of ``cfg.datasets``, in that order."""
+def study_stages(seg_rounds: int, cls_rounds: int, cfg: PipelineConfig, pretrain_rounds: int = 0) -> list[Stage]:
+    """The segmenter, then per dataset of ``cfg.datasets`` (in that order) its pretraining stage when
+    ``pretrain_rounds`` > 0 and its classifier stage. A dataset's two stages share ``index`` (the same initial
+    weights: the classifier stage continues from the pretraining stage's)."""
     stages = [Stage(StageKind.SEG, "", 0, seg_rounds, 0)]
+    position = seg_rounds
     for i, dataset in enumerate(cfg.datasets):
-        stages.append(Stage(StageKind.CLS, dataset, i + 1, cls_rounds, seg_rounds + i * cls_rounds))
+        if pretrain_rounds > 0:
+            stages.append(Stage(StageKind.CLS_PRETRAIN, dataset, i + 1, pretrain_rounds, position))
+            position += pretrain_rounds
+        stages.append(Stage(StageKind.CLS, dataset, i + 1, cls_rounds, position))
+        position += cls_rounds
     return stages

@@ -1,4 +1,5 @@
-"""The whole federated study in one ``flwr run``: info -> segmenter -> ROI -> a classifier per dataset -> final test.
+"""The whole federated study in one ``flwr run``: info -> segmenter -> ROI -> a classifier per dataset (each after its
+backbone's pretraining rounds when ``cls-pretrain-rounds`` > 0) -> final test.
 
 The stages are values (:class:`server.stage.Stage`, built once by :func:`server.stage.study_stages`);
 ``Study.run`` loops over them and hands the report a typed :class:`server.outcome.StudyOutcome`.
@@ -38,6 +39,7 @@ from shared.config import PipelineConfig
 from shared.errors import ConfigError
 from shared.records import model_hash, numpy_to_record, record_to_numpy, state_to_numpy
 from shared.secure_sums import secure_hist_bins
+from shared.training.pretrain import VIEWS_PER_PATIENT
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -53,7 +55,7 @@ class Study:
         self.grid, self.fed, self.cfg, self.run_log = grid, fed, cfg, run_log
         self.fingerprint = settings_fingerprint(fed, cfg)
         self.study_id = self.fingerprint[:12]
-        self.stages = study_stages(fed.seg_rounds, fed.cls_rounds, cfg)
+        self.stages = study_stages(fed.seg_rounds, fed.cls_rounds, cfg, fed.cls_pretrain_rounds)
         self.store = CheckpointStore(fed.checkpoint_path)
         self.roster = SiteRoster(grid, fed, run_log, self._roi_content)
         self.recorder = RoundRecorder(
@@ -67,6 +69,8 @@ class Study:
                 "prox-mu": fed.prox_mu,
                 "seg-epochs": cfg.seg_epochs,
                 "cls-epochs": cfg.cls_epochs,
+                "cls-pretrain-rounds": fed.cls_pretrain_rounds,
+                "cls-pretrain-epochs": cfg.cls.pretrain_epochs,
                 "min-sites": fed.min_sites,
                 "transport-dtype": fed.transport_dtype,
                 "study-id": self.study_id,
@@ -96,8 +100,10 @@ class Study:
         model = stage.build_model(self.cfg)
         return record_to_numpy(numpy_to_record(state_to_numpy(model.state_dict()), self.fed.transport_dtype))
 
-    def run_stage(self, stage: Stage) -> Arrays | None:
-        """Rounds of one stage; returns the kept global arrays (``select-round``), None when it was skipped."""
+    def run_stage(self, stage: Stage, start_from: Arrays | None = None) -> Arrays | None:
+        """Rounds of one stage; returns the kept global arrays (``select-round``; a pretraining stage keeps its last
+        round), None when it was skipped. ``start_from``: the stage's initial weights (a classifier after its
+        pretraining stage) instead of fresh ones."""
         key = stage.key
         final = self.store.load_final(key)
         if final is not None:
@@ -122,8 +128,10 @@ class Study:
             log.warning("%s: dataset skipped", msg)
             self.run_log.append("dataset-skipped", stage=stage.kind.value, dataset=stage.dataset, reason=msg)
             return None
-        start_round, arrays, state = 0, self.initial_arrays(stage), {}
-        selection = RoundSelection(self.fed.select_round, stage.selection_metric)
+        start_round, state = 0, {}
+        arrays = start_from if start_from is not None else self.initial_arrays(stage)
+        rule = "last" if stage.is_pretraining else self.fed.select_round  # nothing to select on: no evaluation
+        selection = RoundSelection(rule, stage.selection_metric)
         self.selections[key] = selection
         ck = self.checkpoint
         if ck is not None and ck.stage == stage.kind.value and ck.dataset == stage.dataset:
@@ -146,6 +154,7 @@ class Study:
             example_cap_of=lambda node: self.example_cap(stage, node),
             secure=secure_aggregation_of(self.fed),
             secure_hist_bins=secure_hist_bins(self.cfg.hist_bins),
+            evaluate=not stage.is_pretraining,
         )
         strategy.load_strategy_state(state)
         total = stage.rounds
@@ -220,6 +229,8 @@ class Study:
                 site.counts.get(P.PATIENTS_TRAIN, 0), self.cfg.seg.slices_per_patient, self.cfg.seg_epochs
             )
         patients = site.roi.get(P.roi_metric_key(stage.dataset, P.ROI_TRAIN), 0)
+        if stage.is_pretraining:  # two views (slices) of each patient per epoch
+            return example_cap(patients, VIEWS_PER_PATIENT, self.cfg.cls.pretrain_epochs)
         return example_cap(patients, self.cfg.cls.slices_per_patient, self.cfg.cls_epochs)
 
     # ---- final federated test ---------------------------------------------------------------------
@@ -350,8 +361,22 @@ class Study:
         self.roster.check_sites("roi", "", roi=False)
         self.roster.query_roi(self.roster.present())
         trained: dict[str, tuple[Stage, Arrays]] = {}
+        pretrained: dict[str, Arrays | None] = {}
         for stage in classifiers:
-            arrays = self.run_stage(stage)
+            if stage.is_pretraining:
+                pretrained[stage.dataset] = self.run_stage(stage)
+                if pretrained[stage.dataset] is not None:
+                    self.store.save_final(stage.key, pretrained[stage.dataset])
+                continue
+            if stage.dataset in pretrained and pretrained[stage.dataset] is None:
+                # its pretraining was skipped: training it from fresh weights would not be what was asked
+                msg = f"{stage.key}: its pretraining stage was skipped (too few sites with data for it)"
+                log.warning("%s: dataset skipped", msg)
+                self.run_log.append(
+                    "dataset-skipped", stage=stage.kind.value, dataset=stage.dataset, reason=msg
+                )
+                continue
+            arrays = self.run_stage(stage, start_from=pretrained.get(stage.dataset))
             if arrays is not None:
                 trained[stage.dataset] = (stage, arrays)
                 self.store.save_final(stage.key, arrays)
@@ -386,6 +411,7 @@ class Study:
             kept_rounds={
                 st.key: self.selections[st.key].summary(st.rounds)
                 for st in self.stages
-                if st.key in self.selections
+                if st.key in self.selections and not st.is_pretraining
             },
+            pretrained=tuple(d for d, a in pretrained.items() if a is not None),
         )

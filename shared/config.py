@@ -137,6 +137,7 @@ class ClassifierConfig:
     augment: str
     tta: str
     local_optimizer: str
+    pretrain_epochs: int
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -157,6 +158,7 @@ class ClassifierConfig:
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
         _check_choice("cls-tta", self.tta, CLS_TTA)
         _check_choice("cls-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
+        _check_range("cls-pretrain-epochs", self.pretrain_epochs, 0, 10_000)
         unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
         if unknown:
             raise ConfigError(
@@ -218,6 +220,13 @@ class PipelineConfig:
             raise ConfigError(
                 "dp='local' with amp=true: Opacus' per-sample gradients are not checked under mixed precision; "
                 "set amp=false (DP-SGD runs in float32)"
+            )
+        if self.dp == "local" and self.cls.pretrain_epochs > 0:
+            raise ConfigError(
+                f"dp='local' with cls-pretrain-epochs={self.cls.pretrain_epochs}: the contrastive pretraining loss "
+                "compares each patient with the others in its batch, so one patient's gradient is not their own and "
+                "DP-SGD's per-patient clipping would not bound it; set cls-pretrain-epochs=0, or use dp='central' "
+                "(its unit, one site, covers any local training)"
             )
 
     @property

@@ -14,7 +14,9 @@ Flow of one study (``server/study.py``, one :class:`server.stage.Stage` after th
 3. ``query.roi``       server -> every site: the final global segmenter in ArrayRecord ``arrays``,
    ConfigRecord ``config`` with ``segmenter-hash``. The site predicts masks for all its patients,
    builds the ROI datasets, caches them on disk keyed by that hash. Reply: ``ROI_METRICS`` per dataset.
-4. ``train.cls`` / ``evaluate.cls``   stage 2 rounds, one run of rounds per dataset (config ``dataset``).
+4. ``train.cls`` / ``evaluate.cls``   stage 2 rounds, one run of rounds per dataset (config ``dataset``). With
+   ``cls-pretrain-rounds`` > 0 each dataset's run starts with that many ``train.cls`` rounds of config
+   ``stage = STAGE_CLS_PRETRAIN`` (contrastive pretraining of the backbone, no labels read, no evaluation).
 5. ``evaluate.seg`` / ``evaluate.cls`` with config ``split = "test"``: the final federated test.
 
 With run config ``secure-aggregation = true`` every ``train.seg`` / ``train.cls`` round is four messages of that type
@@ -41,9 +43,10 @@ INFO = "info"
 
 # --- ConfigRecord keys sent by the server ----------------------------------------------------
 CFG_ROUND = "server-round"  # injected by Flower's strategies
-CFG_STAGE = "stage"  # STAGE_SEG | STAGE_CLS
+CFG_STAGE = "stage"  # STAGE_SEG | STAGE_CLS | STAGE_CLS_PRETRAIN
 STAGE_SEG = "seg"  # the wire value of server.stage.StageKind.SEG
 STAGE_CLS = "cls"
+STAGE_CLS_PRETRAIN = "cls-pretrain"  # train.cls rounds of contrastive backbone pretraining (no labels, no eval)
 CFG_DATASET = "dataset"  # "t1" | "t2" | "t1ce" | "t1+t2" ... (stage 2 only)
 CFG_SPLIT = "split"  # evaluation split: "val" | "test"
 CFG_LOCAL_EPOCHS = "local-epochs"

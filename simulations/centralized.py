@@ -32,6 +32,7 @@ from shared.reporting.results import auc_entry, results_json, write_results
 from shared.reporting.table import dataset_label
 from shared.roi.datasets import RoiDataset, build_roi_datasets
 from shared.training.classification import patient_scores, train_classifier
+from shared.training.pretrain import pretrain_backbone
 from shared.training.device import select_device
 from shared.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
 
@@ -100,6 +101,7 @@ def run_segmentation_stage(
         "loss_first": stats.loss_first,
         "loss_last": stats.loss_last,
         "seconds": stats.seconds,
+        "pretraining": pretraining,
     }
     return model, summary
 
@@ -131,10 +133,16 @@ def load_segmentation_stage(
 def run_classifier(
     ds: RoiDataset, cfg: PipelineConfig, device: torch.device, progress: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train one classifier on ``ds``'s train patients, select the epoch on val AUC, score the test patients."""
+    """Train one classifier on ``ds``'s train patients (after ``cls-pretrain-epochs`` of contrastive pretraining
+    on the same patients' crops, labels unread), select the epoch on val AUC, score the test patients."""
     torch.manual_seed(cfg.seed)
     train, val, test = ds.subset("train"), ds.subset("val"), ds.subset("test")
     model = build_classifier(cfg.cls, ds.in_channels)
+    pretraining = None
+    if cfg.cls.pretrain_epochs > 0:
+        pre = pretrain_backbone(model, train, cfg, device, cfg.cls.pretrain_epochs, progress=progress)
+        pretraining = {"epochs": cfg.cls.pretrain_epochs, "loss_first": pre.loss_first, "loss_last": pre.loss_last,
+                       "seconds": pre.seconds}  # fmt: skip
     history: dict[str, list[float]] = {"train loss": [], "val AUC": []}
     best: dict[str, Any] = {"auc": -1.0, "epoch": -1, "state": None}
     val_ok = _both_classes(val.labels)

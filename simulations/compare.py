@@ -35,6 +35,7 @@ def centralized_config(run_config: Mapping[str, Any]):
     mapping = cfg.to_mapping()
     mapping["seg-epochs"] = int(mapping["seg-epochs"]) * fed.seg_rounds
     mapping["cls-epochs"] = int(mapping["cls-epochs"]) * fed.cls_rounds
+    mapping["cls-pretrain-epochs"] = int(mapping["cls-pretrain-epochs"]) * fed.cls_pretrain_rounds
     return type(cfg).from_mapping(mapping), fed
 
 

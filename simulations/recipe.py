@@ -26,6 +26,7 @@ from shared.metrics.auc import auc
 from shared.models.classifier import build_classifier
 from shared.roi.datasets import build_roi_datasets
 from shared.training.classification import patient_scores, train_classifier
+from shared.training.pretrain import pretrain_backbone
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def cross_validate(
             ds.split = tuple("val" if fold[pid] == f else "train" for pid in ds.patients)
             torch.manual_seed(cfg.seed + f)
             model = build_classifier(cfg.cls, ds.in_channels)
+            if cfg.cls.pretrain_epochs > 0:
+                pretrain_backbone(model, ds.subset("train"), cfg, device, cfg.cls.pretrain_epochs)
             train_classifier(model, ds.subset("train"), cfg, device, cfg.cls_epochs)
             s, y = patient_scores(model, ds.subset("val"), cfg, device)
             scores.append(s)

@@ -136,11 +136,11 @@ def run_config_string(values: dict[str, ConfigValue], sets: dict[str, ConfigValu
 def validate_run_config(values: dict[str, ConfigValue]) -> None:
     """Refuse an unknown key (with "did you mean") or a bad value, naming the key, before Flower is started."""
     from server.config import federation_from_run_config, pipeline_from_run_config
-    from server.privacy import check_privacy_settings
+    from server.settings_check import check_study_settings
 
     check_known_keys(values)
     merged = {**app_defaults(), **values}
-    check_privacy_settings(federation_from_run_config(merged), pipeline_from_run_config(merged))
+    check_study_settings(federation_from_run_config(merged), pipeline_from_run_config(merged))
 
 
 def free_port() -> int:

@@ -389,3 +389,55 @@ def test_a_site_without_t1_sits_out_the_t1_datasets_and_says_so(cohort, tmp_path
     row = next(line for line in table.splitlines() if line.startswith("hospital-c "))
     assert row.split().count("no") == 2, row  # "no patient" under T1WI and T1WI+T2WI, a figure under T2WI
     assert "hospital-c sat out the T1WI training rounds: no patient with t1" in table
+
+
+def test_pretraining_rounds_train_the_backbone_without_evaluation_and_the_classifier_starts_from_them(
+    cohort, tmp_path
+):
+    """``cls-pretrain-rounds``: per dataset, rounds of ``train.cls`` with stage ``cls-pretrain`` (no evaluation
+    message, no kept-round selection), whose final weights are the ones the classifier's first round is sent; the
+    head is untouched by them; a study resumed after them carries on from their checkpoint."""
+    out = tmp_path / "pre"
+    common = {"datasets": "t2", "cls-pretrain-rounds": 2, "cls-pretrain-epochs": 1, "seed": 4}
+    rc = toy_config(cohort, out, **common, **{"sim-cache-root": str(tmp_path / "cache")})
+    grid = run_study(rc)
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    rounds = round_lines(out)
+    assert [(x["stage"], x["round"]) for x in rounds] == [("seg", 1), ("cls-pretrain", 1), ("cls-pretrain", 2),
+                                                          ("cls", 1)]  # fmt: skip
+    pre = [x for x in rounds if x["stage"] == "cls-pretrain"]
+    assert all(x["sites_contributed"] == list(SITES) and not x["eval_pooled"] for x in pre)
+    stages = [str(m.content[P.CONFIG][P.CFG_STAGE]) for m in grid.sent if m.metadata.message_type == P.TRAIN_CLS]
+    assert stages == ["cls-pretrain"] * 6 + ["cls"] * 3
+    evals = [m for m in grid.sent if m.metadata.message_type == P.EVALUATE_CLS]
+    assert all(str(m.content[P.CONFIG][P.CFG_STAGE]) == "cls" for m in evals)
+    assert len(evals) == 3 + 3, "one validation after the classifier's round, one final test: none in pretraining"
+    pretrained = load_arrays(out / "checkpoints" / "final-cls-pretrain-t2.npz")
+    first_cls = next(
+        m for m in grid.sent
+        if m.metadata.message_type == P.TRAIN_CLS and m.content[P.CONFIG][P.CFG_STAGE] == "cls"
+    )  # fmt: skip
+    sent = {k: first_cls.content[P.ARRAYS][k].numpy() for k in first_cls.content[P.ARRAYS].keys()}
+    assert all(np.array_equal(sent[k], pretrained[k]) for k in pretrained)
+    first_pre = next(m for m in grid.sent if m.metadata.message_type == P.TRAIN_CLS)
+    initial = {k: first_pre.content[P.ARRAYS][k].numpy() for k in first_pre.content[P.ARRAYS].keys()}
+    # the head: the same at every site, so its weighted mean moves by rounding only; the backbone trained
+    assert np.allclose(initial["fc.weight"], pretrained["fc.weight"], rtol=1e-5, atol=1e-7)
+    assert np.abs(initial["conv1.weight"] - pretrained["conv1.weight"]).max() > 1e-3
+    results = json.loads((out / "results.json").read_text())
+    assert "cls-pretrain:t2" not in results["extra"]["kept_rounds"] and "cls:t2" in results["extra"]["kept_rounds"]
+    assert results["extra"]["pretrained"] == ["t2"]
+    card = (out / "models" / "MODEL_CARD.md").read_text()
+    assert "pretrained by contrastive learning" in card
+
+    # a crash after the pretraining stage: the resumed study does not pretrain again and ends with the same model
+    broken = tmp_path / "broken"
+    cache = str(tmp_path / "cache-broken")
+    with pytest.raises(SimulatedCrash):
+        run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "debug-stop-after-round": 3}))
+    grid = run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "resume": True}))
+    assert [(x["stage"], x["round"]) for x in round_lines(broken)] == [(s, r) for s, r in
+        [("seg", 1), ("cls-pretrain", 1), ("cls-pretrain", 2), ("cls", 1)]]  # fmt: skip
+    assert all(m.content[P.CONFIG][P.CFG_STAGE] == "cls" for m in grid.sent if m.metadata.message_type == P.TRAIN_CLS)
+    a, b = load_arrays(out / "checkpoints" / "final-cls-t2.npz"), load_arrays(broken / "checkpoints" / "final-cls-t2.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -122,6 +122,7 @@ class StageMixin:
     _sent_train: list[Message]  # the grid stamps message ids on these objects when it pushes them
     _sent_eval: list[Message]
     _eval_bytes: int
+    evaluates: bool  # False: this stage sends no evaluation messages (setup_stage)
 
     def setup_stage(
         self,
@@ -138,13 +139,16 @@ class StageMixin:
         example_cap_of: Callable[[int], int | None] | None = None,
         secure: SecureAggregation | None = None,
         secure_hist_bins: int = 0,
+        evaluate: bool = True,
     ) -> None:
         """Everything the strategy needs for one stage, as arguments (it reads nothing else of the study).
 
         ``action``: message action (``train.<action>`` / ``evaluate.<action>``); ``refresh``: asked before each
         round whether sites (re)joined; ``round_offset``: rounds already done (resume); ``secure``: each training round, and each
-        evaluation's sums, under SecAgg+ (``secure_hist_bins``: the histogram bins of a secure sum).
+        evaluation's sums, under SecAgg+ (``secure_hist_bins``: the histogram bins of a secure sum); ``evaluate``
+        False: no evaluation messages in this stage (a pretraining stage: its model has no trained head).
         """
+        self.evaluates = evaluate
         self.action = action
         self.participants = participants
         self.refresh = refresh
@@ -382,6 +386,9 @@ class StageMixin:
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         true_round = server_round + self.round_offset
+        if not self.evaluates:
+            self._sent_eval, self._eval_bytes = [], 0
+            return []
         msgs = super().configure_evaluate(true_round, arrays, config, grid)  # type: ignore[misc]
         msgs = self._retype(msgs, "evaluate", self.participants.eval_nodes)
         self._sent_eval = msgs
@@ -402,6 +409,9 @@ class StageMixin:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         true_round = server_round + self.round_offset
+        if not self.evaluates:
+            self.last_eval = None
+            return None
         replies = list(replies)
         sent_to = sorted(self._site(m.metadata.dst_node_id) for m in self._sent_eval)
         if self.secure is not None:

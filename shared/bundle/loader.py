@@ -90,6 +90,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "seg-lr-schedule": "constant",
     "seg-local-optimizer": "restart",
     "cls-local-optimizer": "restart",
+    "cls-pretrain-epochs": 0,
 }
 
 

@@ -1,0 +1,104 @@
+"""A site's round of contrastive pretraining of a classifier backbone (``train.cls`` with config
+``stage = "cls-pretrain"``; :mod:`shared.training.pretrain`).
+
+The site trains on the ROI crops of its training patients; labels are never read. The reply has the shape of a
+classifier round's (``TRAIN_METRICS``): counts, the mean contrastive loss, seconds; never a patient's crop, score or
+pseudonym. Under ``dp = "local"`` the site refuses: the contrastive loss ties each patient's gradient to the others in
+its batch, so DP-SGD's per-patient clipping would not bound it, and a round without DP must never run where DP was
+promised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
+from client.local_optimizer import load_optimizer_state, state_keeper
+from client.node_data import SiteData
+from client.roi_cache import load_roi, roi_key
+from shared import protocol as P
+from shared.config import PipelineConfig, parse_dataset_name
+from shared.errors import ConfigError
+from shared.models import build_classifier
+from shared.records import state_to_numpy
+from shared.training.pretrain import backbone_of, pretrain_backbone
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_cls(
+    record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
+) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
+    """One round of contrastive pretraining on the training ROI crops of ``conf["dataset"]``."""
+    if cfg.dp == "local":
+        raise ConfigError(
+            "the coordinator asked for a contrastive pretraining round under dp='local': this site refuses it (the "
+            "loss compares patients within a batch, so DP-SGD cannot bound one patient's share); the study should "
+            "set cls-pretrain-rounds=0"
+        )
+    if cfg.cls.pretrain_epochs < 1:
+        raise ConfigError(
+            "the coordinator asked for a contrastive pretraining round but the run config has cls-pretrain-epochs="
+            f"{cfg.cls.pretrain_epochs}: set cls-pretrain-epochs >= 1 with cls-pretrain-rounds, or both to 0"
+        )
+    rnd = int(conf[P.CFG_ROUND])
+    name = str(conf[P.CFG_DATASET])
+    parse_dataset_name(name)  # it names files in the site's cache: only sequences joined by "+" pass, no path
+    full = load_roi(data.site.cache_dir, roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg), name)
+    stage_key = f"{P.STAGE_CLS_PRETRAIN}:{name}"
+    cfg_r = seeded_config(cfg, P.STAGE_CLS_PRETRAIN, name, rnd, data.site.name)
+    model = build_classifier(cfg.cls, len(parse_dataset_name(name)), dp=cfg.dp_models)
+    load_global(model, record)
+    study = str(conf.get(P.CFG_STUDY, "study"))
+    cache = data.site.cache_dir
+    fedbn = bool(conf.get(P.CFG_KEEP_LOCAL_NORM, False))
+    if fedbn:
+        overlay_local_norm(model, cache, study, stage_key, rnd)
+    ds = full.subset("train")
+    metrics: dict[str, int | float] = {
+        P.NUM_EXAMPLES: 0,
+        P.NUM_PATIENTS: 0,
+        P.TRAIN_LOSS: 0.0,
+        P.TRAIN_LOSS_FIRST: 0.0,
+        P.TRAIN_SECONDS: 0.0,
+        **P.NO_DP_METRICS,
+    }
+    if len(ds.patients) < 2 or data.site.eval_only:  # one patient has no other to be told apart from
+        log.warning(
+            "site %s: fewer than 2 training patients with an ROI for dataset %s: skipping its pretraining round",
+            data.site.name,
+            name,
+        )
+        return state_to_numpy(model.state_dict()), metrics
+    epochs = cfg.cls.pretrain_epochs
+    total_rounds = int(conf[P.CFG_TOTAL_ROUNDS]) if P.CFG_TOTAL_ROUNDS in conf else None
+    keep = cfg.cls.local_optimizer == "keep"
+    optimizer_state = load_optimizer_state(cache, study, stage_key, rnd, backbone_of(model)) if keep else None
+    stats = pretrain_backbone(
+        model,
+        ds,
+        cfg_r,
+        device,
+        epochs,
+        start_epoch=(rnd - 1) * epochs,
+        total_epochs=max((total_rounds or rnd) * epochs, rnd * epochs),
+        optimizer_state=optimizer_state,
+        keep_optimizer_state=state_keeper(cache, study, stage_key, rnd, total_rounds) if keep else None,
+    )
+    if fedbn:
+        save_local_norm(model, cache, study, stage_key, rnd)
+    metrics.update(
+        {
+            P.NUM_EXAMPLES: int(stats.n_examples),
+            P.NUM_PATIENTS: len(ds.patients),
+            P.TRAIN_LOSS: float(stats.mean_loss) if np.isfinite(stats.mean_loss) else 0.0,
+            P.TRAIN_LOSS_FIRST: float(stats.loss_first) if np.isfinite(stats.loss_first) else 0.0,
+            P.TRAIN_SECONDS: float(stats.seconds),
+        }
+    )
+    return state_to_numpy(model.state_dict()), metrics
