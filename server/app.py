@@ -16,9 +16,9 @@ from flwr.serverapp import Grid, ServerApp
 from server.config import federation_from_run_config, pipeline_from_run_config
 from server.polling_grid import for_study
 from server.privacy import privacy_summary
-from server.settings_check import check_study_settings
 from server.report import write_report
 from server.run_log import RunLog
+from server.settings_check import check_study_settings
 from server.status import Heartbeat, write_status
 from server.study import Study
 from shared.errors import ConfigError

@@ -32,8 +32,8 @@ from shared.reporting.results import auc_entry, results_json, write_results
 from shared.reporting.table import dataset_label
 from shared.roi.datasets import RoiDataset, build_roi_datasets
 from shared.training.classification import patient_scores, train_classifier
-from shared.training.pretrain import pretrain_backbone
 from shared.training.device import select_device
+from shared.training.pretrain import pretrain_backbone
 from shared.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,6 @@ def run_segmentation_stage(
         "loss_first": stats.loss_first,
         "loss_last": stats.loss_last,
         "seconds": stats.seconds,
-        "pretraining": pretraining,
     }
     return model, summary
 
@@ -180,6 +179,7 @@ def run_classifier(
         "loss_first": stats.loss_first,
         "loss_last": stats.loss_last,
         "seconds": stats.seconds,
+        "pretraining": pretraining,
     }
     if _both_classes(test.labels):
         scores, labels = patient_scores(model, test, cfg, device)
