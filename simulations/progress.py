@@ -35,9 +35,10 @@ class StudyProgress:
         self._offset = 0
         self._partial = ""
         self.t0 = time.time()
-        self.plan: dict[str, int] = {}  # "seg" -> rounds, "cls" -> rounds per dataset, "datasets" -> n
-        self.done = {"seg": 0, "cls": 0}
-        self.seconds = {"seg": 0.0, "cls": 0.0}
+        # "seg" -> rounds, "pre" / "cls" -> pretraining / classifier rounds per dataset, "datasets" -> n
+        self.plan: dict[str, int] = {}
+        self.done = {"seg": 0, "pre": 0, "cls": 0}
+        self.seconds = {"seg": 0.0, "pre": 0.0, "cls": 0.0}
         self._bar: Any = None
 
     # ---- reading ----------------------------------------------------------------------------------
@@ -82,19 +83,23 @@ class StudyProgress:
 
     @property
     def total_rounds(self) -> int:
-        return self.plan.get("seg", 0) + self.plan.get("cls", 0) * self.plan.get("datasets", 0)
+        per_dataset = self.plan.get("pre", 0) + self.plan.get("cls", 0)
+        return self.plan.get("seg", 0) + per_dataset * self.plan.get("datasets", 0)
 
     def eta_seconds(self) -> float | None:
         """Rounds left of each kind x that kind's mean round time (a classifier round counts as a segmenter
-        round until one has been timed)."""
-        if not self.plan or not (self.done["seg"] or self.done["cls"]):
+        round until one has been timed, a pretraining round as a classifier round until one has been timed)."""
+        if not self.plan or not any(self.done.values()):
             return None
-        mean = {k: self.seconds[k] / self.done[k] for k in ("seg", "cls") if self.done[k]}
-        seg_mean = mean.get("seg", mean.get("cls", 0.0))
+        mean = {k: self.seconds[k] / self.done[k] for k in self.done if self.done[k]}
+        seg_mean = mean.get("seg", mean.get("cls", mean.get("pre", 0.0)))
         cls_mean = mean.get("cls", seg_mean)
+        pre_mean = mean.get("pre", cls_mean)
+        datasets = self.plan.get("datasets", 0)
         seg_left = max(0, self.plan.get("seg", 0) - self.done["seg"])
-        cls_left = max(0, self.plan.get("cls", 0) * self.plan.get("datasets", 0) - self.done["cls"])
-        return seg_left * seg_mean + cls_left * cls_mean
+        pre_left = max(0, self.plan.get("pre", 0) * datasets - self.done["pre"])
+        cls_left = max(0, self.plan.get("cls", 0) * datasets - self.done["cls"])
+        return seg_left * seg_mean + pre_left * pre_mean + cls_left * cls_mean
 
     def describe(self, rec: dict[str, Any]) -> str | None:
         event = rec.get("event")
@@ -103,12 +108,14 @@ class StudyProgress:
             datasets = [d for d in str(pipe.get("datasets", "")).split(",") if d]
             self.plan = {
                 "seg": int(fed.get("seg-rounds", 0)),
+                "pre": int(fed.get("cls-pretrain-rounds", 0)),
                 "cls": int(fed.get("cls-rounds", 0)),
                 "datasets": len(datasets),
             }
+            pre = f"{self.plan['pre']} pretraining + " if self.plan["pre"] else ""
             return (
                 f"study started{' (resumed)' if rec.get('resume') else ''}: {self.plan['seg']} segmenter rounds, "
-                f"then {self.plan['cls']} rounds for each of {', '.join(datasets)} ({self.total_rounds} in all)"
+                f"then {pre}{self.plan['cls']} rounds for each of {', '.join(datasets)} ({self.total_rounds} in all)"
             )
         if event == "sites":
             sites = rec.get("sites") or {}
@@ -145,13 +152,15 @@ class StudyProgress:
         return None
 
     def _round_line(self, rec: dict[str, Any]) -> str:
-        kind = "seg" if rec.get("stage") == "seg" else "cls"
+        kind = {"seg": "seg", "cls-pretrain": "pre"}.get(str(rec.get("stage")), "cls")
         self.done[kind] += 1
         seconds = rec.get("seconds_round")
         if isinstance(seconds, int | float):
             self.seconds[kind] += float(seconds)
         total = self.plan.get(kind, 0) or "?"
-        label = "segmenter" if kind == "seg" else f"classifier {rec.get('dataset')}"
+        label = {"seg": "segmenter", "pre": f"classifier {rec.get('dataset')} pretraining"}.get(
+            kind, f"classifier {rec.get('dataset')}"
+        )
         contributed = rec.get("sites_contributed") or []
         failed = rec.get("sites_failed") or {}
         rejected = rec.get("updates_rejected") or {}
@@ -166,8 +175,12 @@ class StudyProgress:
             parts.append(f"FAILED: {', '.join(f'{s} ({r})' for s, r in sorted(failed.items()))}")
         if rejected:
             parts.append(f"rejected: {', '.join(f'{s} ({r})' for s, r in sorted(rejected.items()))}")
-        parts.append(f"{metric} {'n/a' if figure is None else f'{figure:.3f}'}")
-        parts.append(f"kept round {rec.get('kept_round')}")
+        if kind == "pre":  # no evaluation: its model has no trained head yet
+            loss = (rec.get("train_metrics") or {}).get("train-loss")
+            parts.append(f"contrastive loss {'n/a' if loss is None else f'{loss:.3f}'}")
+        else:
+            parts.append(f"{metric} {'n/a' if figure is None else f'{figure:.3f}'}")
+            parts.append(f"kept round {rec.get('kept_round')}")
         eta = self.eta_seconds()
         parts.append(f"{_fmt_seconds(time.time() - self.t0)} elapsed")
         if eta is not None:

@@ -75,3 +75,25 @@ def test_on_a_terminal_rounds_advance_a_bar(tmp_path):
     assert progress._bar is not None and progress._bar.n == 1 and progress._bar.total == 4
     progress.close()
     assert "classifier t2 round 1/1 | 2 site(s) replied" in stream.getvalue()
+
+
+def test_pretraining_rounds_are_counted_and_shown_with_their_loss_not_a_validation_figure(tmp_path):
+    log = RunLog(tmp_path / "run-log.jsonl")
+    stream = io.StringIO()
+    progress = StudyProgress(log.path, stream=stream, tty=False)
+    log.append(
+        "start",
+        resume=False,
+        federation={"seg-rounds": 1, "cls-pretrain-rounds": 2, "cls-rounds": 1},
+        pipeline={"datasets": "t2"},
+    )
+    common = dict(dataset="t2", sites_contributed=["hospital-a"], sites_failed={}, updates_rejected={})
+    log.append("round", stage="seg", round=1, eval_pooled={"dice": 0.5}, kept_round=1, seconds_round=10.0,
+               **{**common, "dataset": ""})  # fmt: skip
+    log.append("round", stage="cls-pretrain", round=1, eval_pooled={}, kept_round=1, seconds_round=4.0,
+               train_metrics={"train-loss": 2.3456}, **common)  # fmt: skip
+    lines = progress.poll()
+    assert lines[0] == "study started: 1 segmenter rounds, then 2 pretraining + 1 rounds for each of t2 (4 in all)"
+    assert lines[2].startswith("classifier t2 pretraining round 1/2 | 1 site(s) replied | contrastive loss 2.346 |")
+    assert "val AUC" not in lines[2] and "kept round" not in lines[2]
+    assert "~14 s left" in lines[2]  # one more pretraining round (4 s), one classifier round (untimed: as a seg one)
