@@ -25,7 +25,7 @@ from shared.errors import ConfigError
 from shared.metrics.coarse_histograms import fixed_histograms, merge_small_groups
 from shared.models import build_classifier, build_segmenter
 from shared.records import state_to_numpy
-from shared.roi.datasets import build_roi_datasets
+from shared.roi.datasets import UNLABELLED_SPLIT, build_roi_datasets
 from shared.secure_sums import SECURE_HIST_BINS, secure_hist_bins
 from shared.training.classification import patient_scores, train_classifier
 from shared.training.segmentation import predict_masks
@@ -42,7 +42,8 @@ def query_roi(
         model = build_segmenter(cfg.seg, dp=cfg.dp_models)
         load_global(model, record)
         masks = predict_masks(model, data.patients, cfg, device)
-        datasets, report = build_roi_datasets(masks, data.patients, cfg.datasets, cfg)
+        # unlabelled patients' crops too: contrastive pretraining (cls-pretrain-rounds) learns from them
+        datasets, report = build_roi_datasets(masks, data.patients, cfg.datasets, cfg, include_unlabelled=True)
         counts = {
             P.ROI_MISSING_SEQUENCE: dict(report.missing_sequence),
             P.ROI_EMPTY_PREDICTION: int(report.empty_mask),
@@ -56,10 +57,12 @@ def query_roi(
     out: dict[str, int | float] = {}
     for name in cfg.datasets:
         ds = load_roi(data.site.cache_dir, key, name)
-        counts = {s: sum(1 for x in ds.split if x == s) for s in ("train", "val", "test")}
+        counts = {s: sum(1 for x in ds.split if x == s) for s in ("train", "val", "test", UNLABELLED_SPLIT)}
+        labelled = counts["train"] + counts["val"] + counts["test"]
         out[P.roi_metric_key(name, P.ROI_TRAIN)] = counts["train"]
         out[P.roi_metric_key(name, P.ROI_VAL)] = counts["val"]
-        out[P.roi_metric_key(name, P.ROI_TEST)] = len(ds.patients) if data.site.eval_only else counts["test"]
+        out[P.roi_metric_key(name, P.ROI_TEST)] = labelled if data.site.eval_only else counts["test"]
+        out[P.roi_metric_key(name, P.ROI_UNLABELLED)] = 0 if data.site.eval_only else counts[UNLABELLED_SPLIT]
         out[P.roi_metric_key(name, P.ROI_MISSING_SEQUENCE)] = int(missing.get(name, 0))
         out[P.roi_metric_key(name, P.ROI_EMPTY_PREDICTION)] = empty
         if data.site.eval_only:
@@ -165,7 +168,8 @@ def evaluate_cls(
     t0 = time.perf_counter()
     name, full = _dataset(conf, data, cfg)
     split = str(conf.get(P.CFG_SPLIT, "val"))
-    ds = full if (data.site.eval_only and split == "test") else full.subset(split)
+    # an evaluation-only site is tested on every labelled patient (never the unlabelled ones)
+    ds = full.subset(*P.SPLITS) if (data.site.eval_only and split == "test") else full.subset(split)
     model = build_classifier(cfg.cls, len(parse_dataset_name(name)), dp=cfg.dp_models)
     load_global(model, record)
     rnd = int(conf.get(P.CFG_ROUND, 0))

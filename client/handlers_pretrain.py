@@ -1,7 +1,8 @@
 """A site's round of contrastive pretraining of a classifier backbone (``train.cls`` with config
 ``stage = "cls-pretrain"``; :mod:`shared.training.pretrain`).
 
-The site trains on the ROI crops of its training patients; labels are never read. The reply has the shape of a
+The site trains on the ROI crops of its training patients and of its patients without a diagnosis (``query.roi``
+keeps their crops, split ``unlabelled``; never a validation or test patient's); labels are never read. The reply has the shape of a
 classifier round's (``TRAIN_METRICS``): counts, the mean contrastive loss, seconds; never a patient's crop, score or
 pseudonym. Under ``dp = "local"`` the site refuses: the contrastive loss ties each patient's gradient to the others in
 its batch, so DP-SGD's per-patient clipping would not bound it, and a round without DP must never run where DP was
@@ -26,6 +27,7 @@ from shared.config import PipelineConfig, parse_dataset_name
 from shared.errors import ConfigError
 from shared.models import build_classifier
 from shared.records import state_to_numpy
+from shared.roi.datasets import UNLABELLED_SPLIT
 from shared.training.pretrain import backbone_of, pretrain_backbone
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def pretrain_cls(
     fedbn = bool(conf.get(P.CFG_KEEP_LOCAL_NORM, False))
     if fedbn:
         overlay_local_norm(model, cache, study, stage_key, rnd)
-    ds = full.subset("train")
+    ds = full.subset("train", UNLABELLED_SPLIT)  # never a validation or test patient with a diagnosis
     metrics: dict[str, int | float] = {
         P.NUM_EXAMPLES: 0,
         P.NUM_PATIENTS: 0,
@@ -70,7 +72,8 @@ def pretrain_cls(
     }
     if len(ds.patients) < 2 or data.site.eval_only:  # one patient has no other to be told apart from
         log.warning(
-            "site %s: fewer than 2 training patients with an ROI for dataset %s: skipping its pretraining round",
+            "site %s: fewer than 2 training or unlabelled patients with an ROI for dataset %s: skipping its "
+            "pretraining round",
             data.site.name,
             name,
         )

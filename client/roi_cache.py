@@ -31,6 +31,7 @@ def roi_key(segmenter_hash: str, cfg: PipelineConfig) -> str:
         "seg-in": list(cfg.seg.in_sequences),
         "intensity": cfg.roi_intensity,  # the crops' values differ per roi-intensity: never reuse another's
         "context": cfg.roi_context,  # and per roi-context (tumour only, or the whole box)
+        "unlabelled": True,  # caches written before unlabelled patients' crops were kept lack them
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -229,8 +229,9 @@ class Study:
                 site.counts.get(P.PATIENTS_TRAIN, 0), self.cfg.seg.slices_per_patient, self.cfg.seg_epochs
             )
         patients = site.roi.get(P.roi_metric_key(stage.dataset, P.ROI_TRAIN), 0)
-        if stage.is_pretraining:  # two views (slices) of each patient per epoch
-            return example_cap(patients, VIEWS_PER_PATIENT, self.cfg.cls.pretrain_epochs)
+        if stage.is_pretraining:  # two views (slices) of each training or unlabelled patient per epoch
+            unlabelled = site.roi.get(P.roi_metric_key(stage.dataset, P.ROI_UNLABELLED), 0)
+            return example_cap(patients + unlabelled, VIEWS_PER_PATIENT, self.cfg.cls.pretrain_epochs)
         return example_cap(patients, self.cfg.cls.slices_per_patient, self.cfg.cls_epochs)
 
     # ---- final federated test ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ from shared.models import build_classifier, build_segmenter, weights_origin
 from shared.reporting.plots import plot_curves, plot_roc
 from shared.reporting.results import auc_entry, results_json, write_results
 from shared.reporting.table import dataset_label
-from shared.roi.datasets import RoiDataset, build_roi_datasets
+from shared.roi.datasets import UNLABELLED_SPLIT, RoiDataset, build_roi_datasets
 from shared.training.classification import patient_scores, train_classifier
 from shared.training.device import select_device
 from shared.training.pretrain import pretrain_backbone
@@ -133,13 +133,15 @@ def run_classifier(
     ds: RoiDataset, cfg: PipelineConfig, device: torch.device, progress: bool
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one classifier on ``ds``'s train patients (after ``cls-pretrain-epochs`` of contrastive pretraining
-    on the same patients' crops, labels unread), select the epoch on val AUC, score the test patients."""
+    on the crops of the train and the unlabelled patients, labels unread), select the epoch on val AUC, score the
+    test patients."""
     torch.manual_seed(cfg.seed)
     train, val, test = ds.subset("train"), ds.subset("val"), ds.subset("test")
     model = build_classifier(cfg.cls, ds.in_channels)
     pretraining = None
     if cfg.cls.pretrain_epochs > 0:
-        pre = pretrain_backbone(model, train, cfg, device, cfg.cls.pretrain_epochs, progress=progress)
+        unlabelled_too = ds.subset("train", UNLABELLED_SPLIT)
+        pre = pretrain_backbone(model, unlabelled_too, cfg, device, cfg.cls.pretrain_epochs, progress=progress)
         pretraining = {"epochs": cfg.cls.pretrain_epochs, "loss_first": pre.loss_first, "loss_last": pre.loss_last,
                        "seconds": pre.seconds}  # fmt: skip
     history: dict[str, list[float]] = {"train loss": [], "val AUC": []}
@@ -295,8 +297,12 @@ def run_centralized(
     else:
         seg_model, seg_summary = load_segmentation_stage(segmenter_state, patients, cfg, device)
     torch.save(_cpu_state(seg_model), out_dir / "models" / "segmenter.pt")
-    masks = predict_masks(seg_model, labelled, cfg, device, progress=progress)
-    datasets, roi_report = build_roi_datasets(masks, labelled, cfg.datasets, cfg)
+    # with contrastive pretraining the patients without a diagnosis take part in it (their crops only)
+    roi_patients = patients if cfg.cls.pretrain_epochs > 0 else labelled
+    masks = predict_masks(seg_model, roi_patients, cfg, device, progress=progress)
+    datasets, roi_report = build_roi_datasets(
+        masks, roi_patients, cfg.datasets, cfg, include_unlabelled=cfg.cls.pretrain_epochs > 0
+    )
     for line in roi_report.lines():
         log.info("ROI: %s", line)
 

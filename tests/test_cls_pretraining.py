@@ -21,7 +21,7 @@ from shared.config import PipelineConfig
 from shared.errors import ConfigError
 from shared.models import build_classifier
 from shared.records import state_to_record
-from shared.roi.datasets import RoiDataset
+from shared.roi.datasets import NO_LABEL, UNLABELLED_SPLIT, RoiDataset
 from shared.training.pretrain import backbone_features, nt_xent, pretrain_backbone, slice_pairs
 
 torch.set_num_threads(1)
@@ -103,8 +103,12 @@ def test_pretraining_refuses_a_dataset_of_one_patient() -> None:
 
 
 def _site(tmp_path) -> SiteData:
+    """12 patients with an ROI: 8 training, 2 validation and test patients, 2 without a diagnosis."""
     site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False)
-    save_roi(site.cache_dir, roi_key("seg-hash", CFG), {"t1+t2": _patients(n=12)})
+    ds = _patients(n=14)
+    ds.split = ("train",) * 8 + ("val", "test", "val", "test") + (UNLABELLED_SPLIT,) * 2
+    ds.labels[-2:] = NO_LABEL
+    save_roi(site.cache_dir, roi_key("seg-hash", CFG), {"t1+t2": ds})
     return SiteData(site, [], None)
 
 
@@ -121,7 +125,8 @@ def test_a_sites_pretraining_round_trains_the_backbone_and_replies_like_a_classi
     keep = replace(CFG, cls=replace(CFG.cls, local_optimizer="keep"))
     arrays, metrics = train_cls(state_to_record(model.state_dict()), _conf(1), data, keep, CPU)
     assert set(metrics) == set(P.TRAIN_METRICS)
-    assert metrics[P.NUM_PATIENTS] == 12 and metrics[P.NUM_EXAMPLES] == 2 * 12 * CFG.cls.pretrain_epochs
+    # the 8 training and 2 unlabelled patients; never a validation or test patient
+    assert metrics[P.NUM_PATIENTS] == 10 and metrics[P.NUM_EXAMPLES] == 2 * 10 * CFG.cls.pretrain_epochs
     assert metrics[P.TRAIN_LOSS] > 0
     assert np.array_equal(arrays["fc.weight"], sent["fc.weight"])
     assert not np.array_equal(arrays["conv1.weight"], sent["conv1.weight"])

@@ -396,12 +396,28 @@ def test_pretraining_rounds_train_the_backbone_without_evaluation_and_the_classi
 ):
     """``cls-pretrain-rounds``: per dataset, rounds of ``train.cls`` with stage ``cls-pretrain`` (no evaluation
     message, no kept-round selection), whose final weights are the ones the classifier's first round is sent; the
-    head is untouched by them; a study resumed after them carries on from their checkpoint."""
+    head is untouched by them; the patients without a diagnosis take part in pretraining only; a study resumed
+    after them carries on from their checkpoint."""
+    data = tmp_path / "two-unlabelled"
+    shutil.copytree(cohort, data, ignore=shutil.ignore_patterns("_cache"))  # never touch the shared cohort
+    labels = (data / "hospital-a" / "labels.csv").read_text().splitlines()
+    (data / "hospital-a" / "labels.csv").write_text("\n".join(labels[:-2]) + "\n")  # 2 patients lose their row
     out = tmp_path / "pre"
     common = {"datasets": "t2", "cls-pretrain-rounds": 2, "cls-pretrain-epochs": 1, "seed": 4}
-    rc = toy_config(cohort, out, **common, **{"sim-cache-root": str(tmp_path / "cache")})
+    rc = toy_config(data, out, **common, **{"sim-cache-root": str(tmp_path / "cache")})
     grid = run_study(rc)
     assert (out / "STATUS").read_text().startswith("COMPLETED")
+    a_node = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 0][0]
+    roi = next(r for r in grid.replies if r.metadata.src_node_id == a_node and r.metadata.message_type == P.QUERY_ROI)
+    counts = roi.content[P.METRICS]
+    assert counts[P.roi_metric_key("t2", P.ROI_UNLABELLED)] == 2
+    patients = {
+        (str(m.content[P.CONFIG][P.CFG_STAGE]), int(r.content[P.METRICS][P.NUM_PATIENTS]))
+        for m, r in zip(grid.sent, grid.replies, strict=True)
+        if m.metadata.dst_node_id == a_node and m.metadata.message_type == P.TRAIN_CLS
+    }
+    train = int(counts[P.roi_metric_key("t2", P.ROI_TRAIN)])
+    assert patients == {("cls-pretrain", train + 2), ("cls", train)}
     rounds = round_lines(out)
     assert [(x["stage"], x["round"]) for x in rounds] == [("seg", 1), ("cls-pretrain", 1), ("cls-pretrain", 2),
                                                           ("cls", 1)]  # fmt: skip
@@ -434,8 +450,8 @@ def test_pretraining_rounds_train_the_backbone_without_evaluation_and_the_classi
     broken = tmp_path / "broken"
     cache = str(tmp_path / "cache-broken")
     with pytest.raises(SimulatedCrash):
-        run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "debug-stop-after-round": 3}))
-    grid = run_study(toy_config(cohort, broken, **common, **{"sim-cache-root": cache, "resume": True}))
+        run_study(toy_config(data, broken, **common, **{"sim-cache-root": cache, "debug-stop-after-round": 3}))
+    grid = run_study(toy_config(data, broken, **common, **{"sim-cache-root": cache, "resume": True}))
     assert [(x["stage"], x["round"]) for x in round_lines(broken)] == [(s, r) for s, r in
         [("seg", 1), ("cls-pretrain", 1), ("cls-pretrain", 2), ("cls", 1)]]  # fmt: skip
     assert all(m.content[P.CONFIG][P.CFG_STAGE] == "cls" for m in grid.sent if m.metadata.message_type == P.TRAIN_CLS)

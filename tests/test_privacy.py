@@ -346,13 +346,17 @@ def test_local_dp_study_both_stages_ledger_across_runs_budget_refusal_and_audit(
 
 @pytest.mark.slow
 def test_central_dp_study_both_stages_epsilon_per_site_and_audit(cohort, tmp_path):
+    # with a pretraining round per classifier (cls-pretrain-rounds): its round is a release too, its update clipped
+    pretrain = {"cls-pretrain-rounds": 1, "cls-pretrain-epochs": 1}
     grid, results = _run(
-        cohort, tmp_path / "central", dp="central", strategy="fedavg", **{"dp-noise-multiplier": 1.5}
+        cohort, tmp_path / "central", dp="central", strategy="fedavg", **{"dp-noise-multiplier": 1.5, **pretrain}
     )
     assert (tmp_path / "central" / "STATUS").read_text().startswith("COMPLETED")
     priv = results["privacy"]
-    assert priv["mode"] == "central" and priv["unit"] == "one site" and priv["releases"] == 2
-    expected = rdp_epsilon([Release(1.5, 1.0, 2)], 1 / 30)
+    assert priv["mode"] == "central" and priv["unit"] == "one site" and priv["releases"] == 3
+    trains = [m for m in grid.sent if m.metadata.message_type == P.TRAIN_CLS]
+    assert sum(str(m.content[P.CONFIG][P.CFG_STAGE]) == "cls-pretrain" for m in trains) == 3
+    expected = rdp_epsilon([Release(1.5, 1.0, 3)], 1 / 30)
     assert priv["epsilon_independent_rdp"] == pytest.approx(expected)
     assert priv["epsilon"] <= expected * (1 + 1e-9)
     # the clipping mod ran at the sites: their replies' updates are within the clipping norm

@@ -8,7 +8,7 @@ import torch
 from shared.config import PipelineConfig
 from shared.data.patient import PatientVolumes
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
-from shared.roi.datasets import build_roi_datasets
+from shared.roi.datasets import NO_LABEL, UNLABELLED_SPLIT, build_roi_datasets
 from simulations.toy_patients import make_toy_patient
 
 CFG = PipelineConfig.defaults(
@@ -79,6 +79,26 @@ def test_fusion_channel_order_and_report() -> None:
     assert x.dtype == torch.float32 and float(y) == 1.0 and i == 0
     assert fused.patients == [full.pseudonym] and fused.roi_masks.shape == (2, 16, 16)
     assert fused.roi_masks.sum() > 0
+
+
+def test_unlabelled_patients_are_kept_for_pretraining_only_when_asked_and_never_in_a_labelled_split() -> None:
+    labelled = make_toy_patient(0, 1, size=32, depth=6)
+    unlabelled = make_toy_patient(3, 0, size=32, depth=6)
+    unlabelled.label = None
+    patients = [labelled, unlabelled]
+    masks = {p.pseudonym: p.mask for p in patients}
+    plain, _ = build_roi_datasets(masks, patients, ("t1+t2",), CFG)
+    assert plain["t1+t2"].patients == [labelled.pseudonym]
+    datasets, report = build_roi_datasets(masks, patients, ("t1+t2",), CFG, include_unlabelled=True)
+    ds = datasets["t1+t2"]
+    assert ds.patients == [labelled.pseudonym, unlabelled.pseudonym]
+    assert ds.split == (labelled.split, UNLABELLED_SPLIT) and list(ds.labels) == [1, NO_LABEL]
+    assert report.unlabelled == 1 and report.included == {"t1+t2": 1}
+    assert report.unlabelled_included == {"t1+t2": 1}
+    assert any("1 unlabelled (contrastive pretraining only)" in line for line in report.lines())
+    assert ds.subset("train", "val", "test").patients == [labelled.pseudonym]
+    assert ds.subset(UNLABELLED_SPLIT).patients == [unlabelled.pseudonym]
+    assert ds.class_counts() == (0, 1)
 
 
 def test_subset_by_split() -> None:

@@ -23,6 +23,11 @@ from shared.roi.reference_tissue import ratio_to_reference, reference_log_level
 
 log = logging.getLogger(__name__)
 
+#: the split of a patient without a diagnosis whose crops are kept for contrastive pretraining only
+#: (``build_roi_datasets(include_unlabelled=True)``); its label is :data:`NO_LABEL`
+UNLABELLED_SPLIT = "unlabelled"
+NO_LABEL = -1
+
 
 @dataclass
 class RoiReport:
@@ -34,6 +39,7 @@ class RoiReport:
     empty_mask: int = 0
     no_prediction: int = 0
     unlabelled: int = 0
+    unlabelled_included: dict[str, int] = field(default_factory=dict)  # kept for pretraining only
     no_reference: dict[str, int] = field(
         default_factory=dict
     )  # roi-intensity=reference: no tissue around the tumour
@@ -45,6 +51,8 @@ class RoiReport:
         ]
         for name, n in self.included.items():
             line = f"dataset {name}: {n} patients, {self.missing_sequence.get(name, 0)} left out (missing sequence)"
+            if self.unlabelled_included.get(name):
+                line += f", {self.unlabelled_included[name]} unlabelled (contrastive pretraining only)"
             if self.no_reference.get(name):
                 line += (
                     f", {self.no_reference[name]} left out (no tissue around the tumour to reference the "
@@ -61,6 +69,7 @@ class RoiReport:
             "empty_mask": self.empty_mask,
             "no_prediction": self.no_prediction,
             "unlabelled": self.unlabelled,
+            "unlabelled_included": dict(self.unlabelled_included),
             "no_reference": dict(self.no_reference),
         }
 
@@ -190,8 +199,13 @@ def build_roi_datasets(
     patients: Sequence[PatientVolumes],
     datasets: tuple[str, ...],
     cfg: PipelineConfig,
+    include_unlabelled: bool = False,
 ) -> tuple[dict[str, RoiDataset], RoiReport]:
     """One :class:`RoiDataset` per dataset name from predicted masks (pseudonym -> uint8 ``(Z, H, W)``).
+
+    Patients without a diagnosis are counted and left out, unless ``include_unlabelled``: then their crops are kept
+    with split :data:`UNLABELLED_SPLIT` and label :data:`NO_LABEL`, for contrastive pretraining only (every
+    ``subset("train" | "val" | "test")`` leaves them out).
 
     Per patient: keep the largest tumour component(s), take the ``cfg.cls.slices_per_patient`` slices with the
     largest area, crop a square box (mask bounding box + ``cfg.roi_margin``) per slice from each sequence of the
@@ -212,7 +226,8 @@ def build_roi_datasets(
     for p in patients:
         if p.label is None:
             report.unlabelled += 1
-            continue
+            if not include_unlabelled:
+                continue
         mask = masks_by_patient.get(p.pseudonym)
         if mask is None:
             report.no_prediction += 1
@@ -248,8 +263,8 @@ def build_roi_datasets(
                 a["masks"].append(inside)
                 a["slice_patient"].append(idx)
             a["patients"].append(p.pseudonym)
-            a["labels"].append(int(p.label))
-            a["split"].append(p.split)
+            a["labels"].append(NO_LABEL if p.label is None else int(p.label))
+            a["split"].append(UNLABELLED_SPLIT if p.label is None else p.split)
     out: dict[str, RoiDataset] = {}
     for name, seqs in parsed.items():
         a = acc[name]
@@ -258,5 +273,8 @@ def build_roi_datasets(
         out[name] = RoiDataset(
             name, seqs, images, np.array(a["slice_patient"]), a["patients"], a["labels"], a["split"], masks
         )
-        report.included[name] = len(a["patients"])
+        n_unlabelled = sum(1 for s in a["split"] if s == UNLABELLED_SPLIT)
+        report.included[name] = len(a["patients"]) - n_unlabelled
+        if n_unlabelled:
+            report.unlabelled_included[name] = n_unlabelled
     return out, report
