@@ -134,6 +134,22 @@ def _curves(history: list[dict[str, Any]], out: Path, datasets: tuple[str, ...])
         rows = [h for h in history if h.get("stage") == P.STAGE_CLS and h.get("dataset") == ds]
         if rows:
             series[f"val AUC {dataset_label(ds)}"] = [_num(h["eval_pooled"].get("auc")) for h in rows]
+    pretraining = {}
+    for ds in datasets:
+        rows = [h for h in history if h.get("stage") == P.STAGE_CLS_PRETRAIN and h.get("dataset") == ds]
+        if rows:
+            key = f"contrastive loss {dataset_label(ds)}"
+            pretraining[key] = [_num(h["train_metrics"].get("train-loss")) for h in rows]
+    if pretraining:
+        paths.append(
+            plot_curves(
+                pretraining,
+                out / "rounds-pretrain.png",
+                xlabel="round",
+                ylabel="mean contrastive loss at the sites",
+                title="classifier backbones: contrastive pretraining (no labels)",
+            )
+        )
     if series:
         paths.append(
             plot_curves(
