@@ -273,7 +273,7 @@ def test_a_site_missing_the_round_timeout_is_logged_and_the_round_completes(coho
     # select-round=best-val: the kept round of each stage is named in results.json and the model card
     kept = json.loads((out / "results.json").read_text())["extra"]["kept_rounds"]
     assert set(kept) == {"seg", "cls:t2"} and kept["seg"]["round"] in (1, 2) and kept["seg"]["of_rounds"] == 2
-    assert (out / "rounds-pretrain.png").stat().st_size > 1000
+    assert not (out / "rounds-pretrain.png").exists(), "no pretraining, no picture of it"
     card = (out / "models" / "MODEL_CARD.md").read_text()
     assert f"- seg: kept round {kept['seg']['round']} of 2 (best-val; pooled validation dice" in card
 
