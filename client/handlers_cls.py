@@ -19,6 +19,7 @@ from client.local_model import load_global, overlay_local_norm, save_local_norm,
 from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData
 from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
+from client.train_reply import round_figures, untrained_round
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
 from shared.errors import ConfigError
@@ -95,14 +96,7 @@ def train_cls(
     if fedbn:
         overlay_local_norm(model, data.site.cache_dir, study, f"cls:{name}", rnd)
     ds = full.subset("train")
-    metrics: dict[str, int | float] = {
-        P.NUM_EXAMPLES: 0,
-        P.NUM_PATIENTS: 0,
-        P.TRAIN_LOSS: 0.0,
-        P.TRAIN_LOSS_FIRST: 0.0,
-        P.TRAIN_SECONDS: 0.0,
-        **P.NO_DP_METRICS,
-    }
+    metrics = untrained_round()
     if len(ds) < 2 or data.site.eval_only:  # one slice cannot train BatchNorm layers (batch of 1)
         log.warning(
             "site %s: no training ROI for dataset %s (missing sequence or empty masks): skipping",
@@ -149,15 +143,7 @@ def train_cls(
         )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, f"cls:{name}", rnd)
-    metrics.update(
-        {
-            P.NUM_EXAMPLES: int(stats.n_examples),
-            P.NUM_PATIENTS: len(ds.patients),
-            P.TRAIN_LOSS: float(stats.mean_loss) if np.isfinite(stats.mean_loss) else 0.0,
-            P.TRAIN_LOSS_FIRST: float(stats.loss_first) if np.isfinite(stats.loss_first) else 0.0,
-            P.TRAIN_SECONDS: float(stats.seconds),
-        }
-    )
+    metrics.update(round_figures(stats, len(ds.patients)))
     return state_to_numpy(model.state_dict()), metrics
 
 

@@ -22,6 +22,7 @@ from client.local_model import load_global, overlay_local_norm, save_local_norm,
 from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData
 from client.roi_cache import load_roi, roi_key
+from client.train_reply import round_figures, untrained_round
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
 from shared.errors import ConfigError
@@ -62,14 +63,7 @@ def pretrain_cls(
     if fedbn:
         overlay_local_norm(model, cache, study, stage_key, rnd)
     ds = full.subset("train", UNLABELLED_SPLIT)  # never a validation or test patient with a diagnosis
-    metrics: dict[str, int | float] = {
-        P.NUM_EXAMPLES: 0,
-        P.NUM_PATIENTS: 0,
-        P.TRAIN_LOSS: 0.0,
-        P.TRAIN_LOSS_FIRST: 0.0,
-        P.TRAIN_SECONDS: 0.0,
-        **P.NO_DP_METRICS,
-    }
+    metrics = untrained_round()
     if len(ds.patients) < 2 or data.site.eval_only:  # one patient has no other to be told apart from
         log.warning(
             "site %s: fewer than 2 training or unlabelled patients with an ROI for dataset %s: skipping its "
@@ -95,13 +89,5 @@ def pretrain_cls(
     )
     if fedbn:
         save_local_norm(model, cache, study, stage_key, rnd)
-    metrics.update(
-        {
-            P.NUM_EXAMPLES: int(stats.n_examples),
-            P.NUM_PATIENTS: len(ds.patients),
-            P.TRAIN_LOSS: float(stats.mean_loss) if np.isfinite(stats.mean_loss) else 0.0,
-            P.TRAIN_LOSS_FIRST: float(stats.loss_first) if np.isfinite(stats.loss_first) else 0.0,
-            P.TRAIN_SECONDS: float(stats.seconds),
-        }
-    )
+    metrics.update(round_figures(stats, len(ds.patients)))
     return state_to_numpy(model.state_dict()), metrics

@@ -16,6 +16,7 @@ import torch
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
 from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData, split_patients
+from client.train_reply import round_figures, untrained_round
 from shared import protocol as P
 from shared.config import PipelineConfig
 from shared.models import build_segmenter
@@ -23,10 +24,6 @@ from shared.records import state_to_numpy
 from shared.training.segmentation import evaluate_segmenter, train_segmenter
 
 log = logging.getLogger(__name__)
-
-
-def _finite(x: float) -> float:
-    return float(x) if np.isfinite(x) else 0.0
 
 
 def train_seg(
@@ -44,14 +41,7 @@ def train_seg(
     patients = [
         p for p in data.patients if p.split == "train" and p.mask is not None and p.has(*cfg.seg.in_sequences)
     ]
-    metrics: dict[str, int | float] = {
-        P.NUM_EXAMPLES: 0,
-        P.NUM_PATIENTS: len(patients),
-        P.TRAIN_LOSS: 0.0,
-        P.TRAIN_LOSS_FIRST: 0.0,
-        P.TRAIN_SECONDS: 0.0,
-        **P.NO_DP_METRICS,
-    }
+    metrics = untrained_round(len(patients))
     if not patients or data.site.eval_only:
         log.warning(
             "site %s: no training patient with a mask and %s: skipping this round",
@@ -105,14 +95,7 @@ def train_seg(
         )
     if fedbn:
         save_local_norm(model, data.site.cache_dir, study, "seg", rnd)
-    metrics.update(
-        {
-            P.NUM_EXAMPLES: int(stats.n_examples),
-            P.TRAIN_LOSS: _finite(stats.mean_loss),
-            P.TRAIN_LOSS_FIRST: _finite(stats.loss_first),
-            P.TRAIN_SECONDS: float(stats.seconds),
-        }
-    )
+    metrics.update(round_figures(stats, len(patients)))
     return state_to_numpy(model.state_dict()), metrics
 
 
