@@ -39,6 +39,7 @@ OTHER_VALUE = {
     "cls-augment": "flip,shift",
     "cls-tta": "flip",
     "cls-local-optimizer": "restart",
+    "cls-pretrain-epochs": 4,
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
@@ -59,8 +60,8 @@ OTHER_VALUE = {
 }
 
 #: the other keys a value of OTHER_VALUE needs to pass the run's checks (the default strategy fedavgm is refused
-#: under dp = "central")
-NEEDS = {"dp": {"strategy": "fedavg"}}
+#: under dp = "central"; pretraining epochs need pretraining rounds)
+NEEDS = {"dp": {"strategy": "fedavg"}, "cls-pretrain-epochs": {"cls-pretrain-rounds": 2}}
 
 
 def test_every_run_config_key_has_one_home():
