@@ -356,3 +356,21 @@ def test_toy_study_both_stages_under_secure_aggregation_matches_plain_aggregatio
     table = (tmp_path / "secure" / "table.txt").read_text()
     assert "per-site Dice and AUC: not computed (secure-aggregation" in table
     assert "not computed" not in (tmp_path / "plain" / "table.txt").read_text()
+
+
+@pytest.mark.slow
+def test_pretraining_rounds_run_under_secure_aggregation_too(cohort, tmp_path):
+    """``cls-pretrain-rounds`` under SecAgg+: the pretraining round is summed over the sites like any round (the
+    coordinator receives no site's backbone), then the classifier continues from the unmasked mean."""
+    grid, _, rounds, _ = _study(
+        cohort,
+        tmp_path / "secure-pretrain",
+        **{"secure-aggregation": True, "cls-pretrain-rounds": 1, "cls-pretrain-epochs": 1},
+    )
+    assert [(r["stage"], r["dataset"]) for r in rounds] == [("seg", ""), ("cls-pretrain", "t2"), ("cls", "t2")]
+    pretrain = rounds[1]
+    assert pretrain["secure_aggregation"]["sites_summed"] == 3
+    assert pretrain["sites_contributed"] == ["hospital-a", "hospital-b", "hospital-c"]
+    replies = [r for r in grid.replies if r.metadata.message_type == P.TRAIN_CLS]
+    assert len(replies) == 2 * 4 * 3  # pretraining and classifier round x 4 SecAgg+ stages x 3 sites
+    assert all(not r.has_error() and all(len(rec) == 0 for rec in r.content.array_records.values()) for r in replies)
