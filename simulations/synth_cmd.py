@@ -26,6 +26,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="default: 3 x 70 patients, 96 px; paper: 434 patients, 256 px",
     )
+    parser.add_argument(
+        "--undiagnosed-share",
+        type=float,
+        default=0.0,
+        help="share of each hospital's patients left out of labels.csv (images and contours kept: what "
+        "cls-pretrain-rounds learns from; default 0)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -40,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"OUT_DIR {out} is not empty; choose a new folder or remove it first")
     config = CohortConfig.preset(
-        args.preset, sites=args.sites, patients=args.patients, seed=args.seed, difficulty=args.difficulty
+        args.preset,
+        sites=args.sites,
+        patients=args.patients,
+        seed=args.seed,
+        difficulty=args.difficulty,
+        undiagnosed=args.undiagnosed_share,
     )
     summary = generate_cohort(out, config, progress=not args.no_progress and sys.stderr.isatty())
     print(f"{'site':<14}{'patients':>9}{'NPC':>6}{'NPL':>6}{'contoured':>10}{'files':>8}{'MB':>9}")
@@ -50,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
             f"{row['files']:>8}{row['bytes'] / 1e6:>9.1f}"
         )
     total = sum(r["patients"] for r in summary.per_site.values())
+    undiagnosed = sum(r["undiagnosed"] for r in summary.per_site.values())
+    if undiagnosed:
+        print(f"{undiagnosed} patients without a labels.csv row (undiagnosed; _truth/cohort.json keeps their class)")
     print(
         f"total: {total} patients, {summary.files} files, {summary.bytes / 1e6:.1f} MB, "
         f"{summary.seconds:.1f} s -> {out}"

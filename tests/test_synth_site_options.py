@@ -171,3 +171,28 @@ def test_alike_and_label_skew_scenarios_reach_the_generator() -> None:
     default = scenario_cohort(SCENARIOS["default"], 0)
     assert not default.same_scanner and default.npl_fraction_per_site is None
     assert not any("generator limit" in s.description for s in SCENARIOS.values())
+
+
+def test_an_undiagnosed_share_leaves_rows_out_of_labels_csv_and_nothing_else(tmp_path: Path) -> None:
+    """``undiagnosed_fraction``: that share of each site's patients has no labels.csv row; their files, and every
+    other patient's, are the ones the same seed writes without it; ``_truth`` keeps their class."""
+    plain = generate_cohort(tmp_path / "plain", tiny(sites=2, patients_per_site=(4, 6)), progress=False)
+    summary = generate_cohort(
+        tmp_path / "half", tiny(sites=2, patients_per_site=(4, 6), undiagnosed_fraction=0.5), progress=False
+    )
+    assert {s: r["undiagnosed"] for s, r in summary.per_site.items()} == {"hospital-a": 2, "hospital-b": 3}
+    assert {s: r["undiagnosed"] for s, r in plain.per_site.items()} == {"hospital-a": 0, "hospital-b": 0}
+    truth = json.loads((tmp_path / "half" / "_truth" / "cohort.json").read_text())["patients"]
+    for site, n in (("hospital-a", 4), ("hospital-b", 6)):
+        with open(tmp_path / "half" / site / "labels.csv", newline="") as fh:
+            rows = {row["patient_id"] for row in csv.DictReader(fh)}
+        mine = [p for p in truth if p["site"] == site]
+        assert len(mine) == n and rows == {p["patient_id"] for p in mine if p["diagnosed"]}
+        assert len(rows) == n - summary.per_site[site]["undiagnosed"]
+    files = lambda root: {  # noqa: E731
+        p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "labels.csv"
+        and "_truth" not in p.parts
+    }  # fmt: skip
+    assert files(tmp_path / "plain") == files(tmp_path / "half")
+    with pytest.raises(ConfigError, match="undiagnosed share 1.0 out of range"):
+        tiny(sites=2, patients_per_site=(4, 6), undiagnosed_fraction=1.0)

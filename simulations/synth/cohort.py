@@ -58,7 +58,10 @@ class CohortConfig:
     (``site_profile.SCANNER_FIELDS``: vendor, model, field, grid, tilt, fat saturation, intensity, bias,
     noise, bit depth), so the pixel values of all sites come from one distribution; each site keeps its own
     lossless export dialect (file layout, transfer syntax, tags, local codes, ROI naming, mask format), which
-    ingestion undoes. Unset, both options leave the cohort of a seed unchanged.
+    ingestion undoes. ``undiagnosed_fraction``: the share of each site's patients (rounded) whose row is left out
+    of ``labels.csv``, as a hospital's patients without a diagnosis (their images and contours are written;
+    ``_truth`` keeps their class and marks them ``diagnosed: false``): what contrastive pretraining
+    (``cls-pretrain-rounds``) learns from. Unset, these options leave the cohort of a seed unchanged.
     """
 
     sites: int = 3
@@ -71,6 +74,7 @@ class CohortConfig:
     npl_fraction: float = SEED_NPL_FRACTION
     npl_fraction_per_site: tuple[float, ...] | None = None
     same_scanner: bool = False
+    undiagnosed_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.patients_per_site) != self.sites:
@@ -80,6 +84,11 @@ class CohortConfig:
         if any(n < 2 or n > 5000 for n in self.patients_per_site):
             raise ConfigError(
                 f"patients per site {self.patients_per_site} out of range; expected 2..5000 each"
+            )
+        if not 0.0 <= self.undiagnosed_fraction < 1.0:
+            raise ConfigError(
+                f"undiagnosed share {self.undiagnosed_fraction} out of range; expected 0 <= share < 1 (the share of "
+                "each hospital's patients left out of labels.csv)"
             )
         if not 0.0 <= self.contoured_fraction <= 1.0:
             raise ConfigError(f"contoured_fraction={self.contoured_fraction} out of range; expected 0..1")
@@ -101,6 +110,7 @@ class CohortConfig:
         patients: int | None = None,
         seed: int = 0,
         difficulty: float = 1.0,
+        undiagnosed: float = 0.0,
     ) -> CohortConfig:
         """``default``: 3 x 70 patients at 96 px; ``paper``: 434 patients at 256 px (seed-like)."""
         if name == "default":
@@ -115,7 +125,14 @@ class CohortConfig:
             counts = tuple(total // n_sites + (1 if i < total % n_sites else 0) for i in range(n_sites))
         else:
             counts = (70,) * n_sites
-        return cls(sites=n_sites, patients_per_site=counts, seed=seed, difficulty=difficulty, grid=grid)
+        return cls(
+            sites=n_sites,
+            patients_per_site=counts,
+            seed=seed,
+            difficulty=difficulty,
+            grid=grid,
+            undiagnosed_fraction=undiagnosed,
+        )
 
 
 @dataclass
@@ -177,6 +194,10 @@ def site_plan(profile: SiteProfile, n: int, n_npl: int, config: CohortConfig) ->
     numbers = np.sort(rng.choice(99999, size=n, replace=False) + 1)
     n_contoured = min(n, max(config.min_contoured_per_site, round(config.contoured_fraction * n)))
     contoured = set(rng.choice(n, size=n_contoured, replace=False).tolist())
+    # its own generator: the other draws (and so the files) do not depend on the undiagnosed share
+    undiagnosed_rng = np.random.default_rng([config.seed, profile.index, 4711])
+    n_undiagnosed = int(round(config.undiagnosed_fraction * n))
+    undiagnosed = set(undiagnosed_rng.choice(n, size=n_undiagnosed, replace=False).tolist())
     return [
         {
             "index": i,
@@ -184,6 +205,7 @@ def site_plan(profile: SiteProfile, n: int, n_npl: int, config: CohortConfig) ->
             "number": int(numbers[i]),
             "label": int(labels[i]),
             "contoured": i in contoured,
+            "diagnosed": i not in undiagnosed,
         }
         for i in range(n)
     ]
@@ -249,6 +271,7 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
                     "label": entry["label"],
                     "diagnosis": "NPL" if entry["label"] else "NPC",
                     "contoured": entry["contoured"],
+                    "diagnosed": entry["diagnosed"],
                     "latents": asdict(ph.latents),
                     "tumour": ph.tumour.as_dict(),
                     "pose": ph.pose,
@@ -261,7 +284,8 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
             rows = csv.writer(fh)
             rows.writerow(["patient_id", "diagnosis"])
             for entry in plan:
-                rows.writerow([entry["patient_id"], "NPL" if entry["label"] else "NPC"])
+                if entry["diagnosed"]:
+                    rows.writerow([entry["patient_id"], "NPL" if entry["label"] else "NPC"])
         if profile.site_mapping:
             write_site_mapping(site_dir / "site_mapping.json", profile)
         summary.per_site[profile.name] = {
@@ -269,6 +293,7 @@ def generate_cohort(out_dir: Path, config: CohortConfig, progress: bool = True) 
             "NPC": n - n_npl,
             "NPL": n_npl,
             "contoured": sum(e["contoured"] for e in plan),
+            "undiagnosed": sum(not e["diagnosed"] for e in plan),
             "files": writer.files,
             "bytes": writer.bytes,
         }
