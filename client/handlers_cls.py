@@ -18,7 +18,7 @@ import torch
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
 from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData
-from client.roi_cache import has_roi, load_roi, roi_key, roi_report, save_roi
+from client.roi_cache import has_roi, load_roi, requested_roi, roi_key, roi_report, save_roi
 from client.train_reply import round_figures, untrained_round
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
@@ -71,12 +71,6 @@ def query_roi(
     return out
 
 
-def _dataset(conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig):
-    name = str(conf[P.CFG_DATASET])
-    parse_dataset_name(name)  # it names files in the site's cache: only sequences joined by "+" pass, no path
-    return name, load_roi(data.site.cache_dir, roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg), name)
-
-
 def train_cls(
     record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
@@ -87,7 +81,7 @@ def train_cls(
 
         return pretrain_cls(record, conf, data, cfg, device)
     rnd = int(conf[P.CFG_ROUND])
-    name, full = _dataset(conf, data, cfg)
+    name, full = requested_roi(conf, data.site.cache_dir, cfg)
     cfg_r = seeded_config(cfg, "cls", name, rnd, data.site.name)
     model = build_classifier(cfg.cls, len(parse_dataset_name(name)), dp=cfg.dp_models)
     load_global(model, record)
@@ -152,7 +146,7 @@ def evaluate_cls(
 ) -> dict[str, int | float | list[int]]:
     """Per-class histograms of patient scores on ``conf["split"]`` -> ``EVAL_CLS_METRICS``."""
     t0 = time.perf_counter()
-    name, full = _dataset(conf, data, cfg)
+    name, full = requested_roi(conf, data.site.cache_dir, cfg)
     split = str(conf.get(P.CFG_SPLIT, "val"))
     # an evaluation-only site is tested on every labelled patient (never the unlabelled ones)
     ds = full.subset(*P.SPLITS) if (data.site.eval_only and split == "test") else full.subset(split)

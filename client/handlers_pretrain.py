@@ -21,7 +21,7 @@ import torch
 from client.local_model import load_global, overlay_local_norm, save_local_norm, seeded_config
 from client.local_optimizer import load_optimizer_state, state_keeper
 from client.node_data import SiteData
-from client.roi_cache import load_roi, roi_key
+from client.roi_cache import requested_roi
 from client.train_reply import round_figures, untrained_round
 from shared import protocol as P
 from shared.config import PipelineConfig, parse_dataset_name
@@ -50,9 +50,7 @@ def pretrain_cls(
             f"{cfg.cls.pretrain_epochs}: set cls-pretrain-epochs >= 1 with cls-pretrain-rounds, or both to 0"
         )
     rnd = int(conf[P.CFG_ROUND])
-    name = str(conf[P.CFG_DATASET])
-    parse_dataset_name(name)  # it names files in the site's cache: only sequences joined by "+" pass, no path
-    full = load_roi(data.site.cache_dir, roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg), name)
+    name, full = requested_roi(conf, data.site.cache_dir, cfg)
     stage_key = f"{P.STAGE_CLS_PRETRAIN}:{name}"
     cfg_r = seeded_config(cfg, P.STAGE_CLS_PRETRAIN, name, rnd, data.site.name)
     model = build_classifier(cfg.cls, len(parse_dataset_name(name)), dp=cfg.dp_models)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config import PipelineConfig
+from shared import protocol as P
+from shared.config import PipelineConfig, parse_dataset_name
 from shared.errors import SiteDataError
 from shared.roi.datasets import RoiDataset
 
@@ -89,6 +90,15 @@ def roi_report(cache_dir: Path, key: str) -> dict:
 def has_roi(cache_dir: Path, key: str, datasets: tuple[str, ...]) -> bool:
     done = (cache_dir / "roi" / key / "report.json").exists()
     return done and all(_path(cache_dir, key, d).exists() for d in datasets)
+
+
+def requested_roi(conf, cache_dir: Path, cfg: PipelineConfig) -> tuple[str, RoiDataset]:
+    """``(name, dataset)`` of the coordinator's ``dataset`` and ``segmenter-hash`` (a ``train.cls`` /
+    ``evaluate.cls`` config). The name is checked before any file is touched: it names files in the site's cache,
+    so only sequences joined by ``+`` pass, never a path (ConfigError naming the entry)."""
+    name = str(conf[P.CFG_DATASET])
+    parse_dataset_name(name)
+    return name, load_roi(cache_dir, roi_key(str(conf[P.CFG_SEGMENTER_HASH]), cfg), name)
 
 
 def load_roi(cache_dir: Path, key: str, dataset: str) -> RoiDataset:

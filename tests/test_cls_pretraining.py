@@ -167,3 +167,18 @@ def test_settings_refuse_half_a_pretraining_configuration_and_pretraining_under_
         PipelineConfig.defaults({"cls-pretrain-epochs": 2, "dp": "local", "amp": False})
     with pytest.raises(ConfigError, match="cls-pretrain-epochs=-1 is out of range"):
         PipelineConfig.defaults({"cls-pretrain-epochs": -1})
+
+
+def test_a_pretraining_round_for_a_dataset_name_that_is_a_path_is_refused_before_any_file_is_touched(tmp_path):
+    """The coordinator's dataset name names the ROI file the site reads and the optimizer files it writes."""
+    data = _site(tmp_path)
+    bystander = tmp_path / "hospital-files"
+    bystander.mkdir()
+    np.savez(bystander / "x.npz", images=np.zeros(1))
+    keep = replace(CFG, cls=replace(CFG.cls, local_optimizer="keep"))
+    record = state_to_record(build_classifier(CFG.cls, 2).state_dict())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for bad in ("../../../hospital-files/x", "t1/../../x"):
+        with pytest.raises(ConfigError, match="datasets entry"):
+            train_cls(record, {**_conf(1), P.CFG_DATASET: bad}, data, keep, CPU)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
