@@ -100,7 +100,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "seed-size",
             "3 hospitals x 145 patients (435: the seed study had 434), the default settings: for "
-            "`nasofl-sim compare` with about 85 pooled test patients (95% CIs about +-0.12 instead of +-0.18)",
+            "`nasofl-sim compare` with about 86 pooled test patients (95% CIs about +-0.09 instead of +-0.18)",
             (145, 145, 145),
         ),
         Scenario(

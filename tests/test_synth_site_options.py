@@ -196,3 +196,12 @@ def test_an_undiagnosed_share_leaves_rows_out_of_labels_csv_and_nothing_else(tmp
     assert files(tmp_path / "plain") == files(tmp_path / "half")
     with pytest.raises(ConfigError, match="undiagnosed share 1.0 out of range"):
         tiny(sites=2, patients_per_site=(4, 6), undiagnosed_fraction=1.0)
+
+
+def test_the_seed_size_scenario_is_the_synth_command_with_145_patients_per_hospital() -> None:
+    """README's seed-size figures were measured on `nasofl-sim synth DIR --seed S --patients 145` cohorts: the
+    scenario must generate exactly those (435 patients, the seed study's 434)."""
+    for seed in (0, 2):
+        config = scenario_cohort(SCENARIOS["seed-size"], seed)
+        assert config == CohortConfig.preset("default", patients=145, seed=seed)
+        assert sum(config.patients_per_site) == 435
