@@ -23,6 +23,7 @@ from shared.models import build_classifier
 from shared.records import state_to_record
 from shared.roi.datasets import NO_LABEL, UNLABELLED_SPLIT, RoiDataset
 from shared.training.pretrain import backbone_features, nt_xent, pretrain_backbone, slice_pairs
+from tests.file_tree import file_tree, plant_hospital_file
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -145,13 +146,13 @@ def test_a_site_under_local_dp_refuses_a_pretraining_round_and_trains_nothing(tm
     data = _site(tmp_path)
     local_dp = PipelineConfig.defaults({**CFG.to_mapping(), "cls-pretrain-epochs": 0, "dp": "local"})
     model = build_classifier(local_dp.cls, 2, dp=True)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    before = file_tree(tmp_path)
     with pytest.raises(ConfigError, match="dp='local'"):
         train_cls(state_to_record(model.state_dict()), _conf(1), data, local_dp, CPU)
     no_epochs = replace(CFG, cls=replace(CFG.cls, pretrain_epochs=0))
     with pytest.raises(ConfigError, match="cls-pretrain-epochs=0"):
         train_cls(state_to_record(build_classifier(CFG.cls, 2).state_dict()), _conf(1), data, no_epochs, CPU)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert file_tree(tmp_path) == before
 
 
 def test_settings_refuse_half_a_pretraining_configuration_and_pretraining_under_local_dp() -> None:
@@ -172,13 +173,11 @@ def test_settings_refuse_half_a_pretraining_configuration_and_pretraining_under_
 def test_a_pretraining_round_for_a_dataset_name_that_is_a_path_is_refused_before_any_file_is_touched(tmp_path):
     """The coordinator's dataset name names the ROI file the site reads and the optimizer files it writes."""
     data = _site(tmp_path)
-    bystander = tmp_path / "hospital-files"
-    bystander.mkdir()
-    np.savez(bystander / "x.npz", images=np.zeros(1))
+    plant_hospital_file(tmp_path)
     keep = replace(CFG, cls=replace(CFG.cls, local_optimizer="keep"))
     record = state_to_record(build_classifier(CFG.cls, 2).state_dict())
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    before = file_tree(tmp_path)
     for bad in ("../../../hospital-files/x", "t1/../../x"):
         with pytest.raises(ConfigError, match="datasets entry"):
             train_cls(record, {**_conf(1), P.CFG_DATASET: bad}, data, keep, CPU)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert file_tree(tmp_path) == before

@@ -15,6 +15,7 @@ from shared.config import PipelineConfig
 from shared.models import build_classifier
 from shared.records import state_to_record
 from shared.roi.datasets import RoiDataset
+from tests.file_tree import file_tree, plant_hospital_file
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -104,15 +105,13 @@ def test_a_dataset_name_that_is_a_path_is_refused_before_any_file_is_read_or_wri
     from shared.errors import ConfigError
 
     data = _site(tmp_path)
-    bystander = tmp_path / "hospital-files"
-    bystander.mkdir()
-    np.savez(bystander / "x.npz", images=np.zeros(1))
+    plant_hospital_file(tmp_path)
     keep = replace(CFG, cls=replace(CFG.cls, local_optimizer="keep"))
     record = state_to_record(build_classifier(CFG.cls, 2).state_dict())
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    before = file_tree(tmp_path)
     for bad in ("../../../hospital-files/x", "t1/../../x", "t1+t1"):
         conf = {P.CFG_ROUND: 2, P.CFG_STUDY: "s1", P.CFG_TOTAL_ROUNDS: 4, P.CFG_DATASET: bad,
                 P.CFG_SEGMENTER_HASH: "seg-hash"}  # fmt: skip
         with pytest.raises(ConfigError, match="datasets entry"):
             train_cls(record, conf, data, keep, CPU)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert file_tree(tmp_path) == before
