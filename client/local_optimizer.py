@@ -66,15 +66,21 @@ def load_optimizer_state(
 
 
 def _misfit(state: Mapping[str, Any], model: nn.Module) -> str | None:
-    """Why ``state`` (an Adam state_dict) does not fit ``model``'s trainable parameters, or None."""
+    """Why ``state`` (an Adam state_dict) does not fit ``model``'s trainable parameters or holds a value that is
+    not finite, or None."""
     params = [p for p in model.parameters() if p.requires_grad]
     ids = [i for g in state["param_groups"] for i in g["params"]]
     if len(ids) != len(params):
         return f"for {len(ids)} parameters, not this model's {len(params)}"
     for i, p in zip(ids, params, strict=True):
         moments = state["state"].get(i)
-        if moments is not None and tuple(moments["exp_avg"].shape) != tuple(p.shape):
+        if moments is None:
+            continue
+        if tuple(moments["exp_avg"].shape) != tuple(p.shape):
             return f"shaped {tuple(moments['exp_avg'].shape)} at parameter {i}, not {tuple(p.shape)}"
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in moments and not bool(torch.isfinite(moments[name]).all()):
+                return f"not finite ({name} at parameter {i}: the round that saved it diverged)"
     return None
 
 

@@ -39,6 +39,11 @@ class ModelMismatchError(NasoflError):
     """Received or loaded weights do not match the model (keys, shapes, non-finite values)."""
 
 
+class TrainingDivergedError(NasoflError):
+    """A site's local training ended with a loss that is not finite: the round sends no weights. The message says
+    which loss and what to lower."""
+
+
 class CheckpointError(NasoflError):
     """A checkpoint file is missing, empty or unreadable, or cannot be written. The message names the file and
     what to do."""
