@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def test_a_launcher_of_another_uid_is_refused_and_starts_cold(gate, tmp_path):
     shared.mkdir(mode=0o755)
     os.link(folder / ZYGOTE_SOCKET, shared / ZYGOTE_SOCKET)
     os.chmod(shared / ZYGOTE_SOCKET, 0o666)
-    for path in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+    for path in (tmp_path, *tmp_path.parents):  # up to the temp root (one level deeper under pytest-xdist)
+        if path == Path(tempfile.gettempdir()) or path == path.parent:
+            break
         os.chmod(path, os.stat(path).st_mode | 0o005)
     script = (
         (folder / LAUNCHER_NAME).read_text().replace(str(folder / ZYGOTE_SOCKET), str(shared / ZYGOTE_SOCKET))
