@@ -23,6 +23,10 @@ from shared.errors import ConfigError
 from shared.records import TRANSPORT_DTYPES
 
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedmedian", "fedtrimmedavg")
+#: ``bn-statistics``: how BatchNorm running statistics are combined (server.strategies.bn_statistics)
+BN_STATISTICS: tuple[str, ...] = ("mean", "mixture")
+#: strategies whose BatchNorm statistics are a weighted mean, which ``bn-statistics = "mixture"`` replaces
+BN_MIXTURE_STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedavgm")
 
 #: keys read by the ClientApp only (they reach every site with the run config)
 CLIENT_KEYS: tuple[str, ...] = ("sim-data-root", "sim-cache-root", "debug-fail-sites")
@@ -49,6 +53,7 @@ class FederationConfig:
     trimmed_beta: float
     update_norm_factor: float
     fedbn: bool
+    bn_statistics: str
     transport_dtype: str
     out_dir: str
     checkpoint_dir: str
@@ -85,6 +90,16 @@ class FederationConfig:
         _range("trimmed-beta", self.trimmed_beta, 0.0, 0.49)
         if self.update_norm_factor != 0:
             _range("update-norm-factor (0 turns the bound off)", self.update_norm_factor, 1.5, 1e6)
+        if self.bn_statistics not in BN_STATISTICS:
+            raise ConfigError(
+                f"bn-statistics={self.bn_statistics!r} is not allowed: expected one of {', '.join(BN_STATISTICS)}"
+            )
+        if self.bn_statistics == "mixture" and self.strategy not in BN_MIXTURE_STRATEGIES:
+            raise ConfigError(
+                f"bn-statistics='mixture' with strategy={self.strategy!r}: the mixture variance pools the sites' "
+                f"running statistics with the weights of a mean; use strategy {', '.join(BN_MIXTURE_STRATEGIES)}, "
+                "or bn-statistics='mean'"
+            )
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ConfigError(
                 f"transport-dtype={self.transport_dtype!r} is not allowed: expected one of {', '.join(TRANSPORT_DTYPES)}"

@@ -38,6 +38,14 @@ def check_privacy_settings(fed: FederationConfig, cfg: PipelineConfig) -> None:
             "proximal term's gradient would bypass clipping and noise; use strategy fedavg (or another) with "
             "dp='local'"
         )
+    if fed.bn_statistics == "mixture" and (cfg.dp == "central" or fed.secure_aggregation):
+        raise ConfigError(
+            f"bn-statistics='mixture' with {'dp=central' if cfg.dp == 'central' else 'secure-aggregation=true'}: "
+            "the mixture variance reads each site's BatchNorm statistics, which "
+            + ("central DP clips and noises as part of the update" if cfg.dp == "central" else "the coordinator "
+               "does not see under secure aggregation (only their sum)")
+            + "; use bn-statistics='mean'"
+        )
     if fed.secure_aggregation:
         check_secure_aggregation_settings(fed, cfg)
 

@@ -53,12 +53,12 @@ def reply_to(msg: Message, arrays: dict, n: int = 10) -> Message:
     return reply
 
 
-def configure(strategy) -> list[Message]:
+def configure(strategy, global_arrays: dict[str, np.ndarray] = GLOBAL) -> list[Message]:
     grid = LocalGrid(client_app=None, n_nodes=0, run_config={})
     grid.get_node_ids = lambda: list(NODES)  # five connected nodes, one of them evaluation-only
     msgs = list(
         strategy.configure_train(
-            1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), grid
+            1, ArrayRecord({k: Array(v) for k, v in global_arrays.items()}), ConfigRecord(), grid
         )
     )
     for m in msgs:

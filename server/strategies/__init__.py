@@ -17,6 +17,7 @@ def build_strategy(fed: FederationConfig, dp: str = "off") -> StageMixin:
     """
     inner = _build(fed, uniform=dp == "central")
     if dp != "central":
+        inner.bn_statistics = fed.bn_statistics
         return inner
     from server.strategies.central_dp import CentralDP
 

@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from server.secure_aggregation import SecureAggregation, SecureRound, secure_round, summed_reply
 from server.secure_evaluation import SecureEvaluation, secure_evaluation
+from server.strategies.bn_statistics import mixture_variances
 from server.strategies.replies import collect_eval_sums, error_reasons, unavailable_nodes
 from server.update_bounds import delta_norm, examples_problem, norm_outliers
 from server.update_check import update_problem
@@ -123,6 +124,7 @@ class StageMixin:
     _sent_eval: list[Message]
     _eval_bytes: int
     evaluates: bool  # False: this stage sends no evaluation messages (setup_stage)
+    bn_statistics: str = "mean"  # "mixture": BatchNorm variances of the sites pooled (server.strategies.bn_statistics)
 
     def setup_stage(
         self,
@@ -283,9 +285,19 @@ class StageMixin:
             )
         self.check_contributors(true_round, rec.contributed)
         arrays, metrics = super().aggregate_train(true_round, [m for _, m in good])  # type: ignore[misc]
+        if arrays is not None and self.bn_statistics == "mixture":
+            arrays = self._with_mixture_variances(arrays, [m for _, m in good])
         if metrics is not None:
             rec.train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
         return arrays, metrics
+
+    def _with_mixture_variances(self, arrays: ArrayRecord, replies: list[Message]) -> ArrayRecord:
+        """``bn-statistics = "mixture"``: the BatchNorm variances of the sites' activations taken together."""
+        sites = [record_to_numpy(next(iter(m.content.array_records.values()))) for m in replies]
+        key = str(getattr(self, "weighted_by_key", P.NUM_EXAMPLES))
+        weights = [float(next(iter(m.content.metric_records.values()))[key]) for m in replies]
+        mixed = mixture_variances(record_to_numpy(arrays), sites, weights)
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in mixed.items()})
 
     def _aggregate_secure(self, true_round: int, rec: TrainRound):
         """The unmasked mean of a SecAgg+ round: the sites' clear metrics are checked (keys, example caps), the
