@@ -7,8 +7,9 @@ packages (:mod:`simulations.app_folder`), then runs
 a private ``FLWR_HOME`` under the output folder (the user's ~/.flwr is untouched) and free ports of its own for
 the local SuperLink (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT``), so it never
 joins a SuperLink another job left on 127.0.0.1:39091. ``flwr run . local`` leaves that SuperLink running: it is
-found by its command line (which names that FLWR_HOME) and stopped in a ``finally`` block, once the study has
-finished. The run's outcome is the study's own ``STATUS`` (``server.status``) and ``results.json``, not
+found by its command line (which names that FLWR_HOME) and stopped, with the simulation and Ray processes under
+it, in a ``finally`` block, once the study has finished or when ``nasofl-sim run`` gets SIGTERM (a plain
+``kill PID``; Ctrl-C reaches every process of the terminal's group anyway). The run's outcome is the study's own ``STATUS`` (``server.status``) and ``results.json``, not
 ``flwr run``'s exit code: a ``--stream`` that lost its connection is waited out. The run config is validated
 (unknown key with "did you mean", bad values) before Flower is called. Exit code 0 only when the study
 COMPLETED. While the study runs, its progress is printed from its run log (:mod:`simulations.progress`).
@@ -111,20 +112,53 @@ def superlink_pids(flwr_home: Path) -> list[int]:
     return pids
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children ...), read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])  # the command name in (...) may hold spaces
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; its parent has not collected it yet
+
+
 def stop_superlink(flwr_home: Path) -> None:
-    for pid in superlink_pids(flwr_home):
+    """Stop the SuperLink ``flwr run . local`` left for this FLWR_HOME and everything it started (the simulation
+    process and Ray's processes under it): SIGTERM, then SIGKILL what is left after 10 s."""
+    pids = superlink_pids(flwr_home)
+    pids += [d for pid in pids for d in descendants(pid)]  # listed first: once the parent dies they move to init
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
     deadline = time.time() + 10
-    while superlink_pids(flwr_home) and time.time() < deadline:
+    while any(_alive(pid) for pid in pids) and time.time() < deadline:
         time.sleep(0.5)
-    for pid in superlink_pids(flwr_home):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def run_config_string(values: dict[str, ConfigValue], sets: dict[str, ConfigValue]) -> str:
@@ -184,6 +218,12 @@ def flwr_command() -> str:
             "in this environment (pip install nasofl) or activate its virtual environment"
         )
     return found
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM while the study runs: leave through the ``finally`` that stops its SuperLink (exit code 143)."""
+    print("nasofl-sim run: terminated (SIGTERM): stopping the study's SuperLink and simulation", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def follow(proc: subprocess.Popen, progress: StudyProgress, timeout: float) -> int:
@@ -284,17 +324,20 @@ def run(args: argparse.Namespace) -> int:
     log_path = out / "flwr-run.log"
     print(f"Flower's log: {log_path}; progress below comes from the study's run log", flush=True)
     progress = StudyProgress(study / "run-log.jsonl")
+    flwr_proc: subprocess.Popen | None = None
+    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill PID` stops the study's processes too
     try:
         with open(log_path, "w") as log_file:
-            rc = follow(
-                subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(out)),
-                progress,
-                args.timeout,
-            )
+            flwr_proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(out))
+            rc = follow(flwr_proc, progress, args.timeout)
         status = wait_for_study(study / "STATUS", t0 + args.timeout, progress=progress)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up below is not cut short by a second one
         progress.close()
+        if flwr_proc is not None and flwr_proc.poll() is None:
+            flwr_proc.terminate()
         stop_superlink(flwr_home)
+        signal.signal(signal.SIGTERM, previous)
     wall = time.time() - t0
     if status.state == "RUNNING":  # past --timeout: the study was stopped with its SuperLink
         status = StudyStatus("FAILED", f"still running after --timeout {args.timeout:.0f} s: stopped")
