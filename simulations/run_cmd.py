@@ -9,7 +9,7 @@ the local SuperLink (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTR
 joins a SuperLink another job left on 127.0.0.1:39091. ``flwr run . local`` leaves that SuperLink running: it is
 found by its command line (which names that FLWR_HOME) and stopped, with the simulation and Ray processes under
 it, in a ``finally`` block, once the study has finished or when ``nasofl-sim run`` gets SIGTERM (a plain
-``kill PID``; Ctrl-C reaches every process of the terminal's group anyway). The run's outcome is the study's own ``STATUS`` (``server.status``) and ``results.json``, not
+``kill PID``). The run's outcome is the study's own ``STATUS`` (``server.status``) and ``results.json``, not
 ``flwr run``'s exit code: a ``--stream`` that lost its connection is waited out. The run config is validated
 (unknown key with "did you mean", bad values) before Flower is called. Exit code 0 only when the study
 COMPLETED. While the study runs, its progress is printed from its run log (:mod:`simulations.progress`).
