@@ -75,7 +75,7 @@ def test_a_restart_keeps_node_registrations_only_with_sqlite_state(tmp_path: Pat
         listing = flwr(env, "supernode", "list", "fed", "--format", "json")
     finally:
         stop_groups([proc])
-    shown = tail(logs)
+    shown = logs.read_text(errors="replace")  # whole: on a busy machine health checks push the start lines out of a tail
     if state == "sqlite":
         assert (tmp_path / "state" / "state.db").is_file()
         assert f"state {tmp_path / 'state' / 'state.db'}" in shown
