@@ -31,9 +31,9 @@ def mixture_variances(
     w = w / w.sum()
     out = dict(averaged)
     for key, mean_var in averaged.items():
-        if not key.endswith(VARIANCE) or key[: -len(VARIANCE)] + MEAN not in averaged:
+        mean_key = key.removesuffix(VARIANCE) + MEAN
+        if not key.endswith(VARIANCE) or mean_key not in averaged:
             continue
-        mean_key = key[: -len(VARIANCE)] + MEAN
         means = np.stack([np.asarray(s[mean_key], dtype=np.float64) for s in sites])
         variances = np.stack([np.asarray(s[key], dtype=np.float64) for s in sites])
         pooled_mean = np.tensordot(w, means, axes=1)
