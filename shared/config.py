@@ -135,6 +135,7 @@ class ClassifierConfig:
     weight_decay: float
     aggregation: str
     augment: str
+    mixup: float
     tta: str
     local_optimizer: str
     pretrain_epochs: int
@@ -156,6 +157,7 @@ class ClassifierConfig:
         _check_range("cls-label-smoothing", self.label_smoothing, 0.0, 0.5)
         _check_range("cls-weight-decay", self.weight_decay, 0.0, 1.0)
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
+        _check_range("cls-mixup", self.mixup, 0.0, 10.0)
         _check_choice("cls-tta", self.tta, CLS_TTA)
         _check_choice("cls-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
         _check_range("cls-pretrain-epochs", self.pretrain_epochs, 0, 10_000)
@@ -220,6 +222,12 @@ class PipelineConfig:
             raise ConfigError(
                 "dp='local' with amp=true: Opacus' per-sample gradients are not checked under mixed precision; "
                 "set amp=false (DP-SGD runs in float32)"
+            )
+        if self.dp == "local" and self.cls.mixup > 0:
+            raise ConfigError(
+                f"dp='local' with cls-mixup={self.cls.mixup}: a mixed crop blends two patients, so one gradient "
+                "carries both and DP-SGD's per-patient clipping would not bound either; set cls-mixup=0, or use "
+                "dp='central' (its unit, one site, covers any local training)"
             )
         if self.dp == "local" and self.cls.pretrain_epochs > 0:
             raise ConfigError(

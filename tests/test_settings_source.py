@@ -37,6 +37,7 @@ OTHER_VALUE = {
     "cls-label-smoothing": 0.05,
     "cls-weight-decay": 0.001,
     "cls-augment": "flip,shift",
+    "cls-mixup": 0.2,
     "cls-tta": "flip",
     "cls-local-optimizer": "restart",
     "cls-pretrain-epochs": 4,

@@ -82,8 +82,8 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 
 #: pipeline keys added after bundles were first written, with the value that reproduces how a bundle written
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
-#: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer: training
-#: only.
+#: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer, cls-mixup:
+#: training only.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
     "seg-augment": "none",
@@ -91,6 +91,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "seg-local-optimizer": "restart",
     "cls-local-optimizer": "restart",
     "cls-pretrain-epochs": 0,
+    "cls-mixup": 0.0,
 }
 
 

@@ -7,10 +7,16 @@ its surroundings, so intensities are never rescaled. Ops (``cls-augment``, comma
 - ``flip``: random left-right and up-down flips,
 - ``rot90``: a random multiple of 90 degrees,
 - ``shift``: a random translation of up to 1/8 of the crop side (reflect padding).
+
+Mixup (``cls-mixup = a > 0``, :func:`mixup_batch`): each crop is blended with another crop of the batch, weight
+``lam ~ Beta(a, a)``, and so are their labels. The class evidence here is a tumour's mean intensity relative to its
+surroundings, which a blend carries linearly; it regularises a ResNet101 that otherwise fits ~1,000 training crops
+by their noise. Not under DP-SGD (a blended crop carries two patients; refused in ``shared.config``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,3 +77,19 @@ def augment_pairs(
         xs.append(image)
         ys.append(mask)
     return torch.stack(xs), torch.stack(ys)
+
+
+def mixup_batch(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x', y')``: sample ``i`` blended with sample ``perm[i]`` of the same batch, ``lam_i ~ Beta(alpha, alpha)``
+    per sample (``x (B, C, S, S)``, ``y (B,)`` float 0/1 -> soft targets). ``alpha <= 0`` or ``B < 2``: unchanged.
+    Draws come from ``gen`` (CPU), so a seed reproduces them."""
+    if alpha <= 0 or len(x) < 2:
+        return x, y
+    perm = torch.randperm(len(x), generator=gen)
+    seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=len(x))).to(x.dtype)
+    mixed_x = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
+    mixed_y = lam.to(y.dtype) * y + (1 - lam.to(y.dtype)) * y[perm]
+    return mixed_x, mixed_y

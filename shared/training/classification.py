@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
 from shared.roi.datasets import RoiDataset
-from shared.training.augment import augment_batch
+from shared.training.augment import augment_batch, mixup_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
 from shared.training.schedules import adamw, prox_term, snapshot_params, warmup_cosine
 
@@ -82,7 +82,8 @@ def train_classifier(
     for epoch in range(start_epoch, start_epoch + epochs):
         epoch_losses: list[float] = []
         for x, y, _ in tqdm(loader, desc=f"{ds.name} epoch {epoch + 1}", disable=not progress, leave=False):
-            x = place_batch(augment_batch(x, ops, aug_gen), device)
+            x, y = mixup_batch(augment_batch(x, ops, aug_gen), y.float(), cfg.cls.mixup, aug_gen)
+            x = place_batch(x, device)
             y = y.to(device, non_blocking=True)
             with autocast_for(device, cfg.amp):
                 logits = model(x)
