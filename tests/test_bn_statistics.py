@@ -88,3 +88,21 @@ def test_mixture_is_refused_where_the_coordinator_cannot_read_each_sites_statist
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
         fed = federation_from_run_config(rc)
         check_privacy_settings(fed, PipelineConfig.defaults({"dp": dp}))
+
+
+def test_a_hostile_sites_outlying_running_mean_is_rejected_before_the_mixture_reads_it() -> None:
+    """Under ``mixture`` a site's running mean enters the variance squared; a site reporting a mean far from the
+    others is caught by the update-norm bound (run before aggregation) and the variance is the honest sites'."""
+    honest_pooled = np.concatenate(SAMPLES)
+    hostile = site_arrays(SAMPLES[0])
+    hostile["bn.running_mean"] = np.full(3, 500.0, np.float32)  # would add ~ w(1-w) x 500^2 to the variance
+    s = make_strategy("fedavgm", **{"bn-statistics": "mixture"})
+    s.update_norm_factor = 10.0  # the default bound (the study sets it with each stage: server/study.py)
+    by_node = {m.metadata.dst_node_id: m for m in configure(s, GLOBAL)}
+    replies = [reply_to(by_node[node], site_arrays(x), n=len(x)) for node, x in zip((11, 12, 13), SAMPLES, strict=True)]
+    replies.append(reply_to(by_node[14], hostile, n=40))
+    arrays, _ = s.aggregate_train(1, replies)
+    rec = s.last_train
+    assert rec.contributed == ["site-a", "site-b", "site-c"]
+    assert "update-norm-factor" in rec.rejected["site-d"]
+    assert np.allclose(arrays["bn.running_var"].numpy(), honest_pooled.var(axis=0), rtol=1e-5)
