@@ -133,19 +133,28 @@ def cohort_profiles(cohort: Path) -> tuple[CohortConfig, list]:
     return config, cohort_site_profiles(config)
 
 
-def cohort_features(cohort: Path, cfg: PipelineConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels and, per estimator name, ``(N, 3, 2)``: per sequence (tumour log, reference log)."""
+def cohort_features(
+    cohort: Path,
+    cfg: PipelineConfig,
+    splits: tuple[str, ...] = ("train", "val"),
+    names: tuple[str, ...] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Labels, per estimator name ``(N, 3, 2)`` (per sequence: tumour log, reference log), and each patient's split,
+    for the patients whose split is in ``splits`` (default train+val: the test split is not loaded). ``names``:
+    the estimators to compute (default all, with ``truth-muscle`` and the diagnostics)."""
     config, profiles = cohort_profiles(cohort)
     contrast = ClassContrast(k=config.difficulty)
     labels: list[int] = []
-    rows: dict[str, list] = {name: [] for name in (*ESTIMATORS, "truth-muscle", *DIAGNOSTICS)}
+    kept_splits: list[str] = []
+    wanted = names or (*ESTIMATORS, "truth-muscle", *DIAGNOSTICS)
+    rows: dict[str, list] = {name: [] for name in wanted}
     for profile, n, n_npl in zip(
         profiles, config.patients_per_site, npl_counts(profiles, config), strict=True
     ):
         plan = site_plan(profile, n, n_npl, config)
         split = patient_split({e["patient_id"]: e["label"] for e in plan})
         for entry in plan:
-            if split[entry["patient_id"]] == "test":
+            if split[entry["patient_id"]] not in splits:
                 continue
             a = np.load(cohort / "_truth" / profile.name / f"{entry['patient_id']}.npz")
             mask = a["truth_mask"].astype(bool)
@@ -158,6 +167,7 @@ def cohort_features(cohort: Path, cfg: PipelineConfig) -> tuple[np.ndarray, dict
                 raise RuntimeError(f"{cohort} {entry['patient_id']}: re-synthesis differs from _truth")
             muscle = local_muscle(phantom)
             labels.append(int(a["label"]))
+            kept_splits.append(split[entry["patient_id"]])
             per = {name: [] for name in rows}
             for seq in SEQUENCES:
                 image = a[f"{seq}_image"]
@@ -173,15 +183,19 @@ def cohort_features(cohort: Path, cfg: PipelineConfig) -> tuple[np.ndarray, dict
                     "body": body_mask(image),
                 }
                 for name, estimate in ESTIMATORS.items():
-                    per[name].append((tumour, estimate(ctx)))
-                per["truth-muscle"].append((tumour, float(np.median(logs[muscle]))))
-                per["zscore-cw-median"].append(
-                    (centre_weighted_median(body_zscore(image), mask, spacing), 0.0)
-                )
-                per["plain-mean/near40"].append((float(logs[mask].mean()), near_mode(40.0)(ctx)))
+                    if name in per:
+                        per[name].append((tumour, estimate(ctx)))
+                if "truth-muscle" in per:
+                    per["truth-muscle"].append((tumour, float(np.median(logs[muscle]))))
+                if "zscore-cw-median" in per:
+                    per["zscore-cw-median"].append(
+                        (centre_weighted_median(body_zscore(image), mask, spacing), 0.0)
+                    )
+                if "plain-mean/near40" in per:
+                    per["plain-mean/near40"].append((float(logs[mask].mean()), near_mode(40.0)(ctx)))
             for name in rows:
                 rows[name].append(per[name])
-    return np.array(labels), {name: np.array(v) for name, v in rows.items()}
+    return np.array(labels), {name: np.array(v) for name, v in rows.items()}, np.array(kept_splits)
 
 
 def crop_medians(cohorts: list[Path]) -> None:
@@ -220,7 +234,7 @@ def main() -> None:
     }
     errs: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for cohort in args.cohorts:
-        y, feats = cohort_features(cohort, cfg)
+        y, feats, _ = cohort_features(cohort, cfg)
         truth_ref = feats["truth-muscle"][..., 1]
         for name in names:
             lr = feats[name][..., 0] - feats[name][..., 1]

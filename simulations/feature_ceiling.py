@@ -1,0 +1,80 @@
+"""What the data holds on a cohort's TEST split: a logistic regression on two hand features per sequence.
+
+    python -m simulations.feature_ceiling /work/exp/big0 /work/exp/big1 ...
+
+Per synthetic cohort (a folder written by ``nasofl-sim synth``, with ``_truth``), per dataset (T1WI, T2WI, T1CE,
+T1WI+T2WI): a standardised logistic regression on each patient's tumour log-ratio to a reference tissue (the
+tumour's centre-weighted median, from the TRUE contours), fitted on the train+val patients and scored on the test
+patients, the same split every classifier of the pipeline is tested on. Two references: ``reference`` is the
+estimator behind ``roi-intensity = "reference"`` (from the image alone, as a site has it); ``truth-muscle`` is
+the generator's own muscle near the tumour (a ceiling no site has). The deep classifiers' test AUC on the same
+patients can be read against these rows: a gap is what the network leaves on the table, and where the hand
+features themselves score low on a cohort's test split, that split is hard for any model.
+
+This reads the test split: it is a diagnostic of the cohort, not a way to choose settings (``nasofl-sim recipe``
+and ``bench_reference`` keep to train+val).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import PipelineConfig
+from shared.metrics.delong import delong_ci
+from simulations.bench_reference import cohort_features
+
+#: dataset -> columns of the per-sequence features (t1, t2, t1ce)
+DATASET_COLUMNS: dict[str, list[int]] = {"t1": [0], "t2": [1], "t1ce": [2], "t1+t2": [0, 1]}
+#: printed name -> estimator name in :func:`simulations.bench_reference.cohort_features`
+REFERENCES: dict[str, str] = {"reference": "pipeline-reference", "truth-muscle": "truth-muscle"}
+
+
+def test_split_auc(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> tuple[float, float, float]:
+    """(AUC, CI low, CI high) on the test patients of a logistic regression fitted on the others."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(x_fit, y_fit)
+    return delong_ci(model.decision_function(x_test), y_test)
+
+
+def cohort_ceiling(cohort: Path) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """{reference: {dataset: (AUC, low, high)}} on ``cohort``'s test split."""
+    y, feats, split = cohort_features(
+        cohort, PipelineConfig.defaults({}), splits=("train", "val", "test"), names=tuple(REFERENCES.values())
+    )
+    test = split == "test"
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for printed, name in REFERENCES.items():
+        log_ratio = feats[name][..., 0] - feats[name][..., 1]
+        out[printed] = {
+            dataset: test_split_auc(log_ratio[~test][:, cols], y[~test], log_ratio[test][:, cols], y[test])
+            for dataset, cols in DATASET_COLUMNS.items()
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cohorts", nargs="+", type=Path)
+    args = parser.parse_args()
+    table: dict[str, dict[str, list[float]]] = {r: {d: [] for d in DATASET_COLUMNS} for r in REFERENCES}
+    for cohort in args.cohorts:
+        result = cohort_ceiling(cohort)
+        for ref, per in result.items():
+            cells = ", ".join(f"{d} {a:.3f} [{lo:.2f}, {hi:.2f}]" for d, (a, lo, hi) in per.items())
+            print(f"{cohort}: {ref:<12} {cells}", flush=True)
+            for d, (a, _, _) in per.items():
+                table[ref][d].append(a)
+    print(f"mean over {len(args.cohorts)} cohort(s), test split:")
+    for ref, per in table.items():
+        print(f"  {ref:<12} " + "  ".join(f"{d} {statistics.mean(v):.3f}" for d, v in per.items()))
+
+
+if __name__ == "__main__":
+    main()
