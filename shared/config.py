@@ -31,6 +31,7 @@ ROI_INTENSITIES: tuple[str, ...] = (
     "body",
     "peritumoral",
     "reference",
+    "log-reference",
 )  # shared/roi/datasets.py
 ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py

@@ -158,11 +158,25 @@ def test_reference_intensity_is_the_ratio_to_the_tissue_near_the_tumour() -> Non
     )
     # margin 0: the crops are all tumour, 1.2 x muscle at both scanner scales and fat fractions
     np.testing.assert_allclose(ref["t1"].images.numpy(), 0.2, atol=1e-5)
+    logs, _ = build_roi_datasets(
+        masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-intensity": "log-reference"})
+    )
+    np.testing.assert_allclose(logs["t1"].images.numpy(), np.log(1.2), atol=1e-5)  # the same ratio, its log
     body, _ = build_roi_datasets(
         masks, patients, ("t1",), PipelineConfig.defaults({**cfg, "roi-intensity": "body"})
     )
     z = body["t1"].images.numpy()
     assert abs(float(z[0].mean() - z[2].mean())) > 0.1  # the body z-score moves with the fat elsewhere
+
+
+def test_log_reference_is_the_log_ratio_clipped_so_air_cannot_dominate() -> None:
+    from shared.roi.reference_tissue import LOG_RATIO_CLIP, log_ratio_to_reference
+
+    volume = np.array([0.0, 1e-3, 50.0, 100.0, 200.0, 1e6], np.float32)
+    out = log_ratio_to_reference(volume, float(np.log(100.0)))
+    np.testing.assert_allclose(out[2:5], np.log([0.5, 1.0, 2.0]), atol=1e-6)
+    assert out[0] == out[1] == np.float32(-LOG_RATIO_CLIP) and out[-1] == np.float32(LOG_RATIO_CLIP)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
 
 
 def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
@@ -184,7 +198,7 @@ def test_reference_tissue_needs_a_tumour_and_tissue_around_it() -> None:
     assert out["t1"].patients == [good.pseudonym] and report.no_reference == {"t1": 1}
     assert "1 left out (no tissue around the tumour" in " ".join(report.lines())
     assert p.pseudonym not in " ".join(report.lines())  # the report holds counts, never a pseudonym
-    with pytest.raises(ConfigError, match="body, peritumoral, reference"):
+    with pytest.raises(ConfigError, match="body, peritumoral, reference, log-reference"):
         PipelineConfig.defaults({"roi-intensity": "muscle"})
 
 
@@ -198,6 +212,7 @@ def test_the_site_roi_cache_key_differs_for_every_setting_that_changes_the_crops
             {},
             {"roi-intensity": "peritumoral"},
             {"roi-intensity": "reference"},
+            {"roi-intensity": "log-reference"},
             {"roi-intensity": "body"},
             {"roi-margin": 9},
             {"cls-image-size": 24},
@@ -206,7 +221,7 @@ def test_the_site_roi_cache_key_differs_for_every_setting_that_changes_the_crops
         )
     }
     # the defaults are among those named (intensity reference, context tumour): exactly two pairs are the same
-    assert len(keys) == 6
+    assert len(keys) == 7
 
 
 def test_tumour_context_keeps_the_tumour_and_sets_its_surroundings_to_the_reference_level() -> None:

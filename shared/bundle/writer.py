@@ -41,7 +41,8 @@ PREPROCESSING: dict[str, str] = {
     "roi": "largest 3-D component(s) of the predicted mask; cls-slices-per-patient largest slices; square box "
     "around the mask plus roi-margin pixels; resized to cls-image-size",
     "roi_intensity": "roi-intensity: body (the z-score above), peritumoral (each crop minus the median around the "
-    "tumour) or reference (the ratio to the most frequent tissue within 3-40 mm of the tumour, minus 1)",
+    "tumour), reference (the ratio to the most frequent tissue within 3-40 mm of the tumour, minus 1) or log-reference "
+    "(the log of that ratio, clipped to +-log 10)",
     "roi_context": "roi-context: tumour (pixels outside the predicted tumour set to 0) or box (the whole box)",
     "patient_score": "cls-aggregation of the slice probabilities of NPL (cls-tta = flip: each slice's probability "
     "is the mean over its four flips)",

@@ -19,7 +19,7 @@ from shared.config import PipelineConfig, parse_dataset_name
 from shared.data.normalise import body_zscore
 from shared.data.patient import PatientVolumes
 from shared.roi.crop import largest_components, roi_box, roi_crop, select_slices
-from shared.roi.reference_tissue import ratio_to_reference, reference_log_level
+from shared.roi.reference_tissue import log_ratio_to_reference, ratio_to_reference, reference_log_level
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +172,13 @@ def tumour_only(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode: str) -> np.ndarray | None:
     """The volume crops are cut from: body z-scored (``body``, ``peritumoral``), or with ``reference`` the ratio
-    to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), estimated from the
-    patient's own image at the site (:mod:`shared.roi.reference_tissue`). None when that series shows no tissue
+    to the reference tissue this series shows near ``tumour``, minus 1 (0 = that tissue), with ``log-reference``
+    the log of that ratio (clipped), the tissue estimated from the patient's own image at the site
+    (:mod:`shared.roi.reference_tissue`). None when that series shows no tissue
     around the tumour (logged here with the patient's pseudonym; the caller leaves the patient out of the
     dataset and counts it: one such patient never stops the site)."""
     image = patient.images[sequence]
-    if mode != "reference":
+    if mode not in ("reference", "log-reference"):
         return body_zscore(image)
     try:
         level = reference_log_level(image, tumour, patient.spacing_mm)
@@ -191,7 +192,7 @@ def roi_volume(patient: PatientVolumes, sequence: str, tumour: np.ndarray, mode:
             mode,
         )
         return None
-    return ratio_to_reference(image, level)
+    return log_ratio_to_reference(image, level) if mode == "log-reference" else ratio_to_reference(image, level)
 
 
 def build_roi_datasets(

@@ -65,6 +65,22 @@ def reference_log_level(
     return log_mode(np.log(v[shell]))
 
 
+#: ``roi-intensity = "log-reference"``: log-ratios are clipped to +-this (a tenth to ten times the reference), so
+#: that a pixel with almost no signal (air, cortical bone, a partial-volume edge) cannot dominate a crop
+LOG_RATIO_CLIP = float(np.log(10.0))
+
+
+def log_ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarray:
+    """float32 ``log(volume / exp(reference_log))`` clipped to +-:data:`LOG_RATIO_CLIP`: 0 is the reference
+    tissue, as with :func:`ratio_to_reference`, but a fixed change of signal moves every pixel by the same amount
+    whatever its level. A nuisance that scales T1WI down and T2WI up by one factor then cancels in the sum of the two
+    channels, which is how the seed's T1WI+T2WI model can beat either alone (the log-ratio is what the hand-feature
+    regression of ``simulations.feature_ceiling`` reads)."""
+    v = np.maximum(np.asarray(volume, dtype=np.float32), np.float32(1e-6))
+    out = np.log(v) - np.float32(reference_log)
+    return np.clip(out, -LOG_RATIO_CLIP, LOG_RATIO_CLIP).astype(np.float32)
+
+
 def ratio_to_reference(volume: np.ndarray, reference_log: float) -> np.ndarray:
     """float32 ``volume / exp(reference_log) - 1``: 0 is the reference tissue, 1 twice its signal, -1 no signal.
     Independent of the scanner's intensity scale. Linear, not log: log-ratio crops stretch dark air and bone to
