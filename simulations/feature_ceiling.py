@@ -33,7 +33,7 @@ DATASET_COLUMNS: dict[str, list[int]] = {"t1": [0], "t2": [1], "t1ce": [2], "t1+
 REFERENCES: dict[str, str] = {"reference": "pipeline-reference", "truth-muscle": "truth-muscle"}
 
 
-def test_split_auc(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> tuple[float, float, float]:
+def auc_on_test_split(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> tuple[float, float, float]:
     """(AUC, CI low, CI high) on the test patients of a logistic regression fitted on the others."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -53,7 +53,7 @@ def cohort_ceiling(cohort: Path) -> dict[str, dict[str, tuple[float, float, floa
     for printed, name in REFERENCES.items():
         log_ratio = feats[name][..., 0] - feats[name][..., 1]
         out[printed] = {
-            dataset: test_split_auc(log_ratio[~test][:, cols], y[~test], log_ratio[test][:, cols], y[test])
+            dataset: auc_on_test_split(log_ratio[~test][:, cols], y[~test], log_ratio[test][:, cols], y[test])
             for dataset, cols in DATASET_COLUMNS.items()
         }
     return out

@@ -29,13 +29,13 @@ def test_strong_signal_scores_high_on_test_and_no_signal_does_not(tmp_path, monk
     import simulations.feature_ceiling as fc
 
     scored: list[int] = []
-    real = fc.test_split_auc
+    real = fc.auc_on_test_split
 
     def counting(x_fit, y_fit, x_test, y_test):
         scored.append(len(y_test))
         return real(x_fit, y_fit, x_test, y_test)
 
-    monkeypatch.setattr(fc, "test_split_auc", counting)
+    monkeypatch.setattr(fc, "auc_on_test_split", counting)
     strong = cohort_ceiling(_cohort(tmp_path, 4.0))
     assert set(strong) == {"reference", "truth-muscle"} and set(strong["reference"]) == set(DATASET_COLUMNS)
     assert strong["truth-muscle"]["t1+t2"][0] > 0.85 and strong["reference"]["t1+t2"][0] > 0.8
