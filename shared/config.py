@@ -234,8 +234,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"dp='local' with cls-pretrain-epochs={self.cls.pretrain_epochs}: the contrastive pretraining loss "
                 "compares each patient with the others in its batch, so one patient's gradient is not their own and "
-                "DP-SGD's per-patient clipping would not bound it; set cls-pretrain-epochs=0, or use dp='central' "
-                "(its unit, one site, covers any local training)"
+                "DP-SGD's per-patient clipping would not bound it; set cls-pretrain-epochs=0 (and, federated, "
+                "cls-pretrain-rounds=0), or use dp='central' (its unit, one site, covers any local training)"
             )
 
     @property

@@ -41,6 +41,8 @@ _TOY = {
     "cls-arch": "resnet18",
     "cls-slices-per-patient": 2,
     "cls-epochs": 1,
+    "cls-pretrain-rounds": 0,  # the default's pretraining rounds would double a toy study's classifier rounds
+    "cls-pretrain-epochs": 0,
     "hist-bins": 100,
     "datasets": "t2,t1+t2",
 }

@@ -156,11 +156,11 @@ def test_a_site_under_local_dp_refuses_a_pretraining_round_and_trains_nothing(tm
 
 
 def test_settings_refuse_half_a_pretraining_configuration_and_pretraining_under_local_dp() -> None:
-    fed = federation_from_run_config(dict(app_defaults()))
+    fed = replace(federation_from_run_config(dict(app_defaults())), cls_pretrain_rounds=0)
     on = replace(fed, cls_pretrain_rounds=2)
     assert isinstance(on, FederationConfig)
     with pytest.raises(ConfigError, match="cls-pretrain-rounds=2 with cls-pretrain-epochs=0"):
-        check_pretraining_settings(on, PipelineConfig.defaults())
+        check_pretraining_settings(on, PipelineConfig.defaults({"cls-pretrain-epochs": 0}))
     with pytest.raises(ConfigError, match="cls-pretrain-epochs=2 with cls-pretrain-rounds=0"):
         check_study_settings(fed, PipelineConfig.defaults({"cls-pretrain-epochs": 2}))
     check_study_settings(on, PipelineConfig.defaults({"cls-pretrain-epochs": 2}))

@@ -36,6 +36,16 @@ def test_centralized_gets_the_same_passes_over_the_data():
     assert cfg.seg.image_size == rc["seg-image-size"]
 
 
+def test_the_default_pretrains_the_backbones_and_the_pooled_run_as_many_epochs():
+    """The defaults (since 2026-12-02) pretrain every classifier backbone, 6 rounds x 1 local epoch; the pooled
+    run of `compare` pretrains 6 epochs, as measured (README, Results)."""
+    from server.settings_check import check_study_settings
+
+    cfg, fed = centralized_config(default_run_config())
+    assert (fed.cls_pretrain_rounds, cfg.cls.pretrain_epochs) == (6, 6)
+    check_study_settings(fed, pipeline_from_run_config(default_run_config()))  # on together: accepted
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match="cls-rounds"):
         centralized_config({**default_run_config(), "cls-roundz": 2})

@@ -130,6 +130,10 @@ def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_
     assert len(PrivacyLedger(site.cache_dir).entries) == n_ok
 
 
+#: local DP refuses contrastive pretraining, which the defaults turn on
+NO_PRETRAINING = {"cls-pretrain-rounds": 0, "cls-pretrain-epochs": 0}
+
+
 @pytest.mark.parametrize(
     "changes,match",
     [
@@ -141,8 +145,9 @@ def test_noisy_histograms_are_counted_in_the_ledger_and_refused_over_budget(tmp_
             {"dp": "central", "strategy": "fedavg", "transport-dtype": "float16"},
             "dp='central' with transport-dtype='float16'",
         ),
-        ({"dp": "local", "strategy": "fedprox", "amp": False}, "dp='local' with strategy='fedprox'"),
+        ({"dp": "local", "strategy": "fedprox", "amp": False, **NO_PRETRAINING}, "dp='local' with strategy='fedprox'"),
         ({"dp": "local", "amp": True}, "dp='local' with amp=true"),
+        ({"dp": "local", "amp": False}, "dp='local' with cls-pretrain-epochs=1"),  # the default pretrains
     ],
 )
 def test_refused_privacy_combinations_name_both_keys(changes, match):
@@ -152,7 +157,7 @@ def test_refused_privacy_combinations_name_both_keys(changes, match):
     rc.update(changes)
     with pytest.raises(ConfigError, match=match):
         fed = federation_from_run_config(rc)
-        cfg = PipelineConfig.defaults({k: v for k, v in changes.items() if k in ("dp", "amp")})
+        cfg = PipelineConfig.defaults({k: v for k, v in changes.items() if k in ("dp", "amp", "cls-pretrain-epochs")})
         check_privacy_settings(fed, cfg)
     with pytest.raises(ConfigError, match=match):  # nasofl-sim run refuses it before Flower starts
         validate_run_config(changes)

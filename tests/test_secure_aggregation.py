@@ -247,7 +247,8 @@ def test_check_config_refuses_what_the_server_refuses():
 )
 def test_averaging_strategies_and_local_dp_are_allowed_with_secure_aggregation(strategy, dp):
     rc = {**default_run_config(), "secure-aggregation": True, "update-norm-factor": 0.0, "strategy": strategy}
-    check_privacy_settings(federation_from_run_config(rc), PipelineConfig.defaults({"dp": dp, "amp": False}))
+    cfg = PipelineConfig.defaults({"dp": dp, "amp": False, "cls-pretrain-epochs": 0})  # local DP: no pretraining
+    check_privacy_settings(federation_from_run_config(rc), cfg)
 
 
 # ---------------------------------------------------------------- the toy study, both stages (slow) ----------
