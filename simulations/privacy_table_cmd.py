@@ -14,7 +14,21 @@ Writes ``OUT/privacy-table.json`` and ``OUT/privacy-table.txt``. DP step-time an
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
+
+
+def row_settings(changes: dict[str, Any], sets: dict[str, Any], cache: Path) -> list[str]:
+    """``--set`` values of one row after the user's: the row's privacy changes, then what every row shares."""
+    extra = [f"{k}={json.dumps(v)}" for k, v in changes.items()]
+    # local DP needs float32 and no contrastive pretraining: the same for every row, so rows differ by privacy alone
+    extra += ["amp=false", "cls-pretrain-rounds=0", "cls-pretrain-epochs=0"]
+    extra.append(f"sim-cache-root={json.dumps(str(cache))}")
+    if "strategy" not in sets:  # one strategy for every row, one central DP can run: rows differ by privacy alone
+        extra.append('strategy="fedavg"')
+    return extra
+
 
 #: (row name, run-config changes)
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -77,9 +91,6 @@ def format_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from shared.app_config import app_defaults, check_known_keys, parse_sets
     from shared.reporting.results import write_results
     from simulations import run_cmd
@@ -98,12 +109,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for i, (name, changes) in enumerate(VARIANTS, start=1):
         folder = out / name.split(" (")[0].replace(" ", "-")
-        extra = [f"{k}={json.dumps(v)}" for k, v in changes.items()]
-        # local DP needs float32 and no contrastive pretraining: the same for every row, so rows differ by privacy alone
-        extra += ["amp=false", "cls-pretrain-rounds=0", "cls-pretrain-epochs=0"]
-        extra.append(f"sim-cache-root={json.dumps(str(folder / 'cache'))}")
-        if "strategy" not in sets:  # one strategy for every row, one central DP can run: rows differ by privacy alone
-            extra.append('strategy="fedavg"')
+        extra = row_settings(changes, sets, folder / "cache")
         path = folder / "study" / "results.json"
         done = (folder / "study" / "STATUS").exists() and (
             folder / "study" / "STATUS"
