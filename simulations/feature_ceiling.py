@@ -40,14 +40,14 @@ REFERENCES: dict[str, str] = {"reference": "pipeline-reference", "truth-muscle":
 FITTED_ON: dict[str, tuple[str, ...]] = {"test": ("train", "val"), "val": ("train",)}
 
 
-def auc_on_test_split(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> tuple[float, float, float]:
+def held_out_auc(x_fit: np.ndarray, y_fit: np.ndarray, x_held: np.ndarray, y_held: np.ndarray) -> tuple[float, float, float]:
     """(AUC, CI low, CI high) on the scored (held-out) patients of a logistic regression fitted on the others."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(x_fit, y_fit)
-    return delong_ci(model.decision_function(x_test), y_test)
+    return delong_ci(model.decision_function(x_held), y_held)
 
 
 def cohort_ceiling(cohort: Path, split: str = "test") -> dict[str, dict[str, tuple[float, float, float]]]:
@@ -63,7 +63,7 @@ def cohort_ceiling(cohort: Path, split: str = "test") -> dict[str, dict[str, tup
     for printed, name in REFERENCES.items():
         log_ratio = feats[name][..., 0] - feats[name][..., 1]
         out[printed] = {
-            dataset: auc_on_test_split(
+            dataset: held_out_auc(
                 log_ratio[~held_out][:, cols], y[~held_out], log_ratio[held_out][:, cols], y[held_out]
             )
             for dataset, cols in DATASET_COLUMNS.items()

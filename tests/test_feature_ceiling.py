@@ -30,13 +30,13 @@ def test_strong_signal_scores_high_on_test_and_no_signal_does_not(tmp_path, monk
     import simulations.feature_ceiling as fc
 
     scored: list[int] = []
-    real = fc.auc_on_test_split
+    real = fc.held_out_auc
 
-    def counting(x_fit, y_fit, x_test, y_test):
-        scored.append(len(y_test))
-        return real(x_fit, y_fit, x_test, y_test)
+    def counting(x_fit, y_fit, x_held, y_held):
+        scored.append(len(y_held))
+        return real(x_fit, y_fit, x_held, y_held)
 
-    monkeypatch.setattr(fc, "auc_on_test_split", counting)
+    monkeypatch.setattr(fc, "held_out_auc", counting)
     strong = cohort_ceiling(_cohort(tmp_path, 4.0))
     assert set(strong) == {"reference", "truth-muscle"} and set(strong["reference"]) == set(DATASET_COLUMNS)
     assert strong["truth-muscle"]["t1+t2"][0] > 0.85 and strong["reference"]["t1+t2"][0] > 0.8
