@@ -7,6 +7,11 @@ classifier round's (``TRAIN_METRICS``): counts, the mean contrastive loss, secon
 pseudonym. Under ``dp = "local"`` the site refuses: the contrastive loss ties each patient's gradient to the others in
 its batch, so DP-SGD's per-patient clipping would not bound it, and a round without DP must never run where DP was
 promised.
+
+The site has its own say, whatever the study asks (node config ``pretraining``, :data:`client.node_data.PRETRAINING_CHOICES`):
+``diagnosed`` keeps its patients without a diagnosis out of pretraining (never trained on), ``refuse``
+refuses every pretraining round before its crops are read; the coordinator logs the refusal and the study goes on with
+the other sites (or ends FAILED under ``min-sites``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ log = logging.getLogger(__name__)
 def pretrain_cls(
     record: Any, conf: Mapping[str, Any], data: SiteData, cfg: PipelineConfig, device: torch.device
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
-    """One round of contrastive pretraining on the training ROI crops of ``conf["dataset"]``."""
+    """One round of contrastive pretraining on the training ROI crops of ``conf["dataset"]`` (and of the patients
+    without a diagnosis unless the site's node config ``pretraining`` says ``diagnosed``)."""
+    if data.site.pretraining == "refuse":
+        raise ConfigError(
+            f"site {data.site.name} refuses contrastive pretraining rounds (its node config pretraining='refuse'): "
+            "the study trains its classifiers without this site's pretraining; a coordinator who wants every site "
+            "in every round sets cls-pretrain-rounds=0 cls-pretrain-epochs=0"
+        )
     if cfg.dp == "local":
         raise ConfigError(
             "the coordinator asked for a contrastive pretraining round under dp='local': this site refuses it (the "
@@ -60,7 +72,8 @@ def pretrain_cls(
     fedbn = bool(conf.get(P.CFG_KEEP_LOCAL_NORM, False))
     if fedbn:
         overlay_local_norm(model, cache, study, stage_key, rnd)
-    ds = full.subset("train", UNLABELLED_SPLIT)  # never a validation or test patient with a diagnosis
+    # never a validation or test patient with a diagnosis; the undiagnosed ones only where the site allows it
+    ds = full.subset("train") if data.site.pretraining == "diagnosed" else full.subset("train", UNLABELLED_SPLIT)
     metrics = untrained_round()
     if len(ds.patients) < 2 or data.site.eval_only:  # one patient has no other to be told apart from
         log.warning(

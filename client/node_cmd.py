@@ -48,6 +48,8 @@ NODE_ENV = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from client.node_data import PRETRAINING_CHOICES
+
     parser.add_argument(
         "site_dir", type=Path, nargs="?", metavar="SITE_DIR", help="site folder (labels.csv + DICOM tree)"
     )
@@ -81,6 +83,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="EPS",
         help="the site's total epsilon over every study under local DP (unit: one patient); rounds that would "
         "exceed it are refused (node config privacy-budget-epsilon; see PRIVACY.md)",
+    )
+    parser.add_argument(
+        "--pretraining",
+        choices=PRETRAINING_CHOICES,
+        help="what contrastive pretraining rounds (the study's cls-pretrain-rounds) may learn from here: all (training "
+        "patients and those without a diagnosis; the default), diagnosed (training patients only) or refuse (no "
+        "pretraining round runs here; node config pretraining; see PRIVACY.md)",
     )
     parser.add_argument(
         "--salt",
@@ -174,6 +183,7 @@ def node_config(
     site_name: str | None,
     salt: str | None,
     privacy_budget: float | None = None,
+    pretraining: str | None = None,
 ) -> str:
     """``--node-config`` value for client/node_data.py: TOML-quoted strings, absolute paths. ``cache`` None:
     the node's default cache folder. ``salt`` only when given on the command line (else the ClientApp reads the
@@ -188,6 +198,8 @@ def node_config(
         parts.append(f"pseudonym-salt={toml_string(salt)}")
     if privacy_budget is not None:
         parts.append(f"privacy-budget-epsilon={float(privacy_budget)!r}")
+    if pretraining is not None:
+        parts.append(f"pretraining={toml_string(pretraining)}")
     return " ".join(parts)
 
 
@@ -254,7 +266,13 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         str(args.runtime_port),
         "--node-config",
         node_config(
-            args.site_dir, site_cache(args), args.eval_only, args.site_name, args.salt, args.privacy_budget
+            args.site_dir,
+            site_cache(args),
+            args.eval_only,
+            args.site_name,
+            args.salt,
+            args.privacy_budget,
+            args.pretraining,
         ),
     ]
     if args.max_retries is not None:

@@ -5,7 +5,8 @@ Deployment: node config ``data-path`` (the site folder), ``cache-path`` (default
 in ``<cache-path>/pseudonym-salt``, see :func:`shared.pseudonym.site_salt`) and ``privacy-budget-epsilon`` (the
 site's total epsilon over every study under local DP, unit: one patient; see PRIVACY.md); in both modes optional
 ``max-hist-bins`` (default 100) and ``min-hist-count`` (default 2): the evaluation histograms this site answers
-with (``shared.metrics.coarse_histograms``).
+with (``shared.metrics.coarse_histograms``), and ``pretraining`` (:data:`PRETRAINING_CHOICES`, default ``all``): which
+of its patients a contrastive pretraining round may learn from, or that the site refuses such rounds.
 Simulation: node config is only ``partition-id`` / ``num-partitions``, so run config ``sim-data-root`` plus the
 partition id picks the i-th site folder in sorted order (folders starting with ``_`` or ``.`` are not sites);
 the cache goes to run config ``sim-cache-root`` (default ``<sim-data-root>/_cache``).
@@ -47,6 +48,24 @@ def histogram_limits(node_config: Mapping[str, Any]) -> tuple[int, int]:
     )
 
 
+#: node config ``pretraining``: the site's own say over contrastive pretraining rounds (``stage = "cls-pretrain"``),
+#: whatever the study's run config asks. ``all``: training patients and patients without a diagnosis (the default);
+#: ``diagnosed``: training patients with a diagnosis only; ``refuse``: every pretraining round is refused unread.
+PRETRAINING_CHOICES = ("all", "diagnosed", "refuse")
+
+
+def pretraining_consent(node_config: Mapping[str, Any]) -> str:
+    """Node config ``pretraining`` (default ``all``), one of :data:`PRETRAINING_CHOICES`."""
+    value = node_config.get("pretraining", "all")
+    if value not in PRETRAINING_CHOICES:
+        raise ConfigError(
+            f"node config pretraining={value!r}: expected one of {', '.join(PRETRAINING_CHOICES)} (all: training "
+            "patients and patients without a diagnosis; diagnosed: training patients only; refuse: no pretraining "
+            "round runs at this site)"
+        )
+    return str(value)
+
+
 @dataclass(frozen=True)
 class NodeSite:
     name: str
@@ -60,6 +79,7 @@ class NodeSite:
     privacy_budget: float | None = (
         None  # node config privacy-budget-epsilon (unit: one patient); None: no cap
     )
+    pretraining: str = "all"  # node config pretraining (PRETRAINING_CHOICES)
 
 
 def default_cache_dir(data_dir: Path, site_name: str) -> Path:
@@ -120,6 +140,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             max_hist_bins=max_bins,
             min_hist_count=min_count,
             privacy_budget=privacy_budget(node_config),
+            pretraining=pretraining_consent(node_config),
         )
     if "partition-id" in node_config:
         root = str(run_config.get("sim-data-root", ""))
@@ -146,6 +167,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             max_hist_bins=max_bins,
             min_hist_count=min_count,
             privacy_budget=privacy_budget(node_config),
+            pretraining=pretraining_consent(node_config),
         )
     raise ConfigError(
         "node config has neither data-path nor partition-id: start the SuperNode with "

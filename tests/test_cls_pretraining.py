@@ -155,6 +155,40 @@ def test_a_site_under_local_dp_refuses_a_pretraining_round_and_trains_nothing(tm
     assert file_tree(tmp_path) == before
 
 
+def test_a_site_refusing_pretraining_refuses_before_its_crops_are_read_and_a_bad_value_is_named(
+    tmp_path, monkeypatch
+) -> None:
+    """Node config ``pretraining = "refuse"``: the site's own word, whatever the run config asks; no crop is read,
+    nothing is written. The setting reaches the node from ``nasofl-site join --pretraining``; a value outside the
+    three is refused naming the key and the choices."""
+    from flwr.common.config import parse_config_args
+
+    from client import handlers_pretrain
+    from client.node_cmd import node_config
+    from client.node_data import pretraining_consent, resolve_site
+
+    data = _site(tmp_path)
+    refusing = SiteData(replace(data.site, pretraining="refuse"), [], None)
+    before = file_tree(tmp_path)
+
+    def no_crops(*_args, **_kwargs):
+        raise AssertionError("the site read its crops for a round it refuses")
+
+    monkeypatch.setattr(handlers_pretrain, "requested_roi", no_crops)
+    with pytest.raises(ConfigError, match="hospital-a refuses contrastive pretraining.*pretraining='refuse'"):
+        train_cls(state_to_record(build_classifier(CFG.cls, 2).state_dict()), _conf(1), refusing, CFG, CPU)
+    assert file_tree(tmp_path) == before
+
+    for choice in ("all", "diagnosed", "refuse"):
+        text = node_config(tmp_path, None, False, None, None, pretraining=choice)
+        assert resolve_site(parse_config_args([text]), {}).pretraining == choice
+    assert resolve_site(parse_config_args([node_config(tmp_path, None, False, None, None)]), {}).pretraining == "all"
+    with pytest.raises(ConfigError, match="node config pretraining='sometimes': expected one of all, diagnosed, refuse"):
+        pretraining_consent({"pretraining": "sometimes"})
+    with pytest.raises(ConfigError, match="pretraining="):
+        resolve_site({"partition-id": 0, "pretraining": True}, {"sim-data-root": str(tmp_path)})
+
+
 def test_settings_refuse_half_a_pretraining_configuration_and_pretraining_under_local_dp() -> None:
     fed = replace(federation_from_run_config(dict(app_defaults())), cls_pretrain_rounds=0)
     on = replace(fed, cls_pretrain_rounds=2)

@@ -459,3 +459,45 @@ def test_pretraining_rounds_train_the_backbone_without_evaluation_and_the_classi
     assert all(m.content[P.CONFIG][P.CFG_STAGE] == "cls" for m in grid.sent if m.metadata.message_type == P.TRAIN_CLS)
     a, b = load_arrays(out / "checkpoints" / "final-cls-t2.npz"), load_arrays(broken / "checkpoints" / "final-cls-t2.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_site_has_its_own_say_over_pretraining_whatever_the_study_asks(cohort, tmp_path):
+    """Node config ``pretraining``: hospital-a (``diagnosed``) pretrains on its diagnosed training patients only,
+    never on its two patients without a diagnosis; hospital-b (``refuse``) refuses every pretraining round, the
+    coordinator records why and pretrains with the others, and hospital-b takes part in the classifier rounds."""
+    data = tmp_path / "two-unlabelled"
+    shutil.copytree(cohort, data, ignore=shutil.ignore_patterns("_cache"))  # never touch the shared cohort
+    labels = (data / "hospital-a" / "labels.csv").read_text().splitlines()
+    (data / "hospital-a" / "labels.csv").write_text("\n".join(labels[:-2]) + "\n")  # 2 patients lose their row
+    out = tmp_path / "say"
+    rc = toy_config(data, out, datasets="t2", seed=4, **{"cls-pretrain-rounds": 2, "cls-pretrain-epochs": 1,
+                    "sim-cache-root": str(tmp_path / "cache"), "min-sites": 2})  # fmt: skip
+    grid = LocalGrid(client_app, 3, rc)
+    node_of = {ctx.node_config["partition-id"]: n for n, ctx in grid.contexts.items()}
+    grid.contexts[node_of[0]].node_config["pretraining"] = "diagnosed"
+    grid.contexts[node_of[1]].node_config["pretraining"] = "refuse"
+    server_app(grid, server_context(rc))
+    assert (out / "STATUS").read_text().startswith("COMPLETED")
+    roi = next(r for r in grid.replies
+               if r.metadata.src_node_id == node_of[0] and r.metadata.message_type == P.QUERY_ROI)  # fmt: skip
+    counts = roi.content[P.METRICS]
+    assert counts[P.roi_metric_key("t2", P.ROI_UNLABELLED)] == 2
+    train = int(counts[P.roi_metric_key("t2", P.ROI_TRAIN)])
+    a_patients = {
+        (str(m.content[P.CONFIG][P.CFG_STAGE]), int(r.content[P.METRICS][P.NUM_PATIENTS]))
+        for m, r in zip(grid.sent, grid.replies, strict=True)
+        if m.metadata.dst_node_id == node_of[0] and m.metadata.message_type == P.TRAIN_CLS
+    }
+    assert a_patients == {("cls-pretrain", train), ("cls", train)}, "the 2 undiagnosed patients stay out"
+    b_pretrain = [r for m, r in zip(grid.sent, grid.replies, strict=True)
+                  if m.metadata.dst_node_id == node_of[1] and m.metadata.message_type == P.TRAIN_CLS
+                  and m.content[P.CONFIG][P.CFG_STAGE] == "cls-pretrain"]  # fmt: skip
+    assert len(b_pretrain) == 2 and all(r.has_error() and not r.has_content() for r in b_pretrain)
+    rounds = round_lines(out)
+    pre = [x for x in rounds if x["stage"] == "cls-pretrain"]
+    assert len(pre) == 2
+    for x in pre:
+        assert x["sites_contributed"] == ["hospital-a", "hospital-c"]
+        assert "pretraining='refuse'" in x["sites_failed"]["hospital-b"]
+    cls = [x for x in rounds if x["stage"] == "cls"]
+    assert cls and cls[0]["sites_contributed"] == list(SITES), "the refusing site trains the classifier"
