@@ -472,7 +472,6 @@ def test_the_privacy_table_names_each_epsilons_unit():
     assert "0.900" in text and "(one patient)" in text and " - " in text + " "
 
 
-
 def test_every_privacy_table_row_is_a_run_config_nasofl_sim_run_accepts(tmp_path):
     """Each row's settings pass the checks `nasofl-sim run` applies before Flower starts (the default contrastive
     pretraining, which local DP refuses, is off in every row), and the rows differ only by their privacy changes."""
@@ -488,6 +487,7 @@ def test_every_privacy_table_row_is_a_run_config_nasofl_sim_run_accepts(tmp_path
         assert shared_by_all in (None, rest), name
         shared_by_all = rest
     assert shared_by_all["cls-pretrain-rounds"] == 0 and shared_by_all["amp"] is False
+
 
 # ---------------------------------------------------------------- DP-SGD step: clipping per patient, noise ---------
 
