@@ -165,7 +165,9 @@ def query_info(msg: Message, context: Context, data: SiteData) -> Message:
         P.WARNINGS: warnings,
     }
     role = P.ROLE_EVAL_ONLY if data.site.eval_only else P.ROLE_TRAIN
-    info = ConfigRecord({P.INFO_SITE: data.site.name, P.INFO_ROLE: role})
+    info = ConfigRecord(
+        {P.INFO_SITE: data.site.name, P.INFO_ROLE: role, P.INFO_PRETRAINING: data.site.pretraining}
+    )
     return Message(RecordDict({P.INFO: info, P.METRICS: MetricRecord(counts)}), reply_to=msg)
 
 

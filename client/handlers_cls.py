@@ -63,7 +63,10 @@ def query_roi(
         out[P.roi_metric_key(name, P.ROI_TRAIN)] = counts["train"]
         out[P.roi_metric_key(name, P.ROI_VAL)] = counts["val"]
         out[P.roi_metric_key(name, P.ROI_TEST)] = labelled if data.site.eval_only else counts["test"]
-        out[P.roi_metric_key(name, P.ROI_UNLABELLED)] = 0 if data.site.eval_only else counts[UNLABELLED_SPLIT]
+        # only what the site's pretraining may learn from (node config pretraining "all"): the coordinator caps a
+        # pretraining reply's num-examples by it
+        pretrains_unlabelled = not data.site.eval_only and data.site.pretraining == P.PRETRAINING_ALL
+        out[P.roi_metric_key(name, P.ROI_UNLABELLED)] = counts[UNLABELLED_SPLIT] if pretrains_unlabelled else 0
         out[P.roi_metric_key(name, P.ROI_MISSING_SEQUENCE)] = int(missing.get(name, 0))
         out[P.roi_metric_key(name, P.ROI_EMPTY_PREDICTION)] = empty
         if data.site.eval_only:

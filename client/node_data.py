@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import protocol as P
 from shared.data.patient import PatientVolumes
 from shared.errors import ConfigError, SiteDataError
 from shared.pseudonym import site_salt
@@ -51,12 +52,13 @@ def histogram_limits(node_config: Mapping[str, Any]) -> tuple[int, int]:
 #: node config ``pretraining``: the site's own say over contrastive pretraining rounds (``stage = "cls-pretrain"``),
 #: whatever the study's run config asks. ``all``: training patients and patients without a diagnosis (the default);
 #: ``diagnosed``: training patients with a diagnosis only; ``refuse``: every pretraining round is refused unread.
-PRETRAINING_CHOICES = ("all", "diagnosed", "refuse")
+#: The site announces it in its ``query.info`` reply (``shared.protocol.INFO_PRETRAINING``).
+PRETRAINING_CHOICES = P.PRETRAINING_CHOICES
 
 
 def pretraining_consent(node_config: Mapping[str, Any]) -> str:
     """Node config ``pretraining`` (default ``all``), one of :data:`PRETRAINING_CHOICES`."""
-    value = node_config.get("pretraining", "all")
+    value = node_config.get("pretraining", P.PRETRAINING_ALL)
     if value not in PRETRAINING_CHOICES:
         raise ConfigError(
             f"node config pretraining={value!r}: expected one of {', '.join(PRETRAINING_CHOICES)} (all: training "

@@ -110,8 +110,10 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
         )
     for name, e in results.get("sites", {}).items():
         for what, reason in e.get("sat_out", {}).items():
-            label = "segmenter" if what == P.STAGE_SEG else dataset_label(what)
-            lines.append(f"{name} sat out the {label} training rounds: {reason}")
+            pretraining, _, dataset = what.rpartition(":")  # "cls-pretrain:<dataset>": a pretraining stage
+            label = "segmenter" if what == P.STAGE_SEG else dataset_label(dataset)
+            rounds = "pretraining rounds" if pretraining else "training rounds"
+            lines.append(f"{name} sat out the {label} {rounds}: {reason}")
     return "\n".join(lines)
 
 

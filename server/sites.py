@@ -32,14 +32,25 @@ class SiteInfo:
     node_id: int
     name: str
     role: str  # P.ROLE_TRAIN | P.ROLE_EVAL_ONLY
+    pretraining: str = P.PRETRAINING_ALL  # its node config pretraining, from query.info (P.PRETRAINING_CHOICES)
     counts: dict[str, float] = field(default_factory=dict)
     roi: dict[str, float] = field(default_factory=dict)
+
+
+def refuses(site: SiteInfo, stage: Stage) -> bool:
+    """Whether the site said in its ``query.info`` reply that it refuses this stage (pretraining only)."""
+    return stage.is_pretraining and site.pretraining == P.PRETRAINING_REFUSE
 
 
 def skip_reason(site: SiteInfo, stage: Stage) -> str:
     """Why a training site has no data for a stage, from its counts (never a patient id)."""
     if stage.is_segmenter:
         return "no patient with a tumour mask"
+    if refuses(site, stage):
+        return (
+            f"the site refuses contrastive pretraining (its node config {P.INFO_PRETRAINING}="
+            f"{P.PRETRAINING_REFUSE!r}): no pretraining round is sent to it; it trains the classifier"
+        )
     if not site.roi:
         return "no ROI counts: query.roi failed at this site (see its site-failed line)"
     dataset = stage.dataset
@@ -83,21 +94,28 @@ def parse_info(reply: Message) -> tuple[SiteInfo | None, str | None]:
         return None, f"info {P.INFO_SITE!r} is {name!r}, expected a site name"
     if role not in P.ROLES:
         return None, f"info {P.INFO_ROLE!r} is {role!r}, expected one of {', '.join(P.ROLES)}"
+    pretraining = info.get(P.INFO_PRETRAINING)
+    if pretraining not in P.PRETRAINING_CHOICES:
+        return None, (
+            f"info {P.INFO_PRETRAINING!r} is {pretraining!r}, expected one of {', '.join(P.PRETRAINING_CHOICES)} "
+            "(a site running an older nasofl: update it)"
+        )
     counts, problem = parse_counts(reply)
     if problem is None and (absent := [k for k in P.INFO_METRICS if k not in counts]):
         problem = f"metrics lack {absent[0]!r}"
+    node = reply.metadata.src_node_id
     if problem is not None:
-        return SiteInfo(reply.metadata.src_node_id, name, str(role)), problem
-    return SiteInfo(reply.metadata.src_node_id, name, str(role), counts), None
+        return SiteInfo(node, name, str(role), str(pretraining)), problem
+    return SiteInfo(node, name, str(role), str(pretraining), counts), None
 
 
 class SiteRoster:
     """The sites of one study and the messages that ask them about themselves.
 
     ``sites`` maps node id to :class:`SiteInfo`; ``away`` holds known sites' nodes that went offline, until they
-    are listed again; ``skipped`` maps site name to ``{"seg" or dataset: why it sat out}`` (the study's outcome
-    carries it). ``roi_content`` builds the ``query.roi`` content (the segmenter and its hash)
-    each time that query is sent.
+    are listed again; ``skipped`` maps site name to ``{"seg", dataset or "cls-pretrain:<dataset>": why it sat
+    out}`` (the study's outcome carries it). ``roi_content`` builds the ``query.roi`` content (the segmenter and its
+    hash) each time that query is sent.
     """
 
     def __init__(
@@ -119,7 +137,8 @@ class SiteRoster:
         """At the start of the study: wait for ``min-sites`` nodes, ask them for their info, log who answered."""
         self.sites = self.query_info(self.wait_for_sites())
         self.run_log.append(
-            "sites", sites={s.name: {"role": s.role, **s.counts} for s in self.sites.values()}
+            "sites",
+            sites={s.name: {"role": s.role, "pretraining": s.pretraining, **s.counts} for s in self.sites.values()},
         )
 
     def wait_for_sites(self) -> list[int]:
@@ -223,9 +242,12 @@ class SiteRoster:
         return [s.name for s in self.sites.values() if s.role == P.ROLE_EVAL_ONLY]
 
     def eligible(self, stage: Stage) -> list[int]:
-        """Training sites with data for the stage (a tumour mask; a training ROI of the classifier's dataset)."""
+        """Training sites with data for the stage (a tumour mask; a training ROI of the classifier's dataset), less
+        those that refuse it (a pretraining stage: node config ``pretraining = "refuse"``)."""
         return [
-            n for n, s in self.sites.items() if s.role == P.ROLE_TRAIN and stage.has_data(s.counts, s.roi)
+            n
+            for n, s in self.sites.items()
+            if s.role == P.ROLE_TRAIN and stage.has_data(s.counts, s.roi) and not refuses(s, stage)
         ]
 
     def participants(self, stage: Stage) -> Participants:
@@ -286,7 +308,7 @@ class SiteRoster:
     def note_skips(self, stage: Stage, nodes: Iterable[int]) -> None:
         """Say once, in the server log and the run log, why a training site sits out a stage."""
         eligible = set(self.eligible(stage))
-        key = stage.dataset or stage.kind.value
+        key = stage.key if stage.is_pretraining else stage.dataset or stage.kind.value  # "cls-pretrain:<dataset>"
         for n in nodes:
             site = self.sites[n]
             said = self.skipped.get(site.name, {})

@@ -8,7 +8,8 @@ values: counts, sums, losses, fixed-bin histograms. Never per-patient values, id
 Flow of one study (``server/study.py``, one :class:`server.stage.Stage` after the other):
 
 1. ``query.info``      server -> every site: empty content. Reply: ConfigRecord ``info`` with
-   ``INFO_SITE`` (site name, never a patient id) and ``INFO_ROLE`` (``ROLE_TRAIN`` or ``ROLE_EVAL_ONLY``),
+   ``INFO_SITE`` (site name, never a patient id), ``INFO_ROLE`` (``ROLE_TRAIN`` or ``ROLE_EVAL_ONLY``) and
+   ``INFO_PRETRAINING`` (the site's node config ``pretraining``: one of ``PRETRAINING_CHOICES``),
    MetricRecord ``metrics`` with the counts below (``INFO_METRICS``).
 2. ``train.seg`` / ``evaluate.seg``   stage 1 rounds on patients with masks.
 3. ``query.roi``       server -> every site: the final global segmenter in ArrayRecord ``arrays``,
@@ -129,6 +130,13 @@ INFO_ROLE = "role"
 ROLE_TRAIN = "train"
 ROLE_EVAL_ONLY = "eval-only"
 ROLES = (ROLE_TRAIN, ROLE_EVAL_ONLY)
+#: the site's own say over contrastive pretraining rounds (its node config ``pretraining``), announced so that the
+#: coordinator never sends pretraining rounds to a site that refuses them (the site refuses them anyway)
+INFO_PRETRAINING = "pretraining"
+PRETRAINING_ALL = "all"  # training patients and patients without a diagnosis
+PRETRAINING_DIAGNOSED = "diagnosed"  # training patients (with a diagnosis) only
+PRETRAINING_REFUSE = "refuse"  # no pretraining round runs at the site
+PRETRAINING_CHOICES = (PRETRAINING_ALL, PRETRAINING_DIAGNOSED, PRETRAINING_REFUSE)
 
 PATIENTS = "patients"  # ingested patients
 PATIENTS_NPC = "patients-npc"
@@ -160,7 +168,8 @@ ROI_VAL = PATIENTS_VAL
 ROI_TEST = PATIENTS_TEST
 ROI_MISSING_SEQUENCE = "missing-sequence"
 ROI_EMPTY_PREDICTION = "empty-prediction"
-ROI_UNLABELLED = PATIENTS_UNLABELLED  # patients without a diagnosis with an ROI: contrastive pretraining only
+# patients without a diagnosis with an ROI that the site's pretraining learns from (0 unless its pretraining is "all")
+ROI_UNLABELLED = PATIENTS_UNLABELLED
 ROI_KEYS = (ROI_TRAIN, ROI_VAL, ROI_TEST, ROI_MISSING_SEQUENCE, ROI_EMPTY_PREDICTION, ROI_UNLABELLED)
 
 SPLITS = ("train", "val", "test")

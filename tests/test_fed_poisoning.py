@@ -104,7 +104,14 @@ def _info_reply(content: RecordDict, node: int = 7) -> Message:
 
 def test_malformed_info_replies_are_told_apart_never_raise():
     counts = MetricRecord({k: 1 for k in P.INFO_METRICS})
+    ok = {"site": "x", "role": "train", "pretraining": "diagnosed"}
     cases = {
+        "info 'pretraining' is None": RecordDict(
+            {P.INFO: ConfigRecord({"site": "x", "role": "train"}), P.METRICS: counts}
+        ),
+        "info 'pretraining' is 'sometimes'": RecordDict(
+            {P.INFO: ConfigRecord({**ok, "pretraining": "sometimes"}), P.METRICS: counts}
+        ),
         "no 'info' config record": RecordDict({P.METRICS: counts}),
         "info 'site' is 5": RecordDict(
             {P.INFO: ConfigRecord({"site": 5, "role": "train"}), P.METRICS: counts}
@@ -112,18 +119,14 @@ def test_malformed_info_replies_are_told_apart_never_raise():
         "info 'role' is 'boss'": RecordDict(
             {P.INFO: ConfigRecord({"site": "x", "role": "boss"}), P.METRICS: counts}
         ),
-        "no 'metrics' metric record": RecordDict({P.INFO: ConfigRecord({"site": "x", "role": "train"})}),
-        "metrics lack 'patients'": RecordDict(
-            {P.INFO: ConfigRecord({"site": "x", "role": "train"}), P.METRICS: MetricRecord({"warnings": 0})}
-        ),
+        "no 'metrics' metric record": RecordDict({P.INFO: ConfigRecord(ok)}),
+        "metrics lack 'patients'": RecordDict({P.INFO: ConfigRecord(ok), P.METRICS: MetricRecord({"warnings": 0})}),
     }
     for expected, content in cases.items():
         _, problem = parse_info(_info_reply(content))
         assert problem is not None and expected in problem, (expected, problem)
-    site, problem = parse_info(
-        _info_reply(RecordDict({P.INFO: ConfigRecord({"site": "x", "role": "train"}), P.METRICS: counts}))
-    )
-    assert problem is None and site.name == "x" and site.node_id == 7
+    site, problem = parse_info(_info_reply(RecordDict({P.INFO: ConfigRecord(ok), P.METRICS: counts})))
+    assert problem is None and site.name == "x" and site.node_id == 7 and site.pretraining == "diagnosed"
 
 
 # ---- the whole study, with hostile sites ------------------------------------------------------------------
@@ -143,7 +146,7 @@ class Hostile:
             assert kind == P.QUERY_INFO, f"a rejected node was sent {kind}"
             counts = MetricRecord({k: 5 for k in P.INFO_METRICS})
             if pid == 3:
-                info = ConfigRecord({"site": "hospital-a", "role": "train"})
+                info = ConfigRecord({"site": "hospital-a", "role": "train", "pretraining": "all"})
                 return Message(RecordDict({P.INFO: info, P.METRICS: counts}), reply_to=message)
             return Message(RecordDict({P.METRICS: counts}), reply_to=message)
         reply = client_app(message=message, context=context)
@@ -209,7 +212,9 @@ def test_fedtrimmedavg_that_trims_nobody_is_refused_at_the_start(tmp_path):
     rc.update({"wait-for-sites-s": 0.0, "min-sites": 2})
 
     def info_only(message: Message, context) -> Message:  # three sites that only say who they are
-        info = ConfigRecord({"site": f"site-{context.node_config['partition-id']}", "role": "train"})
+        info = ConfigRecord(
+            {"site": f"site-{context.node_config['partition-id']}", "role": "train", "pretraining": "all"}
+        )
         counts = MetricRecord({k: 5 for k in P.INFO_METRICS})
         return Message(RecordDict({P.INFO: info, P.METRICS: counts}), reply_to=message)
 

@@ -462,9 +462,11 @@ def test_pretraining_rounds_train_the_backbone_without_evaluation_and_the_classi
 
 
 def test_a_site_has_its_own_say_over_pretraining_whatever_the_study_asks(cohort, tmp_path):
-    """Node config ``pretraining``: hospital-a (``diagnosed``) pretrains on its diagnosed training patients only,
-    never on its two patients without a diagnosis; hospital-b (``refuse``) refuses every pretraining round, the
-    coordinator records why and pretrains with the others, and hospital-b takes part in the classifier rounds."""
+    """Node config ``pretraining``, announced in ``query.info``: hospital-a (``diagnosed``) pretrains on its
+    diagnosed training patients only, never on its two patients without a diagnosis, and its ROI counts offer none
+    of them to pretraining (the coordinator caps its replies by that); hospital-b (``refuse``) is never sent a
+    pretraining round, the coordinator records why and pretrains with the others, and hospital-b takes part in the
+    classifier rounds. (A coordinator that sends it one anyway is refused: ``tests/test_cls_pretraining.py``.)"""
     data = tmp_path / "two-unlabelled"
     shutil.copytree(cohort, data, ignore=shutil.ignore_patterns("_cache"))  # never touch the shared cohort
     labels = (data / "hospital-a" / "labels.csv").read_text().splitlines()
@@ -478,10 +480,18 @@ def test_a_site_has_its_own_say_over_pretraining_whatever_the_study_asks(cohort,
     grid.contexts[node_of[1]].node_config["pretraining"] = "refuse"
     server_app(grid, server_context(rc))
     assert (out / "STATUS").read_text().startswith("COMPLETED")
-    roi = next(r for r in grid.replies
-               if r.metadata.src_node_id == node_of[0] and r.metadata.message_type == P.QUERY_ROI)  # fmt: skip
-    counts = roi.content[P.METRICS]
-    assert counts[P.roi_metric_key("t2", P.ROI_UNLABELLED)] == 2
+
+    def reply_of(node: int, kind: str) -> Message:
+        return next(r for r in grid.replies if r.metadata.src_node_id == node and r.metadata.message_type == kind)
+
+    said = {pid: reply_of(node_of[pid], P.QUERY_INFO).content[P.INFO][P.INFO_PRETRAINING] for pid in range(3)}
+    assert said == {0: "diagnosed", 1: "refuse", 2: "all"}
+    sites_line = next(x for x in read_run_log(out / "run-log.jsonl") if x["event"] == "sites")
+    pretraining = {n: e["pretraining"] for n, e in sites_line["sites"].items()}
+    assert pretraining == {"hospital-a": "diagnosed", "hospital-b": "refuse", "hospital-c": "all"}
+    counts = reply_of(node_of[0], P.QUERY_ROI).content[P.METRICS]
+    assert counts[P.roi_metric_key("t2", P.ROI_UNLABELLED)] == 0, "none offered to pretraining under 'diagnosed'"
+    assert reply_of(node_of[0], P.QUERY_INFO).content[P.METRICS][P.PATIENTS_UNLABELLED] == 2
     train = int(counts[P.roi_metric_key("t2", P.ROI_TRAIN)])
     a_patients = {
         (str(m.content[P.CONFIG][P.CFG_STAGE]), int(r.content[P.METRICS][P.NUM_PATIENTS]))
@@ -489,15 +499,19 @@ def test_a_site_has_its_own_say_over_pretraining_whatever_the_study_asks(cohort,
         if m.metadata.dst_node_id == node_of[0] and m.metadata.message_type == P.TRAIN_CLS
     }
     assert a_patients == {("cls-pretrain", train), ("cls", train)}, "the 2 undiagnosed patients stay out"
-    b_pretrain = [r for m, r in zip(grid.sent, grid.replies, strict=True)
-                  if m.metadata.dst_node_id == node_of[1] and m.metadata.message_type == P.TRAIN_CLS
-                  and m.content[P.CONFIG][P.CFG_STAGE] == "cls-pretrain"]  # fmt: skip
-    assert len(b_pretrain) == 2 and all(r.has_error() and not r.has_content() for r in b_pretrain)
+    to_b = [str(m.content[P.CONFIG][P.CFG_STAGE]) for m in grid.sent
+            if m.metadata.dst_node_id == node_of[1] and m.metadata.message_type == P.TRAIN_CLS]  # fmt: skip
+    assert to_b and set(to_b) == {"cls"}, "no pretraining round is sent to the site that refuses them"
+    skips = [x for x in read_run_log(out / "run-log.jsonl") if x["event"] == "site-skips-dataset"]
+    assert [(x["site"], x["stage"], x["dataset"]) for x in skips] == [("hospital-b", "cls-pretrain", "t2")]
+    assert "pretraining='refuse'" in skips[0]["reason"]
     rounds = round_lines(out)
     pre = [x for x in rounds if x["stage"] == "cls-pretrain"]
     assert len(pre) == 2
     for x in pre:
-        assert x["sites_contributed"] == ["hospital-a", "hospital-c"]
-        assert "pretraining='refuse'" in x["sites_failed"]["hospital-b"]
+        assert x["sites_contributed"] == ["hospital-a", "hospital-c"] and not x["sites_failed"]
     cls = [x for x in rounds if x["stage"] == "cls"]
     assert cls and cls[0]["sites_contributed"] == list(SITES), "the refusing site trains the classifier"
+    results = json.loads((out / "results.json").read_text())
+    assert "pretraining='refuse'" in results["sites"]["hospital-b"]["sat_out"]["cls-pretrain:t2"]
+    assert "hospital-b sat out the T2WI pretraining rounds" in (out / "table.txt").read_text()

@@ -205,8 +205,9 @@ def audit_replies(replies, cohort: Path, hist_bins: int) -> int:
                 else:
                     assert isinstance(value, int | float) and np.isfinite(value), key
         for rec in content.config_records.values():
-            assert set(rec.keys()) <= {P.INFO_SITE, P.INFO_ROLE}
+            assert set(rec.keys()) <= {P.INFO_SITE, P.INFO_ROLE, P.INFO_PRETRAINING}
             assert rec[P.INFO_ROLE] in P.ROLES and rec[P.INFO_SITE].startswith("hospital-")
+            assert rec[P.INFO_PRETRAINING] in P.PRETRAINING_CHOICES
         for rec in content.array_records.values():
             for key in rec.keys():
                 arr = rec[key].numpy()
