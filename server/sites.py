@@ -96,9 +96,10 @@ def parse_info(reply: Message) -> tuple[SiteInfo | None, str | None]:
         return None, f"info {P.INFO_ROLE!r} is {role!r}, expected one of {', '.join(P.ROLES)}"
     pretraining = info.get(P.INFO_PRETRAINING)
     if pretraining not in P.PRETRAINING_CHOICES:
+        why = "a site running an older nasofl: update it" if pretraining is None else "the site's node config"
         return None, (
             f"info {P.INFO_PRETRAINING!r} is {pretraining!r}, expected one of {', '.join(P.PRETRAINING_CHOICES)} "
-            "(a site running an older nasofl: update it)"
+            f"({why})"
         )
     counts, problem = parse_counts(reply)
     if problem is None and (absent := [k for k in P.INFO_METRICS if k not in counts]):
