@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from server.run_log import read_run_log
@@ -95,6 +96,11 @@ def test_fedtrimmedavg_refuses_a_round_it_would_not_trim():
 
 
 def _info_reply(content: RecordDict, node: int = 7) -> Message:
+    for part in ("run_id", "node_id", "task_id"):  # a Message needs the process identity a study run sets
+        try:
+            getattr(TaskIdentity, part)
+        except RuntimeError:
+            setattr(TaskIdentity, part, 1)
     request = Message(RecordDict(), dst_node_id=node, message_type=P.QUERY_INFO)
     request.metadata.__dict__["_message_id"] = "m1"
     reply = Message(content, reply_to=request)
