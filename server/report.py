@@ -48,6 +48,7 @@ def build_results(
     for info in sorted(study.sites.values(), key=lambda s: s.name):
         entry: dict[str, Any] = {
             "role": info.role,
+            "pretraining": info.pretraining,  # its node config: what contrastive pretraining may learn from there
             "patients": int(info.counts.get(P.PATIENTS, 0)),
             "dice": seg.per_site.get(info.name, {}).get("dice"),
             "auc": {},

@@ -514,4 +514,5 @@ def test_a_site_has_its_own_say_over_pretraining_whatever_the_study_asks(cohort,
     assert cls and cls[0]["sites_contributed"] == list(SITES), "the refusing site trains the classifier"
     results = json.loads((out / "results.json").read_text())
     assert "pretraining='refuse'" in results["sites"]["hospital-b"]["sat_out"]["cls-pretrain:t2"]
+    assert {n: e["pretraining"] for n, e in results["sites"].items()} == pretraining
     assert "hospital-b sat out the T2WI pretraining rounds" in (out / "table.txt").read_text()
