@@ -168,7 +168,8 @@ def test_replies_carry_only_expected_arrays_and_aggregate_metrics(poisoned_run, 
                 if isinstance(value, list):
                     assert key in (P.HIST_POS, P.HIST_NEG, P.HIST_SPAN) and len(value) == 100
         for name, rec in reply.content.config_records.items():
-            assert name == P.INFO and set(rec.keys()) == {"site", "role"}
+            assert name == P.INFO and set(rec.keys()) == {"site", "role", "pretraining"}
+            assert rec["pretraining"] in P.PRETRAINING_CHOICES
             texts += [str(v) for v in rec.values()]
         arrays = list(reply.content.array_records.items())
         if request.metadata.message_type.startswith("train"):
