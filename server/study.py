@@ -119,8 +119,9 @@ class Study:
         eligible = roster.eligible(stage)
         roster.note_skips(stage, list(roster.sites))
         if len(eligible) < self.fed.min_sites:
+            which = "have data for it and accept pretraining" if stage.is_pretraining else "have data for it"
             msg = (
-                f"{key}: only {len(eligible)} training site(s) have data for it "
+                f"{key}: only {len(eligible)} training site(s) {which} "
                 f"({', '.join(roster.sites[n].name for n in eligible) or 'none'}), min-sites={self.fed.min_sites}"
             )
             if stage.is_segmenter:
@@ -371,7 +372,10 @@ class Study:
                 continue
             if stage.dataset in pretrained and pretrained[stage.dataset] is None:
                 # its pretraining was skipped: training it from fresh weights would not be what was asked
-                msg = f"{stage.key}: its pretraining stage was skipped (too few sites with data for it)"
+                msg = (
+                    f"{stage.key}: its pretraining stage was skipped (too few sites with data for it that accept "
+                    "pretraining; the site-skips-dataset lines say why)"
+                )
                 log.warning("%s: dataset skipped", msg)
                 self.run_log.append(
                     "dataset-skipped", stage=stage.kind.value, dataset=stage.dataset, reason=msg

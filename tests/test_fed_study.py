@@ -289,6 +289,27 @@ def test_fewer_sites_than_the_minimum_fail_loudly(cohort, tmp_path):
     assert end["event"] == "end" and end["status"] == "FAILED" and "hospital-b" in end["error"]
 
 
+def test_when_too_many_sites_refuse_pretraining_the_dataset_is_not_trained_unpretrained(cohort, tmp_path):
+    """Two of three sites refuse pretraining under min-sites=2: the study must not quietly train the classifier from
+    fresh weights and report it; the dataset is skipped, naming the refusals, and the study ends FAILED."""
+    out = tmp_path / "refused"
+    rc = toy_config(cohort, out, datasets="t2", **{"cls-pretrain-rounds": 1, "cls-pretrain-epochs": 1,
+                    "min-sites": 2, "sim-cache-root": str(tmp_path / "cache")})  # fmt: skip
+    grid = LocalGrid(client_app, 3, rc)
+    for ctx in grid.contexts.values():
+        if ctx.node_config["partition-id"] in (0, 1):
+            ctx.node_config["pretraining"] = "refuse"
+    with pytest.raises(TooFewSitesError, match="every classifier dataset was skipped"):
+        server_app(grid, server_context(rc))
+    assert (out / "STATUS").read_text().startswith("FAILED")
+    assert not any(m.metadata.message_type == P.TRAIN_CLS for m in grid.sent), "no classifier round at all"
+    lines = read_run_log(out / "run-log.jsonl")
+    refused = {x["site"] for x in lines if x["event"] == "site-skips-dataset" and x["stage"] == "cls-pretrain"}
+    assert refused == {"hospital-a", "hospital-b"}
+    skipped = [x["reason"] for x in lines if x["event"] == "dataset-skipped"]
+    assert any("accept pretraining" in r and "hospital-c" in r for r in skipped), skipped
+
+
 def test_a_site_joining_late_or_coming_back_takes_part_from_the_next_round(cohort, tmp_path):
     out = tmp_path / "late"
     rc = toy_config(cohort, out, **{"seg-rounds": 3, "datasets": "t2", "min-sites": 2})
