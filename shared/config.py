@@ -20,8 +20,9 @@ from shared.errors import ConfigError
 
 SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0")
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
-#: ``seg-lr-schedule``: Adam at a constant lr, or cosine decay to 0 over all the stage's epochs (rounds x local epochs)
-SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+#: ``seg-lr-schedule``: Adam at a constant lr, cosine decay to 0 over all the stage's epochs (rounds x local epochs),
+#: or a linear warm-up over the stage's first tenth, then constant (shared/training/schedules.py)
+SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "warmup")
 #: ``seg-local-optimizer`` / ``cls-local-optimizer``: a fresh Adam(W) at each site every round, or each site keeps
 #: its optimizer's moments between rounds (in its cache: ``client/local_optimizer.py``)
 LOCAL_OPTIMIZERS: tuple[str, ...] = ("restart", "keep")

@@ -58,6 +58,28 @@ def test_the_last_round_of_a_cosine_stage_moves_the_segmenter_far_less_than_a_co
     assert moved("cosine", 1, 8) > 0.85 * moved("constant", 1, 8)
 
 
+def test_the_warmup_schedule_slows_a_stages_first_round_and_leaves_its_later_rounds_alone(tmp_path) -> None:
+    """``warmup``: the lr rises over the stage's first tenth (round 1 of 10 here), so round 1 moves the weights
+    less than under ``constant`` and round 5 of 10 moves them as ``constant`` does (a site that ignored
+    ``total-rounds`` would warm up within every round as if it were the stage's first)."""
+    site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False)
+    data = SiteData(site, make_toy_cohort(10, size=32, depth=6), None)
+    torch.manual_seed(0)
+    model = build_segmenter(CFG.seg)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = [name for name, _ in model.named_parameters()]
+    record = state_to_record(start)
+
+    def moved(schedule: str, rnd: int) -> float:
+        cfg = replace(CFG, seg=replace(CFG.seg, lr_schedule=schedule))
+        conf = {P.CFG_ROUND: rnd, P.CFG_STUDY: "s1", P.CFG_TOTAL_ROUNDS: 10}
+        arrays, _ = train_seg(record, conf, data, cfg, torch.device("cpu"))
+        return float(np.sqrt(sum(((arrays[k] - start[k].numpy()) ** 2).sum() for k in weights)))
+
+    assert moved("warmup", 1) < 0.8 * moved("constant", 1)
+    assert moved("warmup", 5) == moved("constant", 5)
+
+
 def test_keep_carries_each_sites_adam_moments_into_its_next_round_and_restart_does_not(tmp_path, caplog) -> None:
     """``seg-local-optimizer = keep``: round 2 continues round 1's Adam (its step count goes on, so its weights
     differ from a fresh Adam's on the same global model); the state stays in the site's cache, the latest two

@@ -216,8 +216,18 @@ def test_lr_factor_is_one_when_constant_and_decays_to_zero_when_cosine() -> None
     assert all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
     with pytest.raises(ValueError, match="'step'"):
         lr_factor("step", 0, 10)
-    with pytest.raises(ConfigError, match="seg-lr-schedule='linear'.*constant, cosine"):
+    with pytest.raises(ConfigError, match="seg-lr-schedule='linear'.*constant, cosine, warmup"):
         PipelineConfig.defaults({"seg-lr-schedule": "linear"})
+
+
+def test_the_warmup_schedule_rises_linearly_over_the_first_tenth_then_holds() -> None:
+    from shared.training.schedules import SEG_WARMUP_FRACTION, lr_factor
+
+    assert SEG_WARMUP_FRACTION == 0.1
+    warm = [lr_factor("warmup", s, 100) for s in range(12)]
+    assert warm[:10] == pytest.approx([(s + 1) / 11 for s in range(10)])
+    assert warm[10:] == [1.0, 1.0] and lr_factor("warmup", 99, 100) == 1.0
+    assert all(a < b for a, b in zip(warm[:11], warm[1:11], strict=False))
 
 
 @pytest.mark.parametrize("dp", [False, True])

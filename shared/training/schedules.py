@@ -21,14 +21,22 @@ def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+#: ``seg-lr-schedule = "warmup"``: the share of the stage's steps with a linear warm-up (then constant)
+SEG_WARMUP_FRACTION = 0.1
+
+
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     """Multiplier of the base lr under ``schedule``: ``"constant"`` 1, ``"cosine"`` cosine decay to 0 at
-    ``total_steps`` (no warm-up). Raises ValueError on another name (the config validates it first)."""
+    ``total_steps`` (no warm-up), ``"warmup"`` a linear warm-up over the first :data:`SEG_WARMUP_FRACTION` of
+    ``total_steps``, then 1. Raises ValueError on another name (the config validates it first)."""
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
         return warmup_cosine(step, total_steps, 0.0)
-    raise ValueError(f"lr schedule {schedule!r} is unknown: expected constant or cosine")
+    if schedule == "warmup":
+        warm = int(round(SEG_WARMUP_FRACTION * max(1, total_steps)))
+        return (step + 1) / (warm + 1) if step < warm else 1.0
+    raise ValueError(f"lr schedule {schedule!r} is unknown: expected constant, cosine or warmup")
 
 
 def adam(params, lr: float, state: Mapping[str, Any] | None = None) -> torch.optim.Adam:
