@@ -20,6 +20,9 @@ from shared.errors import ConfigError
 
 SEG_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0")
 SEG_LOSSES: tuple[str, ...] = ("dice", "dice+bce")
+#: ``seg-norm``: the U-Net's normalisation layers: BatchNorm (running statistics the federation averages) or
+#: GroupNorm (no running statistics: each image normalised by itself; the DP variant's layers, any DP mode forces it)
+SEG_NORMS: tuple[str, ...] = ("batch", "group")
 #: ``seg-lr-schedule``: Adam at a constant lr, cosine decay to 0 over all the stage's epochs (rounds x local epochs),
 #: or a linear warm-up over the stage's first tenth, then constant (shared/training/schedules.py)
 SEG_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "warmup")
@@ -83,9 +86,11 @@ class SegmenterConfig:
     augment: str
     lr_schedule: str
     local_optimizer: str
+    norm: str
 
     def __post_init__(self) -> None:
         _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
+        _check_choice("seg-norm", self.norm, SEG_NORMS)
         if not self.in_sequences:
             raise ConfigError("seg-in-sequences is empty: expected one or more of t1, t2, t1ce")
         for s in self.in_sequences:

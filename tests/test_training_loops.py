@@ -107,6 +107,26 @@ def test_segmenter_loss_falls_and_dice_sums() -> None:
     assert masks[patients[0].pseudonym].dtype == np.uint8
 
 
+def test_seg_norm_group_builds_a_unet_without_running_statistics_that_still_learns() -> None:
+    """``seg-norm = "group"``: every BatchNorm of the U-Net is a GroupNorm, so the state dict the federation averages
+    holds no running statistics; the loss still falls and a mask comes back on the patient's grid. A value outside
+    the two is refused naming the key."""
+    cfg = replace(TINY, seg=replace(TINY.seg, norm="group"))
+    torch.manual_seed(0)
+    model = build_segmenter(cfg.seg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    assert not any("running_" in k for k in model.state_dict())
+    assert any("running_" in k for k in build_segmenter(TINY.seg).state_dict())
+    patients = make_toy_cohort(6, size=32, depth=6)
+    stats = train_segmenter(model, patients, cfg, torch.device("cpu"), epochs=4)
+    assert stats.loss_last < stats.loss_first
+    masks = predict_masks(model, patients[:1], cfg, torch.device("cpu"))
+    assert masks[patients[0].pseudonym].shape == patients[0].mask.shape
+    with pytest.raises(ConfigError, match="seg-norm='layer'.*batch, group"):
+        PipelineConfig.defaults({"seg-norm": "layer"})
+
+
 def test_prox_keeps_weights_closer() -> None:
     patients = make_toy_cohort(4, size=32, depth=4)
     dev = torch.device("cpu")
