@@ -146,6 +146,7 @@ class ClassifierConfig:
     tta: str
     local_optimizer: str
     pretrain_epochs: int
+    crop_means: bool
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)

@@ -83,7 +83,8 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 #: pipeline keys added after bundles were first written, with the value that reproduces how a bundle written
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
 #: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer, cls-mixup:
-#: training only; seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says).
+#: training only; seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says);
+#: cls-crop-means: their heads read the pooled features alone.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
     "seg-augment": "none",
@@ -93,6 +94,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-local-optimizer": "restart",
     "cls-pretrain-epochs": 0,
     "cls-mixup": 0.0,
+    "cls-crop-means": False,
 }
 
 

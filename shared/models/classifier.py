@@ -26,13 +26,41 @@ def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return mean.repeat(1, in_channels, 1, 1) * (3.0 / in_channels)
 
 
+def crop_means(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, S, S)`` crops -> ``(B, C)``: each channel's mean over its nonzero pixels (0 where none is).
+
+    Under ``roi-context = "tumour"`` every pixel outside the tumour is exactly 0, so this is the tumour's mean
+    intensity per sequence (relative to the reference tissue under ``roi-intensity = "reference"``): the
+    feature a logistic regression separates NPC from NPL with."""
+    x = x.float()
+    inside = (x != 0).sum(dim=(2, 3)).clamp(min=1)
+    return x.sum(dim=(2, 3)) / inside
+
+
+class ResNetWithCropMeans(tvm.ResNet):
+    """A torchvision ResNet whose head ``fc`` reads the pooled features and :func:`crop_means` of the input
+    (``cls-crop-means = true``). The class is swapped onto a built ResNet, so its state-dict keys are a ResNet's;
+    only ``fc.weight`` is wider. With ``fc`` an ``nn.Identity`` (contrastive pretraining reads the backbone's
+    features) it returns the pooled features alone."""
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        means = crop_means(x)
+        f = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        f = self.layer4(self.layer3(self.layer2(self.layer1(f))))
+        f = torch.flatten(self.avgpool(f), 1)
+        if isinstance(self.fc, nn.Identity):
+            return f
+        return self.fc(torch.cat([f, means.to(f.dtype)], dim=1))
+
+
 def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
     """ResNet (``cfg.arch``) with a ``in_channels`` stem and a single-logit head.
 
     Input ``(B, in_channels, S, S)`` float32 ROI crops (:mod:`shared.roi.datasets`); output ``(B, 1)`` float32 logits of NPL.
     Weights (``cfg.weights``): random with zero-init of the last BN of each residual block (trains from scratch
     far more reliably here), ImageNet (torchvision enum) or a local state-dict file; for pretrained weights the
-    RGB stem is averaged into ``in_channels`` and the 1000-class head replaced.
+    RGB stem is averaged into ``in_channels`` and the 1000-class head replaced. ``cfg.crop_means``: the head
+    also reads the crop's mean per channel (:class:`ResNetWithCropMeans`).
     """
     if in_channels < 1:
         raise ModelMismatchError(f"in_channels={in_channels}: expected at least 1")
@@ -53,7 +81,11 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
     if state is not None:
         with torch.no_grad():
             model.conv1.weight.copy_(adapt_stem(old.weight, in_channels))
-    model.fc = nn.Linear(model.fc.in_features, 1)
+    if cfg.crop_means:
+        model.__class__ = ResNetWithCropMeans
+        model.fc = nn.Linear(model.fc.in_features + in_channels, 1)
+    else:
+        model.fc = nn.Linear(model.fc.in_features, 1)
     if dp:
         from shared.models.dp_compat import make_dp_compatible
 
