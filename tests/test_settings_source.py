@@ -27,6 +27,7 @@ OTHER_VALUE = {
     "seg-augment": "flip,intensity",
     "seg-lr-schedule": "cosine",
     "seg-local-optimizer": "restart",
+    "seg-norm": "group",
     "cls-arch": "resnet50",
     "cls-weights": "file:/srv/weights/resnet101.pth",
     "cls-image-size": 48,
@@ -41,6 +42,7 @@ OTHER_VALUE = {
     "cls-tta": "flip",
     "cls-local-optimizer": "restart",
     "cls-pretrain-epochs": 4,
+    "cls-crop-means": True,
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back
