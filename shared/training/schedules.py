@@ -10,13 +10,19 @@ import torch
 from torch import nn
 
 
+def _warmup(step: int, total: int, warmup_fraction: float) -> tuple[int, float | None]:
+    """``(warm-up steps, the linear warm-up's factor at step)``; the factor is None once the warm-up is over."""
+    warm = int(round(warmup_fraction * total))
+    return warm, ((step + 1) / (warm + 1) if warm > 0 and step < warm else None)
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
     """Multiplier of the base lr at ``step``: linear warm-up over ``warmup_fraction`` of the steps, then cosine
     decay to 0 at ``total_steps``. Returns a float in [0, 1]."""
     total = max(1, total_steps)
-    warm = int(round(warmup_fraction * total))
-    if warm > 0 and step < warm:
-        return (step + 1) / (warm + 1)
+    warm, rising = _warmup(step, total, warmup_fraction)
+    if rising is not None:
+        return rising
     progress = min(1.0, (step - warm) / max(1, total - warm))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -34,8 +40,8 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     if schedule == "cosine":
         return warmup_cosine(step, total_steps, 0.0)
     if schedule == "warmup":
-        warm = int(round(SEG_WARMUP_FRACTION * max(1, total_steps)))
-        return (step + 1) / (warm + 1) if step < warm else 1.0
+        _, rising = _warmup(step, max(1, total_steps), SEG_WARMUP_FRACTION)
+        return 1.0 if rising is None else rising
     raise ValueError(f"lr schedule {schedule!r} is unknown: expected constant, cosine or warmup")
 
 
