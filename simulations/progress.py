@@ -5,6 +5,10 @@
 replied, the pooled validation figure, elapsed time and an estimate of the time left. Site failures, sites going
 offline, skipped datasets and rejected updates are printed the moment the run log has them, with the site named.
 The run log holds site names, counts and figures only, so nothing printed here names a patient.
+
+A study resumed in the same folder appends to the run log of the run it continues: :meth:`StudyProgress.skip_earlier`
+reads those earlier records silently (their rounds still count for the time left) and says in one line that they
+exist and how that run ended, so an earlier run's "study FAILED" is never printed as if it were this run's.
 """
 
 from __future__ import annotations
@@ -63,6 +67,23 @@ class StudyProgress:
                     continue
         return out
 
+    def skip_earlier(self) -> str | None:
+        """Consume what the run log already holds (earlier runs in this folder) without printing it line by line;
+        print and return one line saying so (None when the run log is empty or absent)."""
+        records = self._new_records()
+        if not records:
+            return None
+        ended = None
+        for rec in records:
+            line = self.describe(rec)
+            if rec.get("event") == "end":
+                ended = line
+        rounds = sum(1 for rec in records if rec.get("event") == "round")
+        how = f"it ended: {ended}" if ended else "no end was recorded (stopped or crashed)"
+        line = f"this folder's run log already holds an earlier run ({rounds} round(s); {how}); below: this run only"
+        print(line, file=self.stream, flush=True)
+        return line
+
     def poll(self) -> list[str]:
         """Read what the study wrote since the last call; print it; return the plain lines printed."""
         lines: list[str] = []
@@ -106,6 +127,9 @@ class StudyProgress:
         if event == "start":
             fed, pipe = rec.get("federation") or {}, rec.get("pipeline") or {}
             datasets = [d for d in str(pipe.get("datasets", "")).split(",") if d]
+            if not rec.get("resume"):  # a fresh start: rounds of earlier runs in this folder are not this run's
+                self.done = {"seg": 0, "pre": 0, "cls": 0}
+                self.seconds = {"seg": 0.0, "pre": 0.0, "cls": 0.0}
             self.plan = {
                 "seg": int(fed.get("seg-rounds", 0)),
                 "pre": int(fed.get("cls-pretrain-rounds", 0)),

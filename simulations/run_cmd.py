@@ -324,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
     log_path = out / "flwr-run.log"
     print(f"Flower's log: {log_path}; progress below comes from the study's run log", flush=True)
     progress = StudyProgress(study / "run-log.jsonl")
+    progress.skip_earlier()  # a resumed study appends to the run log of the run it continues
     flwr_proc: subprocess.Popen | None = None
     previous = signal.signal(signal.SIGTERM, _terminated)  # `kill PID` stops the study's processes too
     try:

@@ -97,3 +97,37 @@ def test_pretraining_rounds_are_counted_and_shown_with_their_loss_not_a_validati
     assert lines[2].startswith("classifier t2 pretraining round 1/2 | 1 site(s) replied | contrastive loss 2.346 |")
     assert "val AUC" not in lines[2] and "kept round" not in lines[2]
     assert "~14 s left" in lines[2]  # one more pretraining round (4 s), one classifier round (untimed: as a seg one)
+
+
+def test_a_resumed_run_does_not_replay_the_earlier_runs_failure_but_counts_its_rounds(tmp_path):
+    log = RunLog(tmp_path / "run-log.jsonl")
+    _start(log)  # 2 seg rounds, then 1 round for each of t2 and t1+t2: 4 in all
+    log.append("round", stage="seg", dataset="", round=1, sites_contributed=["a"], eval_pooled={"dice": 0.4},
+               kept_round=1, seconds_round=10.0)  # fmt: skip
+    log.append("end", status="FAILED", error="SimulatedCrash: debug-stop-after-round=1", seconds=12.0)
+    stream = io.StringIO()
+    progress = StudyProgress(log.path, stream=stream, tty=False)
+    said = progress.skip_earlier()
+    assert said == (
+        "this folder's run log already holds an earlier run (1 round(s); it ended: study FAILED after 12 s: "
+        "SimulatedCrash: debug-stop-after-round=1); below: this run only"
+    )
+    assert stream.getvalue() == said + "\n"  # one line, not the earlier run's lines one by one
+    log.append("start", resume=True, federation={"seg-rounds": 2, "cls-rounds": 1}, pipeline={"datasets": "t2,t1+t2"})
+    log.append("round", stage="seg", dataset="", round=2, sites_contributed=["a"], eval_pooled={"dice": 0.5},
+               kept_round=2, seconds_round=10.0)  # fmt: skip
+    lines = progress.poll()
+    assert lines[0].startswith("study started (resumed)")
+    assert "FAILED" not in "".join(lines)
+    assert "~20 s left" in lines[1]  # the earlier run's round counts as done: 2 classifier rounds left x 10 s
+    # a fresh start in the same folder (resume=false) counts from zero again
+    _start(log)
+    log.append("round", stage="seg", dataset="", round=1, sites_contributed=["a"], eval_pooled={"dice": 0.4},
+               kept_round=1, seconds_round=10.0)  # fmt: skip
+    assert "~30 s left" in progress.poll()[1]
+
+
+def test_with_no_earlier_run_nothing_is_said(tmp_path):
+    stream = io.StringIO()
+    assert StudyProgress(tmp_path / "run-log.jsonl", stream=stream, tty=False).skip_earlier() is None
+    assert stream.getvalue() == ""
