@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from server.checkpoint import Checkpoint, CheckpointStore
 from server.config import FederationConfig, settings_fingerprint
 from server.outcome import FinalTest, StudyOutcome
+from server.round_average import RoundAverage, split_state
 from server.round_recorder import RoundRecorder
 from server.round_selection import RoundSelection
 from server.run_log import RunLog
@@ -134,12 +135,21 @@ class Study:
         rule = "last" if stage.is_pretraining else self.fed.select_round  # nothing to select on: no evaluation
         selection = RoundSelection(rule, stage.selection_metric)
         self.selections[key] = selection
+        # seg-weight-ema: the sites evaluate (and the stage keeps) the average of the rounds' global models
+        average = RoundAverage(self.cfg.seg.weight_ema) if stage.is_segmenter and self.cfg.seg.weight_ema else None
         ck = self.checkpoint
         if ck is not None and ck.stage == stage.kind.value and ck.dataset == stage.dataset:
-            start_round, arrays, state = ck.round, ck.arrays, ck.strategy_state
+            start_round, arrays = ck.round, ck.arrays
+            state, average_parts = split_state(ck.strategy_state)
+            kept_average = average.resume(average_parts) if average is not None else {}
+            if average is None and average_parts:
+                raise ValueError(
+                    f"the checkpoint of {key} holds a seg-weight-ema average but seg-weight-ema is 0: resume with "
+                    "the settings it was written with, or start afresh with resume=false"
+                )
             if ck.kept_round:
                 selection.round, selection.value = ck.kept_round, ck.kept_value
-                selection.arrays = ck.kept_arrays
+                selection.arrays = kept_average if average is not None else ck.kept_arrays
             log.info("resuming %s after round %s", key, start_round)
             self.run_log.append("resume", stage=stage.kind.value, dataset=stage.dataset, round=start_round)
         strategy = build_strategy(self.fed, self.cfg.dp)
@@ -156,6 +166,7 @@ class Study:
             secure=secure_aggregation_of(self.fed),
             secure_hist_bins=secure_hist_bins(self.cfg.hist_bins),
             evaluate=not stage.is_pretraining,
+            eval_arrays_of=average.evaluated if average is not None else None,
         )
         strategy.load_strategy_state(state)
         total = stage.rounds
@@ -180,7 +191,12 @@ class Study:
             strategy.unavailable.clear()
             ev = strategy.last_eval
             round_arrays = record_to_numpy(rec)
-            if selection.offer(true_round, round_arrays, ev.pooled if ev is not None else {}):
+            evaluated = round_arrays
+            if average is not None:
+                if not average.value:
+                    raise RuntimeError(f"{key} round {true_round}: seg-weight-ema saw no global model this round")
+                evaluated = average.value
+            if selection.offer(true_round, evaluated, ev.pooled if ev is not None else {}):
                 # the kept model's pooled validation statistics: the bundle's operating point, no second pass
                 self.kept_val[key] = (true_round, dict(ev.sums) if ev is not None else {})
                 self.kept_summed[key] = list(ev.summed) if ev is not None else []
@@ -191,7 +207,10 @@ class Study:
                 round=true_round,
                 position=stage.position0 + true_round,
                 arrays=round_arrays,
-                strategy_state=strategy.strategy_state(),
+                strategy_state={
+                    **strategy.strategy_state(),
+                    **(average.state(selection.arrays) if average is not None else {}),
+                },
                 train=strategy.last_train,
                 evaluation=ev,
                 kept=(selection.round, selection.value),

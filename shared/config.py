@@ -87,10 +87,12 @@ class SegmenterConfig:
     lr_schedule: str
     local_optimizer: str
     norm: str
+    weight_ema: float  # 0: off; else the decay of an average of the weights over rounds / epochs (weight_average.py)
 
     def __post_init__(self) -> None:
         _check_choice("seg-encoder", self.encoder, SEG_ENCODERS)
         _check_choice("seg-norm", self.norm, SEG_NORMS)
+        _check_range("seg-weight-ema", self.weight_ema, 0.0, 0.99)
         if not self.in_sequences:
             raise ConfigError("seg-in-sequences is empty: expected one or more of t1, t2, t1ce")
         for s in self.in_sequences:

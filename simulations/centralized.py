@@ -35,6 +35,7 @@ from shared.training.classification import patient_scores, train_classifier
 from shared.training.device import select_device
 from shared.training.pretrain import pretrain_backbone
 from shared.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
+from shared.training.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,17 @@ def run_segmentation_stage(
     history: dict[str, list[float]] = {"train loss": [], "val Dice": []}
     best: dict[str, Any] = {"dice": -1.0, "epoch": -1, "state": None}
     t0 = time.perf_counter()
+    # seg-weight-ema: validation and the kept model read the average of the epochs' weights; training goes on
+    average = WeightAverage(cfg.seg.weight_ema) if cfg.seg.weight_ema else None
+    evaluated = build_segmenter(cfg.seg).to(device) if average is not None else model
 
     def on_epoch_end(epoch: int, mean_loss: float) -> None:
         history["train loss"].append(mean_loss)
+        if average is not None:
+            value = average.update({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+            evaluated.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in value.items()})
         if val:
-            d = evaluate_segmenter(model, val, cfg, device).dice
+            d = evaluate_segmenter(evaluated, val, cfg, device).dice
             history["val Dice"].append(d)
             log.info(
                 "segmenter epoch %s: val Dice %.3f (%s)",
@@ -84,13 +91,15 @@ def run_segmentation_stage(
                 timing(t0, epoch, cfg.seg_epochs),
             )
             if d > best["dice"]:
-                best.update(dice=d, epoch=epoch, state=_cpu_state(model))
+                best.update(dice=d, epoch=epoch, state=_cpu_state(evaluated))
 
     stats = train_segmenter(
         model, train, cfg, device, cfg.seg_epochs, progress=progress, on_epoch_end=on_epoch_end
     )
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    elif average is not None and average.value:  # no validation patients: the last epoch's average
+        model.load_state_dict(evaluated.state_dict())
     sums = evaluate_segmenter(model, test, cfg, device) if test else None
     summary = {
         "history": history,

@@ -124,6 +124,7 @@ class StageMixin:
     _sent_eval: list[Message]
     _eval_bytes: int
     evaluates: bool  # False: this stage sends no evaluation messages (setup_stage)
+    eval_arrays_of: Callable[[ArrayRecord], ArrayRecord] | None  # the round's global -> the model evaluated
     bn_statistics: str = "mean"  # "mixture": BatchNorm variances of the sites pooled (server.strategies.bn_statistics)
 
     def setup_stage(
@@ -142,15 +143,19 @@ class StageMixin:
         secure: SecureAggregation | None = None,
         secure_hist_bins: int = 0,
         evaluate: bool = True,
+        eval_arrays_of: Callable[[ArrayRecord], ArrayRecord] | None = None,
     ) -> None:
         """Everything the strategy needs for one stage, as arguments (it reads nothing else of the study).
 
         ``action``: message action (``train.<action>`` / ``evaluate.<action>``); ``refresh``: asked before each
         round whether sites (re)joined; ``round_offset``: rounds already done (resume); ``secure``: each training round, and each
         evaluation's sums, under SecAgg+ (``secure_hist_bins``: the histogram bins of a secure sum); ``evaluate``
-        False: no evaluation messages in this stage (a pretraining stage: its model has no trained head).
+        False: no evaluation messages in this stage (a pretraining stage: its model has no trained head);
+        ``eval_arrays_of``: called once per round with the round's global model, returns the model the sites
+        evaluate instead (``seg-weight-ema``: the average over rounds; training goes on from the global model).
         """
         self.evaluates = evaluate
+        self.eval_arrays_of = eval_arrays_of
         self.action = action
         self.participants = participants
         self.refresh = refresh
@@ -401,6 +406,8 @@ class StageMixin:
         if not self.evaluates:
             self._sent_eval, self._eval_bytes = [], 0
             return []
+        if self.eval_arrays_of is not None:
+            arrays = self.eval_arrays_of(arrays)
         msgs = super().configure_evaluate(true_round, arrays, config, grid)  # type: ignore[misc]
         msgs = self._retype(msgs, "evaluate", self.participants.eval_nodes)
         self._sent_eval = msgs

@@ -83,7 +83,7 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 #: pipeline keys added after bundles were first written, with the value that reproduces how a bundle written
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
 #: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer, cls-mixup:
-#: training only; seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says);
+#: training only (seg-weight-ema too: the kept weights are a plain U-Net's); seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says);
 #: cls-crop-means: their heads read the pooled features alone.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
@@ -91,6 +91,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "seg-lr-schedule": "constant",
     "seg-local-optimizer": "restart",
     "seg-norm": "batch",
+    "seg-weight-ema": 0.0,
     "cls-local-optimizer": "restart",
     "cls-pretrain-epochs": 0,
     "cls-mixup": 0.0,
