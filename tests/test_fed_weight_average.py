@@ -70,10 +70,14 @@ def test_sites_train_from_the_global_model_and_evaluate_the_coordinators_average
     global_1, global_2 = trained_from[1], trained_from[2]
     floats = [k for k, v in global_1.items() if np.issubdtype(v.dtype, np.floating)]
     for k in global_1:
-        np.testing.assert_array_equal(evaluated[0][k], global_1[k])  # round 1: the average is the global model
+        np.testing.assert_array_equal(
+            evaluated[0][k], global_1[k]
+        )  # round 1: the average is the global model
     moved = 0
     for k in floats:
-        want = (0.5 * global_1[k].astype(np.float64) + 0.5 * global_2[k].astype(np.float64)).astype(global_2[k].dtype)
+        want = (0.5 * global_1[k].astype(np.float64) + 0.5 * global_2[k].astype(np.float64)).astype(
+            global_2[k].dtype
+        )
         np.testing.assert_array_equal(evaluated[1][k], want)
         moved += not np.array_equal(evaluated[1][k], global_2[k])
     assert moved > len(floats) // 2, "round 2 evaluated the average, not the global model"
@@ -93,7 +97,9 @@ def test_a_resumed_study_keeps_the_same_averaged_segmenter(cohort, tmp_path):
     broken = tmp_path / "broken"
     cache = str(tmp_path / "cache-broken")
     with pytest.raises(SimulatedCrash):
-        run_study(toy_run_config(cohort, broken, **common, **{"sim-cache-root": cache, "debug-stop-after-round": 2}))
+        run_study(
+            toy_run_config(cohort, broken, **common, **{"sim-cache-root": cache, "debug-stop-after-round": 2})
+        )
     state = json.loads((broken / "checkpoints" / "state.json").read_text())
     assert (state["stage"], state["round"]) == ("seg", 2)
     parts = {k.partition("/")[0] for k in load_arrays(broken / "checkpoints" / "strategy.npz")}
@@ -108,6 +114,9 @@ def test_a_resumed_study_keeps_the_same_averaged_segmenter(cohort, tmp_path):
     with pytest.raises(Exception, match="other study settings"):
         run_study(
             toy_run_config(
-                cohort, broken, **{**common, "seg-weight-ema": 0.0}, **{"sim-cache-root": cache, "resume": True}
+                cohort,
+                broken,
+                **{**common, "seg-weight-ema": 0.0},
+                **{"sim-cache-root": cache, "resume": True},
             )
         )

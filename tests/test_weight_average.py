@@ -40,7 +40,9 @@ def test_the_average_starts_at_the_first_model_then_mixes_by_the_decay_and_keeps
 def test_seg_weight_ema_is_a_setting_with_a_range_named_in_its_error():
     assert PipelineConfig.defaults().seg.weight_ema == 0.0
     assert PipelineConfig.defaults({"seg-weight-ema": 0.8}).seg.weight_ema == 0.8
-    with pytest.raises(ConfigError, match=r"seg-weight-ema=1\.0 is out of range: expected a value in \[0\.0, 0\.99\]"):
+    with pytest.raises(
+        ConfigError, match=r"seg-weight-ema=1\.0 is out of range: expected a value in \[0\.0, 0\.99\]"
+    ):
         PipelineConfig.defaults({"seg-weight-ema": 1.0})
 
 

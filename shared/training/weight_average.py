@@ -41,7 +41,9 @@ class WeightAverage:
             new = np.asarray(new)
             old = self.value[name]
             if old.shape != new.shape:
-                raise ValueError(f"seg-weight-ema: array {name!r} has shape {new.shape}, the average {old.shape}")
+                raise ValueError(
+                    f"seg-weight-ema: array {name!r} has shape {new.shape}, the average {old.shape}"
+                )
             if np.issubdtype(new.dtype, np.floating):
                 mixed = self.decay * old.astype(np.float64) + (1.0 - self.decay) * new.astype(np.float64)
                 out[name] = mixed.astype(new.dtype)
