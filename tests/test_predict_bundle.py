@@ -309,12 +309,14 @@ def test_a_bundle_written_before_the_newer_keys_loads_as_it_behaved_and_other_ga
     settings["pipeline"].pop("seg-augment")
     settings["pipeline"].pop("seg-norm")
     settings["pipeline"].pop("cls-crop-means")
+    settings["pipeline"].pop("seg-weight-ema")
     (old / "settings.json").write_text(json.dumps(settings))
     rehash(old)
     loaded = load_bundle(old)
     assert loaded.cfg.cls.tta == "none" and loaded.cfg.seg.augment == "none"
     assert loaded.cfg.seg.norm == "batch"  # its segmenter's BatchNorm state loaded strictly
     assert loaded.cfg.cls.crop_means is False  # and its classifiers' plain heads
+    assert loaded.cfg.seg.weight_ema == 0.0  # training only: its kept segmenter is a plain U-Net either way
     settings["pipeline"].pop("roi-margin")
     (old / "settings.json").write_text(json.dumps(settings))
     rehash(old)

@@ -28,6 +28,7 @@ OTHER_VALUE = {
     "seg-lr-schedule": "cosine",
     "seg-local-optimizer": "restart",
     "seg-norm": "group",
+    "seg-weight-ema": 0.5,
     "cls-arch": "resnet50",
     "cls-weights": "file:/srv/weights/resnet101.pth",
     "cls-image-size": 48,
