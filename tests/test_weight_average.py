@@ -88,3 +88,17 @@ def test_the_pooled_segmenter_validates_and_keeps_the_average_of_its_epochs(monk
     assert not np.array_equal(evaluated[2][name], seen[2][name])  # the average, not the trained weights
     kept = summary["selected_epoch"] - 1
     np.testing.assert_array_equal(model.state_dict()[name].numpy(), expected[kept])
+
+
+def test_a_checkpoint_without_the_average_is_refused_on_resume_naming_what_it_lacks():
+    from server.round_average import AVERAGE, KEPT_AVERAGE, RoundAverage, split_state
+
+    model = {"w": np.ones(2, np.float32)}
+    own, parts = split_state({"momentum": model, AVERAGE: model, KEPT_AVERAGE: model})
+    assert set(own) == {"momentum"} and set(parts) == {AVERAGE, KEPT_AVERAGE}
+    kept = RoundAverage(0.5).resume(parts)
+    np.testing.assert_array_equal(kept["w"], model["w"])
+    with pytest.raises(
+        ValueError, match="checkpoint lacks seg-weight-ema-kept: it was written without the average"
+    ):
+        RoundAverage(0.5).resume({AVERAGE: model})
