@@ -252,11 +252,14 @@ class SiteRoster:
         ]
 
     def participants(self, stage: Stage) -> Participants:
-        """Who trains and who evaluates in ``stage``'s rounds, as the roster stands now."""
+        """Who trains and who evaluates in ``stage``'s rounds, as the roster stands now. Evaluation-only sites
+        validate nothing: the kept round is chosen on the training sites' validation splits alone, so an external
+        site is asked once per stage, for the final test (its figures stay independent of the choice, and it
+        releases no per-round statistics)."""
         return Participants(
             site_of_node=self.site_of_node(),
             train_nodes=frozenset(self.eligible(stage)),
-            eval_nodes=frozenset(self.sites),
+            eval_nodes=frozenset(n for n, s in self.sites.items() if s.role == P.ROLE_TRAIN),
             eval_only_nodes=frozenset(self.eval_only_nodes()),
         )
 

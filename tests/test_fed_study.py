@@ -238,10 +238,23 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     c_node = [n for n, ctx in grid.contexts.items() if ctx.node_config["partition-id"] == 2][0]
     c_types = {m.metadata.message_type for m in grid.sent if m.metadata.dst_node_id == c_node}
     assert not any(t.startswith("train") for t in c_types) and P.EVALUATE_CLS in c_types
+    splits_asked = {
+        node: sorted(
+            {
+                str(m.content[P.CONFIG][P.CFG_SPLIT])
+                for m in grid.sent
+                if m.metadata.dst_node_id == node and m.metadata.message_type.startswith("evaluate")
+            }
+        )
+        for node in grid.contexts
+    }
+    assert splits_asked.pop(c_node) == ["test"], "an evaluation-only site is asked for the final test only"
+    assert all(s == ["test", "val"] for s in splits_asked.values()), splits_asked
     results = json.loads((out / "results.json").read_text())
     assert results["sites"]["hospital-c"]["role"] == "eval-only"
     state = dict(grid.contexts[c_node].state.config_records["nasofl-node"])
-    assert state["site"] == "hospital-c" and state["messages"] >= 5 and "train.seg/last-round" not in state
+    # its four messages: query.info, the ROI counts, the segmenter's and the classifier's final tests
+    assert state["site"] == "hospital-c" and state["messages"] == 4 and "train.seg/last-round" not in state
     # FedBN: each training site keeps its own normalisation state per round, on its own disk
     fedbn = {site: sorted(p.name for p in (cohort / "_cache" / site).glob("fedbn/*/*.npz")) for site in SITES}
     assert fedbn == {

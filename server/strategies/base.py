@@ -87,7 +87,8 @@ EvalPooler = Callable[[dict[str, dict[str, object]]], tuple[dict[str, float], di
 @dataclass(frozen=True)
 class Participants:
     """Who takes part in a stage's rounds: node -> site name, the nodes that train (training sites with data
-    for the stage), the nodes that evaluate (every known site) and the evaluation-only ones."""
+    for the stage), the nodes that evaluate each round's model on their validation split (the training sites:
+    only they choose the kept round) and the evaluation-only ones (asked for the final test only)."""
 
     site_of_node: dict[int, str]
     train_nodes: frozenset[int]
