@@ -89,6 +89,21 @@ def scenario_cohort(scenario: Scenario, seed: int) -> CohortConfig:
     )
 
 
+def scenario_line(scenario: Scenario, sets: dict[str, bool | int | float | str], data: Path) -> str:
+    """What ``nasofl-sim run --data DATA`` runs: the scenario's settings on the given site folders (its cohort
+    description does not describe them), naming any of those folders that its ``eval-only-sites`` keeps from
+    training (the default scenario's ``hospital-d`` may be one of a user's own folders)."""
+    from client.node_data import site_folders
+
+    folders = {f.name for f in site_folders(data)}
+    named = str({**scenario.run_config, **sets}.get("eval-only-sites", ""))
+    external = sorted({s.strip() for s in named.split(",")} & folders)
+    line = f"its settings on the {len(folders)} site folder(s) in {data}"
+    if external:
+        line += f"; evaluation only, never trained on: {', '.join(external)} (eval-only-sites)"
+    return line
+
+
 def generate_data(data: Path, scenario, seed: int) -> None:
     from simulations.synth.cohort import generate_cohort
 
@@ -317,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         f"num-supernodes={n_sites} client-resources-num-cpus=1",
     ]
     # with --data the scenario's cohort description (its patient counts) does not describe the sites used
-    what = scenario.description if not args.data else f"its settings on the {n_sites} site folder(s) in {data}"
+    what = scenario_line(scenario, sets, data) if args.data else scenario.description
     print(f"scenario {scenario.name}: {what}\n$ {' '.join(cmd)}", flush=True)
     print(f"own SuperLink on 127.0.0.1:{env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}", flush=True)
     t0 = time.time()

@@ -15,6 +15,11 @@ from shared.errors import ConfigError
 
 SEED_NPL_FRACTION = 142 / 434
 
+#: patients of the default scenario's evaluation-only hospital: its test set's 95% AUC CIs are about +-0.1 wide
+#: (the three training hospitals' pooled test split holds about 24 patients, CIs +-0.2 to +-0.3); an external
+#: site costs one final test per stage, no per-round work (server/sites.py ``participants``)
+EXTERNAL_TEST_PATIENTS = 90
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -52,9 +57,10 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "default",
-            "3 hospitals x 40 patients, FedAvgM, defaults of pyproject.toml (4 rounds x 2 local epochs per "
-            "classifier), about 24 pooled test patients",
-            (40, 40, 40),
+            "3 training hospitals x 40 patients (about 24 pooled test patients) and hospital-d, 90 patients that "
+            "only evaluate (an external test set: 95% CIs about +-0.1), FedAvgM, defaults of pyproject.toml",
+            (40, 40, 40, EXTERNAL_TEST_PATIENTS),
+            run_config={"eval-only-sites": "hospital-d"},
         ),
         Scenario(
             "toy",

@@ -85,6 +85,31 @@ def test_every_scenario_run_config_is_valid(name):
     assert fed.min_sites <= sum(1 for n in scenario.patients if n > 0)
 
 
+def test_the_default_scenario_tests_on_an_external_hospital_that_never_trains():
+    """README: the default run's fourth hospital only evaluates, on all its patients (CIs about +-0.1); the
+    three others train. Its name must be the generator's fourth site, or the run would train on it."""
+    from simulations.scenarios import EXTERNAL_TEST_PATIENTS
+    from simulations.synth.site_profile import site_name
+
+    scenario = SCENARIOS["default"]
+    fed = federation_from_run_config({**default_run_config(), **scenario.run_config})
+    assert scenario.patients == (40, 40, 40, EXTERNAL_TEST_PATIENTS) and EXTERNAL_TEST_PATIENTS >= 80
+    assert fed.eval_only_names == frozenset({site_name(3)}) == frozenset({"hospital-d"})
+    assert fed.min_sites <= 3
+
+
+def test_run_on_own_folders_names_the_folder_the_default_keeps_from_training(tmp_path):
+    from simulations.run_cmd import scenario_line
+
+    for name in ("hospital-a", "hospital-b", "hospital-d", "_cache"):
+        (tmp_path / name).mkdir()
+    line = scenario_line(SCENARIOS["default"], {}, tmp_path)
+    assert line.startswith("its settings on the 3 site folder(s)")
+    assert "evaluation only, never trained on: hospital-d" in line
+    assert "evaluation only" not in scenario_line(SCENARIOS["default"], {"eval-only-sites": ""}, tmp_path)
+    assert "evaluation only" not in scenario_line(SCENARIOS["large"], {}, tmp_path)
+
+
 def test_a_set_value_replaces_the_scenario_value_once():
     """Flower refuses a run-config string naming a key twice (seen with --preset large --set cls-rounds=8)."""
     from shared.app_config import parse_sets
