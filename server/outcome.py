@@ -35,6 +35,15 @@ class FinalTest:
             return [self.sums[SECURE_TRAIN]] if SECURE_TRAIN in self.sums else []
         return [self.sums[s] for s in sorted(self.train_sites) if s in self.sums]
 
+    def external_sums(self) -> list[dict[str, object]]:
+        """The evaluation-only sites' statistics that arrived, in site-name order (under secure aggregation:
+        their one secure sum); empty when the study has no evaluation-only site."""
+        from server.secure_evaluation import SECURE_EVAL_ONLY, is_secure
+
+        if is_secure(self.sums):
+            return [self.sums[SECURE_EVAL_ONLY]] if SECURE_EVAL_ONLY in self.sums else []
+        return [self.sums[s] for s in sorted(self.eval_only_sites) if s in self.sums]
+
 
 @dataclass(frozen=True)
 class StudyOutcome:

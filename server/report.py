@@ -60,9 +60,14 @@ def build_results(
         sites[info.name] = entry
     extra = {
         "federation": fed.to_mapping(),
-        "eval_only_pooled": {
+        "eval_only_pooled": {  # the hospitals that never trained, pooled: an external test
+            "sites": sorted(seg.eval_only_sites),
             "dice": seg.external.get("dice"),
-            "auc": {ds: tests[ds].external.get("auc") for ds in cfg.datasets if ds in tests},
+            "auc": {
+                ds: auc_entry(tests[ds].external_sums())
+                for ds in cfg.datasets
+                if ds in tests and tests[ds].eval_only_sites
+            },
         },
         "kept_rounds": dict(study.kept_rounds),
         "pretrained": list(study.pretrained),
@@ -104,6 +109,18 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
                     f"{_fmt(a['value']) + ' [' + _fmt(a['ci'][0]) + ', ' + _fmt(a['ci'][1]) + ']':>22}"
                 )
         lines.append(f"{name:<16} {e['role']:<9} {e['patients']:>4} {_fmt(e['dice']):>6} " + " ".join(cells))
+    external = results.get("extra", {}).get("eval_only_pooled", {})
+    if external.get("sites") and external.get("auc"):
+        n = max((a.get("n_patients") or 0) for a in external["auc"].values())
+        cells = []
+        for d in datasets:
+            a = external["auc"].get(d)
+            if a and a.get("value") is not None:
+                cells.append(f"{dataset_label(d)} {_fmt(a['value'])} [{_fmt(a['ci'][0])}, {_fmt(a['ci'][1])}]")
+        lines.append(
+            f"external test, evaluation-only site(s) {', '.join(external['sites'])} pooled ({n} patients, never "
+            f"trained on): Dice {_fmt(external.get('dice'))}; AUC " + (", ".join(cells) or "n/a")
+        )
     if results.get("extra", {}).get("federation", {}).get("secure-aggregation"):
         lines.append(
             "per-site Dice and AUC: not computed (secure-aggregation: the coordinator receives only the sums over "

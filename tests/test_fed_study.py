@@ -252,6 +252,13 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     assert all(s == ["test", "val"] for s in splits_asked.values()), splits_asked
     results = json.loads((out / "results.json").read_text())
     assert results["sites"]["hospital-c"]["role"] == "eval-only"
+    external = results["extra"]["eval_only_pooled"]
+    assert external["sites"] == ["hospital-c"] and external["dice"] == results["sites"]["hospital-c"]["dice"]
+    ext_t2, site_t2 = external["auc"]["t2"], results["sites"]["hospital-c"]["auc"]["t2"]
+    assert ext_t2["n_patients"] == site_t2["n_patients"] == results["sites"]["hospital-c"]["patients"] > 0
+    assert (ext_t2["value"], ext_t2["ci"]) == (site_t2["value"], site_t2["ci"])
+    table = (out / "table.txt").read_text()
+    assert f"evaluation-only site(s) hospital-c pooled ({ext_t2['n_patients']} patients, never trained on)" in table
     state = dict(grid.contexts[c_node].state.config_records["nasofl-node"])
     # its four messages: query.info, the ROI counts, the segmenter's and the classifier's final tests
     assert state["site"] == "hospital-c" and state["messages"] == 4 and "train.seg/last-round" not in state
