@@ -91,6 +91,24 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{float(v):.3f}"
 
 
+def external_line(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str | None:
+    """The evaluation-only sites pooled (an external test: hospitals the models never trained on), one line;
+    None when the study had no evaluation-only site."""
+    external = results.get("extra", {}).get("eval_only_pooled", {})
+    if not (external.get("sites") and external.get("auc")):
+        return None
+    n = max((a.get("n_patients") or 0) for a in external["auc"].values())
+    cells = []
+    for d in datasets:
+        a = external["auc"].get(d)
+        if a and a.get("value") is not None:
+            cells.append(f"{dataset_label(d)} {_fmt(a['value'])} [{_fmt(a['ci'][0])}, {_fmt(a['ci'][1])}]")
+    return (
+        f"external test, evaluation-only site(s) {', '.join(external['sites'])} pooled ({n} patients, never "
+        f"trained on): Dice {_fmt(external.get('dice'))}; AUC " + (", ".join(cells) or "n/a")
+    )
+
+
 def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
     head = f"{'site':<16} {'role':<9} {'pat':>4} {'Dice':>6} " + " ".join(
         f"{dataset_label(d):>22}" for d in datasets
@@ -109,18 +127,9 @@ def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:
                     f"{_fmt(a['value']) + ' [' + _fmt(a['ci'][0]) + ', ' + _fmt(a['ci'][1]) + ']':>22}"
                 )
         lines.append(f"{name:<16} {e['role']:<9} {e['patients']:>4} {_fmt(e['dice']):>6} " + " ".join(cells))
-    external = results.get("extra", {}).get("eval_only_pooled", {})
-    if external.get("sites") and external.get("auc"):
-        n = max((a.get("n_patients") or 0) for a in external["auc"].values())
-        cells = []
-        for d in datasets:
-            a = external["auc"].get(d)
-            if a and a.get("value") is not None:
-                cells.append(f"{dataset_label(d)} {_fmt(a['value'])} [{_fmt(a['ci'][0])}, {_fmt(a['ci'][1])}]")
-        lines.append(
-            f"external test, evaluation-only site(s) {', '.join(external['sites'])} pooled ({n} patients, never "
-            f"trained on): Dice {_fmt(external.get('dice'))}; AUC " + (", ".join(cells) or "n/a")
-        )
+    external = external_line(results, datasets)
+    if external:
+        lines.append(external)
     if results.get("extra", {}).get("federation", {}).get("secure-aggregation"):
         lines.append(
             "per-site Dice and AUC: not computed (secure-aggregation: the coordinator receives only the sums over "
@@ -248,6 +257,11 @@ def model_card(
         format_seed_table(results),
         "```",
         "",
+    ]
+    external = external_line(results, cfg.datasets)
+    if external:
+        lines += ["## External test", "", external, ""]
+    lines += [
         "## Files",
         "",
     ]

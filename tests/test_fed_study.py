@@ -258,7 +258,8 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     assert ext_t2["n_patients"] == site_t2["n_patients"] == results["sites"]["hospital-c"]["patients"] > 0
     assert (ext_t2["value"], ext_t2["ci"]) == (site_t2["value"], site_t2["ci"])
     table = (out / "table.txt").read_text()
-    assert f"evaluation-only site(s) hospital-c pooled ({ext_t2['n_patients']} patients, never trained on)" in table
+    line = f"evaluation-only site(s) hospital-c pooled ({ext_t2['n_patients']} patients, never trained on)"
+    assert line in table and line in (out / "models" / "MODEL_CARD.md").read_text()
     state = dict(grid.contexts[c_node].state.config_records["nasofl-node"])
     # its four messages: query.info, the ROI counts, the segmenter's and the classifier's final tests
     assert state["site"] == "hospital-c" and state["messages"] == 4 and "train.seg/last-round" not in state
