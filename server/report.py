@@ -304,6 +304,18 @@ def write_report(
         paths["roc"] = plot_roc(
             curves, out / "roc.png", title="ROC, federated test (pooled over training sites)"
         )
+    external = results["extra"]["eval_only_pooled"]
+    ext_curves = {}
+    for ds, entry in external["auc"].items():
+        roc = cls_roc(study.classifier_tests[ds].external_sums())
+        if roc is not None and entry.get("value") is not None:
+            ext_curves[ds] = (roc[0], roc[1], float(entry["value"]))
+    if ext_curves:
+        paths["roc-external"] = plot_roc(
+            ext_curves,
+            out / "roc-external.png",
+            title=f"ROC, external test ({', '.join(external['sites'])}: never trained on)",
+        )
     for p in _curves(history, out, cfg.datasets):
         paths[p.stem] = p
     saved = _save_models(study, out)

@@ -108,6 +108,7 @@ def test_poisoned_updates_are_rejected_counted_and_never_averaged(poisoned_run):
     assert set(results["sites"]) == set(SITES)
     for name in ("table.txt", "roc.png", "rounds-seg.png", "models/MODEL_CARD.md", "models/segmenter.pt"):
         assert (out / name).exists(), name
+    assert not (out / "roc-external.png").exists(), "no evaluation-only site, no external ROC"
 
 
 def test_the_study_writes_a_loadable_bundle_with_validation_thresholds(poisoned_run):
@@ -260,6 +261,7 @@ def test_failing_site_is_logged_round_completes_eval_only_site_never_trains(coho
     table = (out / "table.txt").read_text()
     line = f"evaluation-only site(s) hospital-c pooled ({ext_t2['n_patients']} patients, never trained on)"
     assert line in table and line in (out / "models" / "MODEL_CARD.md").read_text()
+    assert (out / "roc-external.png").stat().st_size > 0, "the external test's ROC curves"
     state = dict(grid.contexts[c_node].state.config_records["nasofl-node"])
     # its four messages: query.info, the ROI counts, the segmenter's and the classifier's final tests
     assert state["site"] == "hospital-c" and state["messages"] == 4 and "train.seg/last-round" not in state
