@@ -360,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
     if (study / "table.txt").exists():
         print((study / "table.txt").read_text())
     print(f"flwr run exit code {rc}, wall {wall:.0f} s; study status: {status.state}")
-    print(f"outputs: {study}  (results.json, table.txt, roc.png, rounds-*.png, run-log.jsonl, models/)")
+    external_roc = ", roc-external.png" if (study / "roc-external.png").exists() else ""
+    print(f"outputs: {study}  (results.json, table.txt, roc.png{external_roc}, rounds-*.png, run-log.jsonl, models/)")
     print(f"Flower log: {log_path}")
     if status.state != "COMPLETED" or not (study / "results.json").exists():
         for line in failure_lines(log_path.read_text(errors="replace")):
