@@ -35,6 +35,14 @@ class FinalTest:
             return [self.sums[SECURE_TRAIN]] if SECURE_TRAIN in self.sums else []
         return [self.sums[s] for s in sorted(self.train_sites) if s in self.sums]
 
+    def external_missing(self) -> list[str]:
+        """Evaluation-only sites whose statistics are not in :meth:`external_sums` (no reply, an error, or a
+        secure-sum group that could not be summed)."""
+        from server.secure_evaluation import is_secure
+
+        answered = set(self.summed) if is_secure(self.sums) else set(self.sums)
+        return [s for s in sorted(self.eval_only_sites) if s not in answered]
+
     def external_sums(self) -> list[dict[str, object]]:
         """The evaluation-only sites' statistics that arrived, in site-name order (under secure aggregation:
         their one secure sum); empty when the study has no evaluation-only site."""

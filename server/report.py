@@ -62,6 +62,8 @@ def build_results(
         "federation": fed.to_mapping(),
         "eval_only_pooled": {  # the hospitals that never trained, pooled: an external test
             "sites": sorted(seg.eval_only_sites),
+            # sites left out of these figures in some stage: the line names them, no pooled figure hides a gap
+            "missing": sorted({s for t in (seg, *tests.values()) for s in t.external_missing()}),
             "dice": seg.external.get("dice"),
             "auc": {
                 ds: auc_entry(tests[ds].external_sums())
@@ -103,10 +105,13 @@ def external_line(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str 
         a = external["auc"].get(d)
         if a and a.get("value") is not None:
             cells.append(f"{dataset_label(d)} {_fmt(a['value'])} [{_fmt(a['ci'][0])}, {_fmt(a['ci'][1])}]")
-    return (
+    line = (
         f"external test, evaluation-only site(s) {', '.join(external['sites'])} pooled ({n} patients, never "
         f"trained on): Dice {_fmt(external.get('dice'))}; AUC " + (", ".join(cells) or "n/a")
     )
+    if external.get("missing"):
+        line += f"; NOT in these figures (no usable test reply): {', '.join(external['missing'])}"
+    return line
 
 
 def site_table(results: Mapping[str, Any], datasets: tuple[str, ...]) -> str:

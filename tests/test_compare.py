@@ -118,3 +118,29 @@ def test_a_set_value_replaces_the_scenario_value_once():
     text = run_config_string({"cls-rounds": 4, "seed": 0}, parse_sets(["cls-rounds=8", 'datasets="t1+t2"']))
     assert text.count("cls-rounds=") == 1 and "cls-rounds=8" in text and 'datasets="t1+t2"' in text
     assert "seed=0" in text
+
+
+def test_the_external_line_names_an_evaluation_only_site_whose_test_is_missing():
+    """Two external sites, one without a usable test reply: the pooled figures come from the other alone, and the
+    line must say so rather than present them as both sites' (no success reported on missing data)."""
+    from server.outcome import FinalTest
+    from server.report import external_line
+
+    stats = {"hospital-d": {"n": 1}}
+    test = FinalTest({}, {}, {}, {"hospital-e": "no reply"}, stats, ["hospital-a"], ["hospital-d", "hospital-e"])
+    assert test.external_missing() == ["hospital-e"] and test.external_sums() == [stats["hospital-d"]]
+    entry = {"value": 0.8, "ci": [0.7, 0.9], "n_patients": 90}
+    results = {
+        "extra": {
+            "eval_only_pooled": {
+                "sites": ["hospital-d", "hospital-e"],
+                "missing": test.external_missing(),
+                "dice": 0.7,
+                "auc": {"t2": entry},
+            }
+        }
+    }
+    line = external_line(results, ("t2",))
+    assert line is not None and line.endswith("NOT in these figures (no usable test reply): hospital-e")
+    results["extra"]["eval_only_pooled"]["missing"] = []
+    assert "NOT in these figures" not in external_line(results, ("t2",))
