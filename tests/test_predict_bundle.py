@@ -52,7 +52,10 @@ def tree_hash(root: Path) -> str:
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("study")
     torch.manual_seed(0)
-    run_centralized(make_toy_cohort(20, size=32, depth=6), preset_config("toy"), out, progress=False)
+    # roi-intensity "body": the crops need no reference tissue, so every classifier scores whatever mask the toy
+    # segmenter draws (a toy model can cover the whole volume; that case has its own test below)
+    cfg = preset_config("toy", {"roi-intensity": "body"})
+    run_centralized(make_toy_cohort(20, size=32, depth=6), cfg, out, progress=False)
     return out / "bundle"
 
 
@@ -124,6 +127,32 @@ def test_predict_leaves_the_study_folder_untouched_and_writes_every_output(predi
         assert "not a diagnosis" in html and "validated AUC" in html
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 4 and summary[0].startswith("patient,tumour_found")
+
+
+def test_a_classifier_whose_roi_has_no_reference_tissue_is_reported_not_run(bundle_dir, cohort, tmp_path) -> None:
+    """A segmenter that marks the whole volume leaves no tissue around the tumour to reference the intensities to
+    (``roi-intensity = "reference"``): each classifier is reported as not run with that reason, the patient's other
+    outputs are still written, and nothing claims a probability."""
+    from dataclasses import replace
+
+    bundle = load_bundle(bundle_dir)
+    with torch.no_grad():  # a real U-Net whose head is saturated: every voxel is tumour
+        head = bundle.segmenter.segmentation_head[0]
+        head.weight.zero_()
+        head.bias.fill_(20.0)
+    bundle = replace(bundle, cfg=replace(bundle.cfg, roi_intensity="reference"))
+    runs = predict_study(bundle, cohort / "hospital-b", tmp_path / "predict", CPU)
+    assert runs
+    for run in runs:
+        p = run.prediction
+        assert p.tumour_found and p.outputs == {}
+        assert set(p.not_run) == {"t1", "t2", "t1ce", "t1+t2"}
+        assert all("no tissue around the predicted tumour" in r for r in p.not_run.values()), p.not_run
+        assert "T1WI+T2WI" in p.not_run["t1+t2"]
+        for name in ("seg.dcm", "rtstruct.dcm", "report.html", "result.json"):
+            assert (run.folder / name).is_file(), name
+        result = json.loads((run.folder / "result.json").read_text())
+        assert "no tissue around the predicted tumour" in json.dumps(result)
 
 
 @pytest.mark.parametrize("kind", ["seg", "rtstruct"])

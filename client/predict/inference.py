@@ -101,6 +101,17 @@ def _gradcam(
     return core, peri, name
 
 
+def no_roi_reason(dataset: str, no_reference: bool, roi_intensity: str) -> str:
+    """Why ``dataset``'s classifier could not score a patient whose segmenter found a tumour."""
+    if no_reference:
+        return (
+            f"no tissue around the predicted tumour to reference the {dataset_label(dataset)} intensities to "
+            f"(roi-intensity={roi_intensity!r}): check the tumour mask in the overlay; the segmentation may have "
+            "covered the whole region"
+        )
+    return f"no ROI slice could be cut from the predicted tumour mask for {dataset_label(dataset)}"
+
+
 def predict_patient(
     bundle: ModelBundle, patient: PatientVolumes, device: torch.device, out_dir: Path
 ) -> PatientPrediction:
@@ -134,8 +145,11 @@ def predict_patient(
             runnable.append(ds)
     # labels are not used for scoring: build_roi_datasets keeps labelled patients only
     scored = replace(patient, label=0, split="test")
-    roi, _ = build_roi_datasets({patient.pseudonym: mask}, [scored], tuple(runnable), cfg)
+    roi, roi_report = build_roi_datasets({patient.pseudonym: mask}, [scored], tuple(runnable), cfg)
     for ds in runnable:
+        if len(roi[ds]) == 0:  # the crops could not be cut: say why instead of scoring nothing
+            result.not_run[ds] = no_roi_reason(ds, roi_report.no_reference.get(ds, 0) > 0, cfg.roi_intensity)
+            continue
         model = bundle.classifiers[ds].to(device)
         scores, _ = patient_scores(model, roi[ds], cfg, device)
         prob = float(scores[0])
@@ -168,7 +182,7 @@ def predict_patient(
             )
             result.recommended_reason = f"best validated AUC among the models that can run ({why})"
     # Grad-CAM for the model the report leads with (for every model it doubled the CPU time per patient)
-    shown = result.recommended or (runnable[0] if runnable else None)
+    shown = result.recommended or next((d for d in runnable if d in result.outputs), None)
     if shown is not None:
         out = result.outputs[shown]
         model = bundle.classifiers[shown]
