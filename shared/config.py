@@ -40,6 +40,7 @@ ROI_INTENSITIES: tuple[str, ...] = (
 ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
+CLS_INPUT_NORMS: tuple[str, ...] = ("none", "batch")  # shared/models/classifier.py
 SEG_AUGMENT_OPS: tuple[str, ...] = ("flip", "shift", "intensity")  # shared/training/augment.py augment_pairs
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
@@ -149,6 +150,7 @@ class ClassifierConfig:
     local_optimizer: str
     pretrain_epochs: int
     crop_means: bool
+    input_norm: str
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -169,6 +171,7 @@ class ClassifierConfig:
         _check_choice("cls-aggregation", self.aggregation, CLS_AGGREGATIONS)
         _check_range("cls-mixup", self.mixup, 0.0, 10.0)
         _check_choice("cls-tta", self.tta, CLS_TTA)
+        _check_choice("cls-input-norm", self.input_norm, CLS_INPUT_NORMS)
         _check_choice("cls-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
         _check_range("cls-pretrain-epochs", self.pretrain_epochs, 0, 10_000)
         unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
@@ -245,6 +248,13 @@ class PipelineConfig:
                 "compares each patient with the others in its batch, so one patient's gradient is not their own and "
                 "DP-SGD's per-patient clipping would not bound it; set cls-pretrain-epochs=0 (and, federated, "
                 "cls-pretrain-rounds=0), or use dp='central' (its unit, one site, covers any local training)"
+            )
+
+        if self.dp != "off" and self.cls.input_norm == "batch":
+            raise ConfigError(
+                f"dp={self.dp!r} with cls-input-norm='batch': the DP-compatible classifier replaces BatchNorm by "
+                "GroupNorm, which would normalise each crop by its own level and erase the tumour-to-reference "
+                "intensity the classifier reads; set cls-input-norm='none' with differential privacy"
             )
 
     @property

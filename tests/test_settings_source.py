@@ -44,6 +44,7 @@ OTHER_VALUE = {
     "cls-local-optimizer": "restart",
     "cls-pretrain-epochs": 4,
     "cls-crop-means": True,
+    "cls-input-norm": "batch",
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back

@@ -84,7 +84,7 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
 #: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer, cls-mixup:
 #: training only (seg-weight-ema too: the kept weights are a plain U-Net's); seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says);
-#: cls-crop-means: their heads read the pooled features alone.
+#: cls-crop-means: their heads read the pooled features alone; cls-input-norm: their stems read the crops as they are.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
     "seg-augment": "none",
@@ -96,6 +96,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-pretrain-epochs": 0,
     "cls-mixup": 0.0,
     "cls-crop-means": False,
+    "cls-input-norm": "none",
 }
 
 

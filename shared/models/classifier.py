@@ -37,20 +37,36 @@ def crop_means(x: torch.Tensor) -> torch.Tensor:
     return x.sum(dim=(2, 3)) / inside
 
 
-class ResNetWithCropMeans(tvm.ResNet):
-    """A torchvision ResNet whose head ``fc`` reads the pooled features and :func:`crop_means` of the input
-    (``cls-crop-means = true``). The class is swapped onto a built ResNet, so its state-dict keys are a ResNet's;
-    only ``fc.weight`` is wider. With ``fc`` an ``nn.Identity`` (contrastive pretraining reads the backbone's
-    features) it returns the pooled features alone."""
+class RoiResNet(tvm.ResNet):
+    """A torchvision ResNet for ROI crops with the optional parts the ``cls-`` keys add; the class is swapped onto a
+    built ResNet, so its state-dict keys are a ResNet's plus, with ``cls-input-norm = "batch"``, ``input_norm.*``:
+    a BatchNorm over the input channels before the stem (each sequence standardised by the training crops' running
+    mean and spread: under ``roi-intensity = "reference"`` T1WI's ratios spread about a third as far as T2WI's).
+    With ``fc`` an ``nn.Identity`` (contrastive pretraining reads the backbone's features) it returns the pooled
+    features alone."""
+
+    reads_crop_means = False
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        means = crop_means(x)
+        means = crop_means(x) if self.reads_crop_means else None  # of the crops as cut: 0 outside the tumour
+        norm = getattr(self, "input_norm", None)
+        if norm is not None:
+            x = norm(x)
         f = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         f = self.layer4(self.layer3(self.layer2(self.layer1(f))))
         f = torch.flatten(self.avgpool(f), 1)
         if isinstance(self.fc, nn.Identity):
             return f
-        return self.fc(torch.cat([f, means.to(f.dtype)], dim=1))
+        if means is not None:
+            f = torch.cat([f, means.to(f.dtype)], dim=1)
+        return self.fc(f)
+
+
+class ResNetWithCropMeans(RoiResNet):
+    """A :class:`RoiResNet` whose head ``fc`` reads the pooled features and :func:`crop_means` of the input
+    (``cls-crop-means = true``): only ``fc.weight`` is wider than a ResNet's."""
+
+    reads_crop_means = True
 
 
 def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
@@ -60,7 +76,8 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
     Weights (``cfg.weights``): random with zero-init of the last BN of each residual block (trains from scratch
     far more reliably here), ImageNet (torchvision enum) or a local state-dict file; for pretrained weights the
     RGB stem is averaged into ``in_channels`` and the 1000-class head replaced. ``cfg.crop_means``: the head
-    also reads the crop's mean per channel (:class:`ResNetWithCropMeans`).
+    also reads the crop's mean per channel (:class:`ResNetWithCropMeans`); ``cfg.input_norm = "batch"``: the crops
+    pass a BatchNorm over their channels before the stem (:class:`RoiResNet`).
     """
     if in_channels < 1:
         raise ModelMismatchError(f"in_channels={in_channels}: expected at least 1")
@@ -86,6 +103,15 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
         model.fc = nn.Linear(model.fc.in_features + in_channels, 1)
     else:
         model.fc = nn.Linear(model.fc.in_features, 1)
+    if cfg.input_norm == "batch":
+        if dp:
+            raise ModelMismatchError(
+                "cls-input-norm='batch' has no DP-compatible form (GroupNorm would normalise each crop by its own "
+                "level); set cls-input-norm='none' with differential privacy"
+            )
+        if not cfg.crop_means:
+            model.__class__ = RoiResNet
+        model.input_norm = nn.BatchNorm2d(in_channels)
     if dp:
         from shared.models.dp_compat import make_dp_compatible
 
