@@ -40,7 +40,7 @@ ROI_INTENSITIES: tuple[str, ...] = (
 ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
-CLS_INPUT_NORMS: tuple[str, ...] = ("none", "batch")  # shared/models/classifier.py
+CLS_INPUT_NORMS: tuple[str, ...] = ("auto", "none", "batch")  # shared/models/classifier.py; auto: batch unless DP
 SEG_AUGMENT_OPS: tuple[str, ...] = ("flip", "shift", "intensity")  # shared/training/augment.py augment_pairs
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
@@ -181,6 +181,13 @@ class ClassifierConfig:
                 f"comma-separated subset of {', '.join(CLS_AUGMENT_OPS)}"
             )
 
+    def input_norm_for(self, dp: bool) -> str:
+        """``cls-input-norm`` as built: ``"auto"`` is ``"batch"`` for the plain classifier and ``"none"`` for the
+        DP-compatible one (whose GroupNorm would normalise each crop by its own level); the others as set."""
+        if self.input_norm == "auto":
+            return "none" if dp else "batch"
+        return self.input_norm
+
     @property
     def augment_ops(self) -> tuple[str, ...]:
         """``cls-augment`` as a tuple of ops (``()`` for ``"none"``)."""
@@ -254,7 +261,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"dp={self.dp!r} with cls-input-norm='batch': the DP-compatible classifier replaces BatchNorm by "
                 "GroupNorm, which would normalise each crop by its own level and erase the tumour-to-reference "
-                "intensity the classifier reads; set cls-input-norm='none' with differential privacy"
+                "intensity the classifier reads; set cls-input-norm='auto' (none under DP) or 'none' with differential "
+                "privacy"
             )
 
     @property

@@ -13,7 +13,7 @@ from shared.records import is_running_statistic
 torch.set_num_threads(1)
 
 ON = PipelineConfig.defaults({"cls-arch": "resnet18", "cls-input-norm": "batch"}).cls
-OFF = PipelineConfig.defaults({"cls-arch": "resnet18"}).cls
+OFF = PipelineConfig.defaults({"cls-arch": "resnet18", "cls-input-norm": "none"}).cls
 
 
 def _crops(n: int = 8) -> torch.Tensor:
@@ -85,3 +85,16 @@ def test_differential_privacy_refuses_it_naming_the_key() -> None:
         build_classifier(ON, 2, dp=True)
     with pytest.raises(ConfigError, match="cls-input-norm"):
         PipelineConfig.defaults({"cls-input-norm": "instance"})
+
+
+@pytest.mark.parametrize("dp", ["off", "local", "central"])
+def test_auto_is_batch_for_the_plain_classifier_and_none_for_the_dp_one(dp: str) -> None:
+    """``auto`` builds the input BatchNorm exactly when the classifier is the plain one; under any DP mode the
+    configuration is accepted (no refusal) and the DP-compatible model has no ``input_norm``."""
+    changes = {"cls-arch": "resnet18", "cls-input-norm": "auto", "dp": dp, "amp": False, "cls-pretrain-epochs": 0}
+    cfg = PipelineConfig.defaults(changes)
+    model = build_classifier(cfg.cls, 2, dp=cfg.dp_models)
+    has_norm = any(k.startswith("input_norm.") for k in model.state_dict())
+    assert has_norm == (dp == "off")
+    assert cfg.cls.input_norm_for(cfg.dp_models) == ("batch" if dp == "off" else "none")
+    assert OFF.input_norm_for(False) == "none" and ON.input_norm_for(False) == "batch"

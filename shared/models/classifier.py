@@ -76,8 +76,8 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
     Weights (``cfg.weights``): random with zero-init of the last BN of each residual block (trains from scratch
     far more reliably here), ImageNet (torchvision enum) or a local state-dict file; for pretrained weights the
     RGB stem is averaged into ``in_channels`` and the 1000-class head replaced. ``cfg.crop_means``: the head
-    also reads the crop's mean per channel (:class:`ResNetWithCropMeans`); ``cfg.input_norm = "batch"``: the crops
-    pass a BatchNorm over their channels before the stem (:class:`RoiResNet`).
+    also reads the crop's mean per channel (:class:`ResNetWithCropMeans`); ``cfg.input_norm`` ``"batch"``, or
+    ``"auto"`` without ``dp``: the crops pass a BatchNorm over their channels before the stem (:class:`RoiResNet`).
     """
     if in_channels < 1:
         raise ModelMismatchError(f"in_channels={in_channels}: expected at least 1")
@@ -103,11 +103,11 @@ def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) 
         model.fc = nn.Linear(model.fc.in_features + in_channels, 1)
     else:
         model.fc = nn.Linear(model.fc.in_features, 1)
-    if cfg.input_norm == "batch":
+    if cfg.input_norm_for(dp) == "batch":
         if dp:
             raise ModelMismatchError(
                 "cls-input-norm='batch' has no DP-compatible form (GroupNorm would normalise each crop by its own "
-                "level); set cls-input-norm='none' with differential privacy"
+                "level); set cls-input-norm='auto' (none under DP) or 'none' with differential privacy"
             )
         if not cfg.crop_means:
             model.__class__ = RoiResNet
