@@ -79,7 +79,7 @@ def build_results(
         auc=auc,
         settings=cfg.to_mapping(),
         weights_origin=weights_origin(cfg.cls),
-        classifier_arch=cfg.cls.arch,
+        classifier_arch=cfg.cls.architecture,
         wall_seconds=wall_seconds,
         mode="federated",
         dice_n_patients=int(seg.pooled.get("num-patients", 0) or 0),
@@ -226,7 +226,7 @@ def model_card(
         f"{fed.cls_rounds} classifier rounds x {cfg.cls_epochs} local epoch(s), min-sites "
         f"{fed.min_sites}",
         f"- segmenter U-Net ({cfg.seg.encoder}) on {'+'.join(cfg.seg.in_sequences)}, {cfg.seg.image_size} px",
-        f"- classifier {cfg.cls.arch}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px, "
+        f"- classifier {cfg.cls.architecture}, weights origin: {results.get('weights_origin')}, ROI {cfg.cls.image_size} px, "
         f"roi-intensity {cfg.roi_intensity}, roi-context {cfg.roi_context}",
         f"- seed {cfg.seed}",
     ]

@@ -41,6 +41,7 @@ ROI_CONTEXTS: tuple[str, ...] = ("tumour", "box")  # shared/roi/datasets.py
 CLS_AUGMENT_OPS: tuple[str, ...] = ("flip", "rot90", "shift")  # shared/training/augment.py
 CLS_TTA: tuple[str, ...] = ("none", "flip")  # shared/training/classification.py slice_scores
 CLS_INPUT_NORMS: tuple[str, ...] = ("auto", "none", "batch")  # shared/models/classifier.py; auto: batch unless DP
+MAX_CLS_ENSEMBLE = 8  # cls-ensemble: members per classifier (shared/models/ensemble.py)
 SEG_AUGMENT_OPS: tuple[str, ...] = ("flip", "shift", "intensity")  # shared/training/augment.py augment_pairs
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DP_MODES: tuple[str, ...] = ("off", "local", "central")
@@ -121,6 +122,12 @@ class SegmenterConfig:
         return len(self.in_sequences)
 
     @property
+    def architecture(self) -> str:
+        """What the cards and reports call the classifier: ``"resnet101"``, or ``"resnet101 x 3 (ensemble: mean
+        probability)"`` with ``cls-ensemble = 3``."""
+        return self.arch if self.ensemble == 1 else f"{self.arch} x {self.ensemble} (ensemble: mean probability)"
+
+    @property
     def augment_ops(self) -> tuple[str, ...]:
         """``seg-augment`` as a tuple of ops (``()`` for ``"none"``)."""
         return tuple(op.strip() for op in self.augment.split(",") if op.strip() not in ("", "none"))
@@ -151,6 +158,7 @@ class ClassifierConfig:
     pretrain_epochs: int
     crop_means: bool
     input_norm: str
+    ensemble: int
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -172,6 +180,7 @@ class ClassifierConfig:
         _check_range("cls-mixup", self.mixup, 0.0, 10.0)
         _check_choice("cls-tta", self.tta, CLS_TTA)
         _check_choice("cls-input-norm", self.input_norm, CLS_INPUT_NORMS)
+        _check_range("cls-ensemble", self.ensemble, 1, MAX_CLS_ENSEMBLE)
         _check_choice("cls-local-optimizer", self.local_optimizer, LOCAL_OPTIMIZERS)
         _check_range("cls-pretrain-epochs", self.pretrain_epochs, 0, 10_000)
         unknown = [op for op in self.augment_ops if op not in CLS_AUGMENT_OPS]
@@ -257,6 +266,12 @@ class PipelineConfig:
                 "cls-pretrain-rounds=0), or use dp='central' (its unit, one site, covers any local training)"
             )
 
+        if self.dp != "off" and self.cls.ensemble > 1:
+            raise ConfigError(
+                f"dp={self.dp!r} with cls-ensemble={self.cls.ensemble}: the ensemble's members would share one "
+                "clipping bound and one noise draw, a privacy-utility trade never measured here; set cls-ensemble=1 "
+                "with differential privacy"
+            )
         if self.dp != "off" and self.cls.input_norm == "batch":
             raise ConfigError(
                 f"dp={self.dp!r} with cls-input-norm='batch': the DP-compatible classifier replaces BatchNorm by "

@@ -27,6 +27,7 @@ from shared.explain.gradcam import cam_layer, core_periphery_share, grad_cam, sa
 from shared.metrics.auc import auc
 from shared.metrics.roc import roc_curve_points
 from shared.models import build_classifier, build_segmenter, weights_origin
+from shared.models.ensemble import members_of
 from shared.reporting.plots import plot_curves, plot_roc
 from shared.reporting.results import auc_entry, results_json, write_results
 from shared.reporting.table import dataset_label
@@ -147,6 +148,7 @@ def run_classifier(
     torch.manual_seed(cfg.seed)
     train, val, test = ds.subset("train"), ds.subset("val"), ds.subset("test")
     model = build_classifier(cfg.cls, ds.in_channels)
+    members = members_of(model)
     pretraining = None
     if cfg.cls.pretrain_epochs > 0:
         unlabelled_too = ds.subset("train", UNLABELLED_SPLIT)
@@ -164,6 +166,9 @@ def run_classifier(
             scores, labels = patient_scores(model, val, cfg, device)
             a = auc(scores, labels)
             history["val AUC"].append(a)
+            for i, member in enumerate(members if len(members) > 1 else []):  # cls-ensemble: each member alone
+                member_auc = auc(*patient_scores(member, val, cfg, device))
+                history.setdefault(f"val AUC member {i + 1}", []).append(member_auc)
             log.info(
                 "classifier %s epoch %s: val AUC %.3f (%s patients; %s)",
                 ds.name,
@@ -337,7 +342,7 @@ def run_centralized(
         if len(ds.subset("test")):
             gradcam[name] = gradcam_stage(model, ds, out_dir, device)
     if curves:
-        plot_roc(curves, out_dir / "roc_test.png", title=f"Test ROC, centralized ({cfg.cls.arch})")
+        plot_roc(curves, out_dir / "roc_test.png", title=f"Test ROC, centralized ({cfg.cls.architecture})")
     if seg_summary["history"]["train loss"]:
         plot_curves(seg_summary["history"], out_dir / "curves_segmenter.png", title="segmenter")
 
@@ -346,7 +351,7 @@ def run_centralized(
         auc=auc_entries,
         settings=cfg.to_mapping(),
         weights_origin=weights_origin(cfg.cls),
-        classifier_arch=cfg.cls.arch,
+        classifier_arch=cfg.cls.architecture,
         wall_seconds=time.perf_counter() - t0,
         mode="centralized",
         dice_n_patients=seg_summary["test_n_patients"],

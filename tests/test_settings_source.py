@@ -45,6 +45,7 @@ OTHER_VALUE = {
     "cls-pretrain-epochs": 4,
     "cls-crop-means": True,
     "cls-input-norm": "batch",
+    "cls-ensemble": 2,
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back

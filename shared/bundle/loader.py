@@ -84,7 +84,8 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 #: before the key existed behaves: its absence is filled in, any other missing key still refuses the bundle.
 #: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer, cls-mixup:
 #: training only (seg-weight-ema too: the kept weights are a plain U-Net's); seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says);
-#: cls-crop-means: their heads read the pooled features alone; cls-input-norm: their stems read the crops as they are.
+#: cls-crop-means: their heads read the pooled features alone; cls-input-norm: their stems read the crops as they are;
+#: cls-ensemble: each classifier was one ResNet.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
     "seg-augment": "none",
@@ -97,6 +98,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-mixup": 0.0,
     "cls-crop-means": False,
     "cls-input-norm": "none",
+    "cls-ensemble": 1,
 }
 
 

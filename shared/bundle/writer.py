@@ -170,7 +170,7 @@ def write_bundle(
             "sequences": list(cfg.seg.in_sequences),
             "test_dice": training.segmenter_test_dice,
         },
-        "classifier_architecture": cfg.cls.arch,
+        "classifier_architecture": cfg.cls.architecture,
         "classifiers": models,
         "recommended": best,
         "recommended_reason": reason,

@@ -47,12 +47,18 @@ def stage_sides(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
 
 def cam_layer(
     model: nn.Module, shape: tuple[int, ...], min_side: int = MIN_CAM_SIDE
-) -> tuple[str, nn.Module]:
+) -> tuple[str, nn.Module | tuple[nn.Module, ...]]:
     """``(name, module)`` Grad-CAM is taken from for inputs of ``shape (C, H, W)``.
 
     torchvision ResNets: the deepest stage whose output is at least ``min_side`` pixels a side (224 px: layer4,
     7x7; 64 px: layer3, 4x4; 32 px: layer2, 4x4), ``layer1`` when none is. Other models: the last ``nn.Conv2d``.
+    An ensemble (``cls-ensemble``): that stage of every member, as a tuple of modules (:func:`grad_cam` sums the
+    members' maps).
     """
+    members = getattr(model, "members", None)
+    if isinstance(members, nn.ModuleList):
+        name, _ = cam_layer(members[0], shape, min_side)
+        return name, tuple(dict(m.named_modules())[name] for m in members)
     sides = stage_sides(model, shape)
     if sides:
         for name in RESNET_STAGES:
@@ -67,25 +73,34 @@ def cam_layer(
 
 
 def grad_cam(
-    model: nn.Module, image: torch.Tensor, target_layer: nn.Module | None = None, class_sign: float = 1.0
+    model: nn.Module,
+    image: torch.Tensor,
+    target_layer: nn.Module | tuple[nn.Module, ...] | None = None,
+    class_sign: float = 1.0,
 ) -> np.ndarray:
     """Grad-CAM of ``image (C, H, W)`` float32 for the logit times ``class_sign`` (+1: NPL evidence, −1: NPC).
 
     Returns float32 ``(H, W)`` in [0, 1] (all zeros when no positive evidence). The model is put in eval mode.
-    ``target_layer`` defaults to :func:`cam_layer` (a stage whose map is at least ``MIN_CAM_SIDE`` a side).
+    ``target_layer`` defaults to :func:`cam_layer` (a stage whose map is at least ``MIN_CAM_SIDE`` a side). Several
+    layers (an ensemble's members): each map is taken with the gradient of the one output logit, the maps are
+    summed, then scaled to [0, 1] (a member that moves the ensemble's logit more weighs more).
     """
     layer = target_layer if target_layer is not None else cam_layer(model, tuple(image.shape))[1]
-    store: dict[str, torch.Tensor] = {}
+    layers = layer if isinstance(layer, tuple) else (layer,)
+    store: dict[tuple[str, int], torch.Tensor] = {}
 
-    def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
-        # the activation becomes the graph's only leaf: backward runs through the layers after it and stops
-        # there (no gradient for the trunk or any weight: 30x less work for a ResNet101 on CPU)
-        leaf = out.detach().requires_grad_(True)
-        store["act"] = leaf
-        leaf.register_hook(lambda g: store.__setitem__("grad", g))
-        return leaf
+    def hook_of(i: int):
+        def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
+            # the activation becomes the graph's only leaf: backward runs through the layers after it and stops
+            # there (no gradient for the trunk or any weight: 30x less work for a ResNet101 on CPU)
+            leaf = out.detach().requires_grad_(True)
+            store["act", i] = leaf
+            leaf.register_hook(lambda g: store.__setitem__(("grad", i), g))
+            return leaf
 
-    handle = layer.register_forward_hook(hook)
+        return hook
+
+    handles = [m.register_forward_hook(hook_of(i)) for i, m in enumerate(layers)]
     was_training = model.training
     params = list(model.parameters())
     needs_grad = [p.requires_grad for p in params]
@@ -99,14 +114,17 @@ def grad_cam(
             logit = model(x).reshape(-1)[0] * class_sign
             logit.backward()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         for p, flag in zip(params, needs_grad, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
-    act, grad = store["act"].detach(), store["grad"].detach()
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * act).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
+    cam = torch.zeros(tuple(image.shape[-2:]), device=device)
+    for i in range(len(layers)):
+        act, grad = store["act", i].detach(), store["grad", i].detach()
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        one = F.relu((weights * act).sum(dim=1, keepdim=True))
+        cam += F.interpolate(one, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())
     out = (cam / peak) if peak > 0 else torch.zeros_like(cam)
     return out.cpu().numpy().astype(np.float32)

@@ -10,6 +10,7 @@ from torchvision import models as tvm
 
 from shared.config import ClassifierConfig
 from shared.errors import ModelMismatchError
+from shared.models.ensemble import build_ensemble
 from shared.models.weights import load_pretrained_state
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ class ResNetWithCropMeans(RoiResNet):
 
 
 def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
+    """The classifier of ``cfg``: one ResNet (:func:`build_resnet`), or with ``cls-ensemble = k`` > 1 a
+    :class:`~shared.models.ensemble.ClassifierEnsemble` of k of them (same input and output)."""
+    return build_ensemble(lambda: build_resnet(cfg, in_channels, dp), cfg.ensemble)
+
+
+def build_resnet(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
     """ResNet (``cfg.arch``) with a ``in_channels`` stem and a single-logit head.
 
     Input ``(B, in_channels, S, S)`` float32 ROI crops (:mod:`shared.roi.datasets`); output ``(B, 1)`` float32 logits of NPL.

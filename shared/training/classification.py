@@ -1,7 +1,8 @@
 """Stage 2 local loops: training a ResNet on ROI crops, and patient-level scores.
 
 Recipe that trains ResNet101 from random weights here (measured): AdamW, a short linear warm-up then cosine
-decay, label smoothing 0.1 (targets 0.05 / 0.95), zero-init residuals (in the model builder).
+decay, label smoothing 0.1 (targets 0.05 / 0.95), zero-init residuals (in the model builder). An ensemble
+(``cls-ensemble``) trains each member on its own loss over the same batches.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
+from shared.models.ensemble import ClassifierEnsemble
 from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch, mixup_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
@@ -31,6 +33,14 @@ def smoothed_bce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -
     """BCE on ``logits (B,)`` with targets ``labels·(1 − s) + s/2`` (labels float 0/1)."""
     target = labels * (1.0 - smoothing) + 0.5 * smoothing
     return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def member_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(k, B, 1)`` logits of each member of a :class:`~shared.models.ensemble.ClassifierEnsemble`, ``(1, B, 1)``
+    for a single classifier: what the training losses are taken on."""
+    if isinstance(model, ClassifierEnsemble):
+        return model.member_logits(x)
+    return model(x)[None]
 
 
 def train_classifier(
@@ -86,15 +96,16 @@ def train_classifier(
             x = place_batch(x, device)
             y = y.to(device, non_blocking=True)
             with autocast_for(device, cfg.amp):
-                logits = model(x)
-            loss = smoothed_bce(logits.float().squeeze(1), y, cfg.cls.label_smoothing)
+                logits = member_logits(model, x)
+            # cls-ensemble: the sum of the members' losses, so each member gets exactly its own gradient
+            loss = sum(smoothed_bce(z.float().squeeze(1), y, cfg.cls.label_smoothing) for z in logits)
             if prox_mu > 0 and global_params is not None:
                 loss = loss + prox_term(model, global_params, prox_mu)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            epoch_losses.append(float(loss.detach()))
+            epoch_losses.append(float(loss.detach()) / len(logits))  # the members' mean: one model's scale
             n_examples += len(x)
         losses += epoch_losses
         mean = float(np.mean(epoch_losses)) if epoch_losses else float("nan")

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
+from shared.models.ensemble import ClassifierEnsemble, members_of
 from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
@@ -69,7 +70,9 @@ def slice_pairs(slice_patient: np.ndarray, patients: np.ndarray, rng: np.random.
 
 def backbone_of(model: nn.Module) -> nn.Module:
     """Every child module of a torchvision ResNet but its head ``fc``: what pretraining trains (its
-    ``parameters()`` are the model's, in the model's order, without the head's)."""
+    ``parameters()`` are the model's, in the model's order, without the head's); of an ensemble, every member's."""
+    if isinstance(model, ClassifierEnsemble):
+        return nn.ModuleList(backbone_of(m) for m in model.members)
     return nn.ModuleList(child for name, child in model.named_children() if name != "fc")
 
 
@@ -81,6 +84,16 @@ def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
     finally:
         model.fc = head
+
+
+def contrastive_loss(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """NT-Xent of the views ``x_a``/``x_b`` on the model's pooled features; of an ensemble, the sum over its members
+    (each member learns from its own loss alone)."""
+    loss = torch.zeros(())
+    for member in members_of(model):
+        feats = backbone_features(member, torch.cat([x_a, x_b]))
+        loss = loss.to(feats.device) + nt_xent(feats[: len(x_a)], feats[len(x_a) :])
+    return loss
 
 
 def pretrain_backbone(
@@ -129,13 +142,12 @@ def pretrain_backbone(
             x_a = place_batch(augment_batch(ds.images[rows_a], VIEW_OPS, gen), device)
             x_b = place_batch(augment_batch(ds.images[rows_b], VIEW_OPS, gen), device)
             with autocast_for(device, cfg.amp):
-                feats = backbone_features(model, torch.cat([x_a, x_b]))
-            loss = nt_xent(feats[: len(batch)], feats[len(batch) :])
+                loss = contrastive_loss(model, x_a, x_b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            epoch_losses.append(float(loss.detach()))
+            epoch_losses.append(float(loss.detach()) / len(members_of(model)))
         losses += epoch_losses
         log.info(
             "classifier %s pretraining epoch %s/%s: contrastive loss %.4f (%s patients)",
