@@ -122,12 +122,6 @@ class SegmenterConfig:
         return len(self.in_sequences)
 
     @property
-    def architecture(self) -> str:
-        """What the cards and reports call the classifier: ``"resnet101"``, or ``"resnet101 x 3 (ensemble: mean
-        probability)"`` with ``cls-ensemble = 3``."""
-        return self.arch if self.ensemble == 1 else f"{self.arch} x {self.ensemble} (ensemble: mean probability)"
-
-    @property
     def augment_ops(self) -> tuple[str, ...]:
         """``seg-augment`` as a tuple of ops (``()`` for ``"none"``)."""
         return tuple(op.strip() for op in self.augment.split(",") if op.strip() not in ("", "none"))
@@ -189,6 +183,12 @@ class ClassifierConfig:
                 f"cls-augment={self.augment!r}: {unknown[0]!r} is not an augmentation; expected 'none' or a "
                 f"comma-separated subset of {', '.join(CLS_AUGMENT_OPS)}"
             )
+
+    @property
+    def architecture(self) -> str:
+        """What the cards and reports call the classifier: ``"resnet101"``, or ``"resnet101 x 3 (ensemble: mean
+        probability)"`` with ``cls-ensemble = 3``."""
+        return self.arch if self.ensemble == 1 else f"{self.arch} x {self.ensemble} (ensemble: mean probability)"
 
     def input_norm_for(self, dp: bool) -> str:
         """``cls-input-norm`` as built: ``"auto"`` is ``"batch"`` for the plain classifier and ``"none"`` for the
