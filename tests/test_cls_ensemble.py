@@ -28,21 +28,9 @@ from shared.training.pretrain import backbone_of, pretrain_backbone
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
 
-SINGLE = PipelineConfig.defaults(
-    {
-        "cls-arch": "resnet18",
-        "cls-image-size": 16,
-        "cls-slices-per-patient": 2,
-        "cls-batch-size": 8,
-        "cls-epochs": 1,
-        "cls-lr": 0.003,
-        "cls-local-optimizer": "restart",
-        "cls-pretrain-epochs": 1,
-        "datasets": "t1+t2",
-        "device": "cpu",
-        "amp": False,
-    }
-)
+#: ResNet18s on 16 px crops in float32, AdamW restarted each round, one epoch of each loop
+SINGLE = PipelineConfig.defaults({"cls-arch": "resnet18", "cls-batch-size": 8, "cls-epochs": 1, "cls-lr": 0.003,
+                                  "cls-local-optimizer": "restart", "cls-pretrain-epochs": 1, "amp": False})  # fmt: skip
 PAIR = replace(SINGLE, cls=replace(SINGLE.cls, ensemble=2))
 
 
