@@ -178,3 +178,20 @@ def test_differential_privacy_refuses_an_ensemble(dp: str) -> None:
 def test_ensemble_size_out_of_range_is_refused_with_the_key(k: int) -> None:
     with pytest.raises(ConfigError, match=f"cls-ensemble={k}"):
         PipelineConfig.defaults({"cls-ensemble": k})
+
+
+def test_the_seed_size_scenario_trains_ensembles_and_a_dp_run_of_it_is_told_to_set_one_classifier() -> None:
+    """`--preset seed-size` (README Results: the size the ensemble was measured at) gives both arms of
+    `nasofl-sim compare` k = 3 classifiers; asking it for DP is refused before anything runs, naming the fix."""
+    from shared.app_config import app_defaults
+    from simulations.compare import centralized_config
+    from simulations.run_cmd import validate_run_config
+    from simulations.scenarios import SCENARIOS
+
+    seed_size = SCENARIOS["seed-size"].run_config
+    validate_run_config(dict(seed_size))
+    cfg, _ = centralized_config({**app_defaults(), **seed_size})
+    assert cfg.cls.ensemble == 3 and "x 3" in cfg.cls.architecture
+    assert all(s.run_config.get("cls-ensemble", 1) == 1 for n, s in SCENARIOS.items() if n != "seed-size")
+    with pytest.raises(ConfigError, match="set cls-ensemble=1"):
+        validate_run_config({**seed_size, "dp": "local", "amp": False, "cls-pretrain-rounds": 0, "cls-pretrain-epochs": 0})

@@ -474,16 +474,19 @@ def test_the_privacy_table_names_each_epsilons_unit():
 
 
 def test_every_privacy_table_row_is_a_run_config_nasofl_sim_run_accepts(tmp_path):
-    """Each row's settings pass the checks `nasofl-sim run` applies before Flower starts (the default contrastive
-    pretraining, which local DP refuses, is off in every row), and the rows differ only by their privacy changes."""
+    """Each row's settings pass the checks `nasofl-sim run` applies before Flower starts, on every scenario's
+    settings (the default contrastive pretraining, which local DP refuses, is off in every row, and so is the
+    seed-size scenario's ensemble), and the rows differ only by their privacy changes."""
     from shared.app_config import parse_sets
     from simulations.privacy_table_cmd import VARIANTS, row_settings
     from simulations.run_cmd import validate_run_config
+    from simulations.scenarios import SCENARIOS
 
     shared_by_all = None
     for name, changes in VARIANTS:
         row = parse_sets(row_settings(changes, {}, tmp_path / "cache"))
-        validate_run_config(row)  # raises ConfigError naming the keys if a row would be refused
+        for scenario in SCENARIOS.values():  # raises ConfigError naming the keys if a row would be refused
+            validate_run_config({**scenario.run_config, **row})
         rest = {k: v for k, v in row.items() if k not in changes}
         assert shared_by_all in (None, rest), name
         shared_by_all = rest
