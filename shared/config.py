@@ -153,6 +153,7 @@ class ClassifierConfig:
     crop_means: bool
     input_norm: str
     ensemble: int
+    linear_member: bool
 
     def __post_init__(self) -> None:
         _check_choice("cls-arch", self.arch, CLS_ARCHS)
@@ -187,8 +188,13 @@ class ClassifierConfig:
     @property
     def architecture(self) -> str:
         """What the cards and reports call the classifier: ``"resnet101"``, or ``"resnet101 x 3 (ensemble: mean
-        probability)"`` with ``cls-ensemble = 3``."""
-        return self.arch if self.ensemble == 1 else f"{self.arch} x {self.ensemble} (ensemble: mean probability)"
+        probability)"`` with ``cls-ensemble = 3``; ``cls-linear-member`` adds ``" + logistic regression on the
+        tumour's mean per sequence"``."""
+        if self.ensemble == 1 and not self.linear_member:
+            return self.arch
+        cnn = self.arch if self.ensemble == 1 else f"{self.arch} x {self.ensemble}"
+        linear = " + logistic regression on the tumour's mean per sequence" if self.linear_member else ""
+        return f"{cnn}{linear} (ensemble: mean probability)"
 
     def input_norm_for(self, dp: bool) -> str:
         """``cls-input-norm`` as built: ``"auto"`` is ``"batch"`` for the plain classifier and ``"none"`` for the
@@ -271,6 +277,12 @@ class PipelineConfig:
                 f"dp={self.dp!r} with cls-ensemble={self.cls.ensemble}: the ensemble's members would share one "
                 "clipping bound and one noise draw, a privacy-utility trade never measured here; set cls-ensemble=1 "
                 "with differential privacy"
+            )
+        if self.dp != "off" and self.cls.linear_member:
+            raise ConfigError(
+                f"dp={self.dp!r} with cls-linear-member=true: the regression member would share the ResNet's "
+                "clipping bound and noise draw, a privacy-utility trade never measured here; set "
+                "cls-linear-member=false with differential privacy"
             )
         if self.dp != "off" and self.cls.input_norm == "batch":
             raise ConfigError(

@@ -46,6 +46,7 @@ OTHER_VALUE = {
     "cls-crop-means": True,
     "cls-input-norm": "batch",
     "cls-ensemble": 2,
+    "cls-linear-member": True,
     "roi-intensity": "peritumoral",
     "roi-context": "box",
     "cls-aggregation": "mean",  # the only rule today: the value is set, and must come back

@@ -85,7 +85,7 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
 #: cls-tta: such bundles scored each slice once; seg-augment, seg-lr-schedule, seg-/cls-local-optimizer, cls-mixup:
 #: training only (seg-weight-ema too: the kept weights are a plain U-Net's); seg-norm: such bundles' segmenters had BatchNorm (or GroupNorm under DP, which ``dp`` still says);
 #: cls-crop-means: their heads read the pooled features alone; cls-input-norm: their stems read the crops as they are;
-#: cls-ensemble: each classifier was one ResNet.
+#: cls-ensemble: each classifier was one ResNet; cls-linear-member: nor had it a regression member.
 KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-tta": "none",
     "seg-augment": "none",
@@ -99,6 +99,7 @@ KEYS_ADDED_SINCE: dict[str, object] = {
     "cls-crop-means": False,
     "cls-input-norm": "none",
     "cls-ensemble": 1,
+    "cls-linear-member": False,
 }
 
 

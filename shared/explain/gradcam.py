@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from shared.models.linear_member import spatial_members
+
 #: the smallest side of the feature map Grad-CAM is taken from: a 1x1 map (ResNet's layer4 on a 32 px crop) is
 #: upsampled to a constant, so its "core share" would be the core's share of the mask's area, whatever the model
 #: looks at; 2x2 can only say which quadrant
@@ -53,12 +55,13 @@ def cam_layer(
     torchvision ResNets: the deepest stage whose output is at least ``min_side`` pixels a side (224 px: layer4,
     7x7; 64 px: layer3, 4x4; 32 px: layer2, 4x4), ``layer1`` when none is. Other models: the last ``nn.Conv2d``.
     An ensemble (``cls-ensemble``): that stage of every member, as a tuple of modules (:func:`grad_cam` sums the
-    members' maps).
+    members' maps); with ``cls-linear-member`` the ResNets' alone (the regression member reads no location).
     """
     members = getattr(model, "members", None)
     if isinstance(members, nn.ModuleList):
-        name, _ = cam_layer(members[0], shape, min_side)
-        return name, tuple(dict(m.named_modules())[name] for m in members)
+        spatial = spatial_members(model)  # cls-linear-member: the regression member has no map
+        name, _ = cam_layer(spatial[0], shape, min_side)
+        return name, tuple(dict(m.named_modules())[name] for m in spatial)
     sides = stage_sides(model, shape)
     if sides:
         for name in RESNET_STAGES:

@@ -10,7 +10,9 @@ from torchvision import models as tvm
 
 from shared.config import ClassifierConfig
 from shared.errors import ModelMismatchError
-from shared.models.ensemble import build_ensemble
+from shared.models.crop_features import crop_means
+from shared.models.ensemble import ClassifierEnsemble, build_ensemble, members_of
+from shared.models.linear_member import CropMeansLogistic
 from shared.models.weights import load_pretrained_state
 
 log = logging.getLogger(__name__)
@@ -25,17 +27,6 @@ def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """
     mean = weight.mean(dim=1, keepdim=True)
     return mean.repeat(1, in_channels, 1, 1) * (3.0 / in_channels)
-
-
-def crop_means(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, S, S)`` crops -> ``(B, C)``: each channel's mean over its nonzero pixels (0 where none is).
-
-    Under ``roi-context = "tumour"`` every pixel outside the tumour is exactly 0, so this is the tumour's mean
-    intensity per sequence (relative to the reference tissue under ``roi-intensity = "reference"``): the
-    feature a logistic regression separates NPC from NPL with."""
-    x = x.float()
-    inside = (x != 0).sum(dim=(2, 3)).clamp(min=1)
-    return x.sum(dim=(2, 3)) / inside
 
 
 class RoiResNet(tvm.ResNet):
@@ -72,8 +63,13 @@ class ResNetWithCropMeans(RoiResNet):
 
 def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
     """The classifier of ``cfg``: one ResNet (:func:`build_resnet`), or with ``cls-ensemble = k`` > 1 a
-    :class:`~shared.models.ensemble.ClassifierEnsemble` of k of them (same input and output)."""
-    return build_ensemble(lambda: build_resnet(cfg, in_channels, dp), cfg.ensemble)
+    :class:`~shared.models.ensemble.ClassifierEnsemble` of k of them (same input and output); with
+    ``cls-linear-member`` the ensemble's last member is a :class:`~shared.models.linear_member.CropMeansLogistic`
+    (built without a random draw, so the ResNets are the ones the same seed builds without it)."""
+    model = build_ensemble(lambda: build_resnet(cfg, in_channels, dp), cfg.ensemble)
+    if not cfg.linear_member:
+        return model
+    return ClassifierEnsemble([*members_of(model), CropMeansLogistic(in_channels)])
 
 
 def build_resnet(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
 from shared.models.ensemble import ClassifierEnsemble
+from shared.models.linear_member import param_groups
 from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch, mixup_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
@@ -77,7 +78,7 @@ def train_classifier(
     drop_last = len(ds) > bs
     steps_per_epoch = len(ds) // bs if drop_last else 1
     total_steps = total_epochs * steps_per_epoch
-    opt = adamw(model.parameters(), cfg.cls.lr, cfg.cls.weight_decay, optimizer_state)
+    opt = adamw(param_groups(model), cfg.cls.lr, cfg.cls.weight_decay, optimizer_state)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s + start_epoch * steps_per_epoch, total_steps, cfg.cls.warmup)
     )

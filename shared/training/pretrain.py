@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from shared.config import PipelineConfig
-from shared.models.ensemble import ClassifierEnsemble, members_of
+from shared.models.ensemble import ClassifierEnsemble
+from shared.models.linear_member import spatial_members
 from shared.roi.datasets import RoiDataset
 from shared.training.augment import augment_batch
 from shared.training.device import TrainStats, autocast_for, place_batch, place_model
@@ -71,8 +72,8 @@ def slice_pairs(slice_patient: np.ndarray, patients: np.ndarray, rng: np.random.
 def backbone_of(model: nn.Module) -> nn.Module:
     """Every child module of a torchvision ResNet but its head ``fc``: what pretraining trains (its
     ``parameters()`` are the model's, in the model's order, without the head's); of an ensemble, every member's."""
-    if isinstance(model, ClassifierEnsemble):
-        return nn.ModuleList(backbone_of(m) for m in model.members)
+    if isinstance(model, ClassifierEnsemble):  # cls-linear-member: the regression member has no backbone
+        return nn.ModuleList(backbone_of(m) for m in spatial_members(model))
     return nn.ModuleList(child for name, child in model.named_children() if name != "fc")
 
 
@@ -90,7 +91,7 @@ def contrastive_loss(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> 
     """NT-Xent of the views ``x_a``/``x_b`` on the model's pooled features; of an ensemble, the sum over its members
     (each member learns from its own loss alone)."""
     loss = torch.zeros(())
-    for member in members_of(model):
+    for member in spatial_members(model):
         feats = backbone_features(member, torch.cat([x_a, x_b]))
         loss = loss.to(feats.device) + nt_xent(feats[: len(x_a)], feats[len(x_a) :])
     return loss
@@ -147,7 +148,7 @@ def pretrain_backbone(
             loss.backward()
             opt.step()
             sched.step()
-            epoch_losses.append(float(loss.detach()) / len(members_of(model)))
+            epoch_losses.append(float(loss.detach()) / len(spatial_members(model)))
         losses += epoch_losses
         log.info(
             "classifier %s pretraining epoch %s/%s: contrastive loss %.4f (%s patients)",

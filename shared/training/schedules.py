@@ -52,8 +52,13 @@ def adam(params, lr: float, state: Mapping[str, Any] | None = None) -> torch.opt
 
 
 def adamw(params, lr: float, weight_decay: float, state: Mapping[str, Any] | None = None) -> torch.optim.AdamW:
-    """AdamW at ``lr`` and ``weight_decay``; ``state`` (an earlier AdamW's ``state_dict``) as in :func:`adam`."""
-    opt = _continued(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), lr, state)
+    """AdamW at ``lr`` and ``weight_decay``; ``state`` (an earlier AdamW's ``state_dict``) as in :func:`adam`.
+    ``params`` may be groups with an ``lr_scale`` (:func:`shared.models.linear_member.param_groups`): such a
+    group's lr is ``lr_scale`` x ``lr``."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    opt = _continued(opt, lr, state)
     for group in opt.param_groups:
         group["weight_decay"] = weight_decay
     return opt
@@ -64,7 +69,7 @@ def _continued(opt, lr: float, state: Mapping[str, Any] | None):
     if state is not None:
         opt.load_state_dict(state)
         for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] = lr
+            group["lr"] = group["initial_lr"] = lr * group.get("lr_scale", 1.0)
     return opt
 
 
