@@ -150,3 +150,19 @@ def test_a_sites_round_and_a_bundle_carry_the_member_and_an_older_bundle_had_non
 def test_differential_privacy_refuses_the_member(dp: str) -> None:
     with pytest.raises(ConfigError, match="cls-linear-member=false"):
         PipelineConfig.defaults({"cls-linear-member": True, "dp": dp, "amp": False, "cls-pretrain-epochs": 0})
+
+
+def test_a_site_keeping_its_adamw_state_continues_it_with_the_members_group(tmp_path, caplog) -> None:
+    """``cls-local-optimizer = "keep"``: round 2 loads round 1's two-group state (the regression member's moments
+    last, as its parameters are the model's last) instead of starting a fresh AdamW."""
+    keep = replace(WITH_LINEAR, cls=replace(WITH_LINEAR.cls, local_optimizer="keep"))
+    ds = _tumour_crops(12)
+    site = NodeSite("hospital-a", tmp_path, tmp_path / "cache", False)
+    save_roi(site.cache_dir, roi_key("seg-hash", keep), {"t1+t2": ds})
+    data = SiteData(site, [], None)
+    conf = {P.CFG_STUDY: "s1", P.CFG_TOTAL_ROUNDS: 2, P.CFG_DATASET: "t1+t2", P.CFG_SEGMENTER_HASH: "seg-hash"}
+    arrays, _ = train_cls(state_to_record(_built(keep).state_dict()), {**conf, P.CFG_ROUND: 1}, data, keep, CPU)
+    with caplog.at_level("WARNING"):
+        train_cls(state_to_record({k: torch.as_tensor(v) for k, v in arrays.items()}), {**conf, P.CFG_ROUND: 2},
+                  data, keep, CPU)  # fmt: skip
+    assert not [r for r in caplog.records if "fresh Adam" in r.getMessage()]
