@@ -189,12 +189,13 @@ class ClassifierConfig:
     def architecture(self) -> str:
         """What the cards and reports call the classifier: ``"resnet101"``, or ``"resnet101 x 3 (ensemble: mean
         probability)"`` with ``cls-ensemble = 3``; ``cls-linear-member`` adds ``" + logistic regression on the
-        tumour's mean per sequence"``."""
+        tumour's core level per sequence"`` and the mean is weighted."""
         if self.ensemble == 1 and not self.linear_member:
             return self.arch
         cnn = self.arch if self.ensemble == 1 else f"{self.arch} x {self.ensemble}"
-        linear = " + logistic regression on the tumour's mean per sequence" if self.linear_member else ""
-        return f"{cnn}{linear} (ensemble: mean probability)"
+        if not self.linear_member:
+            return f"{cnn} (ensemble: mean probability)"
+        return f"{cnn} + logistic regression on the tumour's core level per sequence (ensemble: weighted mean probability)"
 
     def input_norm_for(self, dp: bool) -> str:
         """``cls-input-norm`` as built: ``"auto"`` is ``"batch"`` for the plain classifier and ``"none"`` for the

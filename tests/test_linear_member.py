@@ -1,5 +1,5 @@
-"""``cls-linear-member``: a logistic regression on the crop's tumour mean per sequence, trained and scored as one
-more ensemble member (shared/models/linear_member.py)."""
+"""``cls-linear-member``: a logistic regression on the crop's tumour core level per sequence, trained and scored as
+one more ensemble member weighing half the score (shared/models/linear_member.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,16 @@ from shared.errors import ConfigError, ModelMismatchError
 from shared.explain.gradcam import cam_layer, grad_cam
 from shared.metrics.auc import auc
 from shared.models import build_classifier
-from shared.models.crop_features import crop_means
+from shared.models.crop_features import core_medians, erode
 from shared.models.ensemble import ClassifierEnsemble, members_of
-from shared.models.linear_member import LR_SCALE, CropMeansLogistic, param_groups, spatial_members
+from shared.models.linear_member import (
+    EROSION_PX,
+    LR_SCALE,
+    WEIGHT,
+    CoreLevelLogistic,
+    param_groups,
+    spatial_members,
+)
 from shared.records import state_to_record
 from shared.roi.datasets import RoiDataset
 from shared.training.classification import patient_scores, train_classifier
@@ -54,33 +61,59 @@ def _built(cfg: PipelineConfig, seed: int = 0) -> torch.nn.Module:
     return build_classifier(cfg.cls, 2)
 
 
-def test_the_member_is_a_standardised_logistic_regression_on_the_tumours_means() -> None:
-    member = CropMeansLogistic(2).eval()
+def test_core_medians_take_each_channels_median_inside_the_eroded_tumour() -> None:
+    x = torch.zeros(2, 2, 8, 8)
+    x[0, :, 1:7, 1:7] = torch.arange(72, dtype=torch.float32).view(2, 6, 6) + 1  # a 6 x 6 tumour
+    x[0, 0, 3:5, 3:5] = 100.0  # its 2 x 2 core, after 2 px of erosion
+    x[1, :, 3:5, 3:5] = 5.0  # a 2 x 2 tumour: 2 px of erosion leaves nothing, its own pixels count
+    got = core_medians(x, 2)
+    assert got[0, 0] == 100.0 and got[0, 1] == torch.tensor([51.0, 52.0, 57.0, 58.0]).nanmedian()
+    assert torch.equal(got[1], torch.tensor([5.0, 5.0]))
+    assert torch.equal(core_medians(torch.zeros(1, 2, 8, 8), 2), torch.zeros(1, 2))  # no tumour: 0, not NaN
+    inside = torch.zeros(5, 5, dtype=torch.bool)
+    inside[1:4, 0:4] = True  # touches the crop's left edge: beyond it counts as outside
+    assert erode(inside, 1).nonzero().tolist() == [[2, 1], [2, 2]]
+
+
+def test_the_member_is_a_standardised_logistic_regression_on_the_tumours_core_level() -> None:
+    member = CoreLevelLogistic(2).eval()
     member.norm.running_mean.copy_(torch.tensor([1.0, 2.0]))
     member.norm.running_var.copy_(torch.tensor([4.0, 0.25]))
     with torch.no_grad():
         member.fc.weight.copy_(torch.tensor([[0.5, -1.5]]))
         member.fc.bias.fill_(0.25)
     x = _tumour_crops(3).images[:4]
-    m = crop_means(x)
+    m = core_medians(x, EROSION_PX)
     expected = 0.25 + 0.5 * (m[:, 0] - 1.0) / (4.0 + 1e-5) ** 0.5 - 1.5 * (m[:, 1] - 2.0) / (0.25 + 1e-5) ** 0.5
     with torch.no_grad():
         assert torch.allclose(member(x)[:, 0], expected, atol=1e-5)
     # it starts at probability 1/2 for every crop: it joins the ensemble neutral
-    assert torch.equal(CropMeansLogistic(2).eval()(x), torch.zeros(4, 1))
+    assert torch.equal(CoreLevelLogistic(2).eval()(x), torch.zeros(4, 1))
 
 
 def test_it_joins_after_the_resnets_without_changing_them_and_is_named_in_the_architecture() -> None:
     single, fused = _built(SINGLE), _built(WITH_LINEAR)
     assert isinstance(fused, ClassifierEnsemble)
-    assert [type(m) for m in members_of(fused)][1:] == [CropMeansLogistic] and spatial_members(fused) == [fused.members[0]]
+    assert [type(m) for m in members_of(fused)][1:] == [CoreLevelLogistic] and spatial_members(fused) == [fused.members[0]]
     resnet = {k[len("members.0.") :]: v for k, v in fused.state_dict().items() if k.startswith("members.0.")}
     assert resnet.keys() == single.state_dict().keys()
     assert all(torch.equal(v, single.state_dict()[k]) for k, v in resnet.items())
     three = replace(SINGLE, cls=replace(SINGLE.cls, ensemble=3, linear_member=True))
     assert len(members_of(_built(three))) == 4
+    # the score: WEIGHT x the regression's probability + the rest x the ResNets' mean probability
+    model = _built(three).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    with torch.no_grad():
+        model.members[3].fc.weight.fill_(2.0)
+        x = torch.as_tensor(_tumour_crops(4).images)
+        p = torch.sigmoid(model.member_logits(x).double())
+        want = WEIGHT * p[3] + (1 - WEIGHT) * p[:3].mean(0)
+        assert torch.allclose(torch.sigmoid(model(x).double()), want, atol=1e-6)
+        assert not torch.allclose(want, p.mean(0), atol=1e-3)  # not the plain mean of four
     assert WITH_LINEAR.cls.architecture == (
-        "resnet18 + logistic regression on the tumour's mean per sequence (ensemble: mean probability)"
+        "resnet18 + logistic regression on the tumour's core level per sequence (ensemble: weighted mean probability)"
     )
     assert three.cls.architecture.startswith("resnet18 x 3 + logistic regression")
 

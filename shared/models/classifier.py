@@ -12,7 +12,7 @@ from shared.config import ClassifierConfig
 from shared.errors import ModelMismatchError
 from shared.models.crop_features import crop_means
 from shared.models.ensemble import ClassifierEnsemble, build_ensemble, members_of
-from shared.models.linear_member import CropMeansLogistic
+from shared.models.linear_member import CoreLevelLogistic, member_weights
 from shared.models.weights import load_pretrained_state
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,14 @@ class ResNetWithCropMeans(RoiResNet):
 def build_classifier(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:
     """The classifier of ``cfg``: one ResNet (:func:`build_resnet`), or with ``cls-ensemble = k`` > 1 a
     :class:`~shared.models.ensemble.ClassifierEnsemble` of k of them (same input and output); with
-    ``cls-linear-member`` the ensemble's last member is a :class:`~shared.models.linear_member.CropMeansLogistic`
-    (built without a random draw, so the ResNets are the ones the same seed builds without it)."""
+    ``cls-linear-member`` the ensemble's last member is a :class:`~shared.models.linear_member.CoreLevelLogistic`
+    weighing half the score (built without a random draw, so the ResNets are the ones the same seed builds
+    without it)."""
     model = build_ensemble(lambda: build_resnet(cfg, in_channels, dp), cfg.ensemble)
     if not cfg.linear_member:
         return model
-    return ClassifierEnsemble([*members_of(model), CropMeansLogistic(in_channels)])
+    resnets = members_of(model)
+    return ClassifierEnsemble([*resnets, CoreLevelLogistic(in_channels)], member_weights(len(resnets)))
 
 
 def build_resnet(cfg: ClassifierConfig, in_channels: int, dp: bool = False) -> nn.Module:

@@ -12,6 +12,7 @@ classifier, FedBN keeps its normalisation layers per site, and a bundle stores i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -26,13 +27,19 @@ MEMBER_SEED_STRIDE = 1000
 class ClassifierEnsemble(nn.Module):
     """``members``: single-logit classifiers with the same input. ``forward`` returns ``(B, 1)`` float32 logits of
     the members' mean probability, so every caller of a classifier (patient scores, thresholds, Grad-CAM, the
-    sites' histograms) reads the ensemble as one model."""
+    sites' histograms) reads the ensemble as one model. ``weights`` (positive, one per member; default equal): a
+    weighted mean instead. They are settings, not trained values, so they stay out of the state dict."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], weights: list[float] | None = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        weights = [1.0] * len(members) if weights is None else list(weights)
+        if len(weights) != len(members) or min(weights) <= 0:
+            raise ValueError(f"ensemble weights {weights}: expected {len(members)} positive numbers")
         self.members = nn.ModuleList(members)
+        total = sum(weights)
+        self.log_weights = [math.log(w / total) for w in weights]
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(k, B, 1)``: each member's logits."""
@@ -40,8 +47,9 @@ class ClassifierEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.member_logits(x).float()
-        # logit(mean sigmoid(z)) = log sum sigmoid(z) - log sum sigmoid(-z), computed in log space (no 0/1 clipping)
-        return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
+        # logit(sum w sigmoid(z)) = log sum w sigmoid(z) - log sum w sigmoid(-z), in log space (no 0/1 clipping)
+        log_w = torch.tensor(self.log_weights, dtype=z.dtype, device=z.device).view(-1, 1, 1)
+        return torch.logsumexp(F.logsigmoid(z) + log_w, dim=0) - torch.logsumexp(F.logsigmoid(-z) + log_w, dim=0)
 
 
 def build_ensemble(build_one: Callable[[], nn.Module], k: int) -> nn.Module:
