@@ -1,4 +1,5 @@
-"""What a crop holds inside the tumour, as features: each channel's mean over its nonzero pixels."""
+"""What a crop holds inside the tumour, as features per channel: the mean over its nonzero pixels (the head of
+``cls-crop-means``), the median over its eroded core (the regression member of ``cls-linear-member``)."""
 
 from __future__ import annotations
 

@@ -37,8 +37,6 @@ class CoreLevelLogistic(nn.Module):
     """``(B, C, S, S)`` crops -> ``(B, 1)`` logits of NPL: ``fc(standardised core_medians(x))``; no spatial layer,
     so Grad-CAM and contrastive pretraining leave it out (:func:`is_linear_member`)."""
 
-    lr_scale = LR_SCALE
-
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(in_channels, affine=False)
