@@ -273,17 +273,16 @@ class PipelineConfig:
                 "cls-pretrain-rounds=0), or use dp='central' (its unit, one site, covers any local training)"
             )
 
-        if self.dp != "off" and self.cls.ensemble > 1:
+        if self.dp != "off" and (self.cls.ensemble > 1 or self.cls.linear_member):
+            # one message naming every setting to change (the seed-size preset sets both)
+            extra = [f"cls-ensemble={self.cls.ensemble}"] if self.cls.ensemble > 1 else []
+            extra += ["cls-linear-member=true"] if self.cls.linear_member else []
+            fixes = ["cls-ensemble=1"] if self.cls.ensemble > 1 else []
+            fixes += ["cls-linear-member=false"] if self.cls.linear_member else []
             raise ConfigError(
-                f"dp={self.dp!r} with cls-ensemble={self.cls.ensemble}: the ensemble's members would share one "
-                "clipping bound and one noise draw, a privacy-utility trade never measured here; set cls-ensemble=1 "
-                "with differential privacy"
-            )
-        if self.dp != "off" and self.cls.linear_member:
-            raise ConfigError(
-                f"dp={self.dp!r} with cls-linear-member=true: the regression member would share the ResNet's "
-                "clipping bound and noise draw, a privacy-utility trade never measured here; set "
-                "cls-linear-member=false with differential privacy"
+                f"dp={self.dp!r} with {' and '.join(extra)}: the ensemble's members (ResNets or the regression "
+                "member) would share one clipping bound and one noise draw, a privacy-utility trade never measured "
+                f"here; set {' and '.join(fixes)} with differential privacy"
             )
         if self.dp != "off" and self.cls.input_norm == "batch":
             raise ConfigError(

@@ -181,8 +181,12 @@ def test_a_sites_round_and_a_bundle_carry_the_member_and_an_older_bundle_had_non
 
 @pytest.mark.parametrize("dp", ["local", "central"])
 def test_differential_privacy_refuses_the_member(dp: str) -> None:
-    with pytest.raises(ConfigError, match="cls-linear-member=false"):
-        PipelineConfig.defaults({"cls-linear-member": True, "dp": dp, "amp": False, "cls-pretrain-epochs": 0})
+    dp_keys = {"dp": dp, "amp": False, "cls-pretrain-epochs": 0}
+    with pytest.raises(ConfigError, match="set cls-linear-member=false with"):
+        PipelineConfig.defaults({"cls-linear-member": True, **dp_keys})
+    # with an ensemble too, one refusal names both fixes (not one per attempt)
+    with pytest.raises(ConfigError, match="set cls-ensemble=1 and cls-linear-member=false with"):
+        PipelineConfig.defaults({"cls-linear-member": True, "cls-ensemble": 3, **dp_keys})
 
 
 def test_a_site_keeping_its_adamw_state_continues_it_with_the_members_group(tmp_path, caplog) -> None:
