@@ -5,7 +5,7 @@ Runs the federated simulation (``nasofl-sim run``) on the same data once per pri
 (unit: one site) and secure aggregation (SecAgg+, no DP); then prints Dice and the AUC of each dataset with the epsilon spent and its unit, and the
 federated Dice of each DP run relative to the run without DP. Every run gets its own site caches, so the
 sites' ledgers do not mix the variants. ``amp=false``, no contrastive pretraining (``cls-pretrain-rounds=0``)
-and one classifier per dataset (``cls-ensemble=1``) in every run (DP-SGD needs all three; the same for all), and
+and one classifier per dataset (``cls-ensemble=1``, ``cls-linear-member=false``) in every run (DP-SGD needs each; the same for all), and
 ``strategy = "fedavg"`` unless ``--set`` names another (central DP refuses the default ``fedavgm``).
 Writes ``OUT/privacy-table.json`` and ``OUT/privacy-table.txt``. DP step-time and memory ratios:
 ``python -m simulations.bench_privacy``.
@@ -24,8 +24,9 @@ def row_settings(changes: dict[str, Any], sets: dict[str, Any], cache: Path) -> 
     extra = [f"{k}={json.dumps(v)}" for k, v in changes.items()]
     # local DP needs float32 and no contrastive pretraining: the same for every row, so rows differ by privacy alone
     extra += ["amp=false", "cls-pretrain-rounds=0", "cls-pretrain-epochs=0"]
-    # DP refuses an ensemble of classifiers (a scenario such as seed-size sets one): one ResNet in every row
-    extra.append("cls-ensemble=1")
+    # DP refuses an ensemble of classifiers and the regression member (the seed-size scenario sets both): one
+    # ResNet in every row
+    extra += ["cls-ensemble=1", "cls-linear-member=false"]
     extra.append(f"sim-cache-root={json.dumps(str(cache))}")
     if "strategy" not in sets:  # one strategy for every row, one central DP can run: rows differ by privacy alone
         extra.append('strategy="fedavg"')

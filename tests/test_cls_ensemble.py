@@ -182,7 +182,9 @@ def test_ensemble_size_out_of_range_is_refused_with_the_key(k: int) -> None:
 
 def test_the_seed_size_scenario_trains_ensembles_and_a_dp_run_of_it_is_told_to_set_one_classifier() -> None:
     """`--preset seed-size` (README Results: the size the ensemble was measured at) gives both arms of
-    `nasofl-sim compare` k = 3 classifiers; asking it for DP is refused before anything runs, naming the fix."""
+    `nasofl-sim compare` k = 3 ResNets and the regression member per classifier; asking it for DP is refused before
+    anything runs, naming both fixes."""
+    from server.config import pipeline_from_run_config
     from shared.app_config import app_defaults
     from simulations.compare import centralized_config
     from simulations.run_cmd import validate_run_config
@@ -192,6 +194,10 @@ def test_the_seed_size_scenario_trains_ensembles_and_a_dp_run_of_it_is_told_to_s
     validate_run_config(dict(seed_size))
     cfg, _ = centralized_config({**app_defaults(), **seed_size})
     assert cfg.cls.ensemble == 3 and "x 3" in cfg.cls.architecture
-    assert all(s.run_config.get("cls-ensemble", 1) == 1 for n, s in SCENARIOS.items() if n != "seed-size")
-    with pytest.raises(ConfigError, match="set cls-ensemble=1"):
+    assert cfg.cls.linear_member and "logistic regression" in cfg.cls.architecture
+    federated = pipeline_from_run_config({**app_defaults(), **seed_size})  # what the ServerApp builds
+    assert federated.cls.ensemble == 3 and federated.cls.linear_member
+    others = [s.run_config for n, s in SCENARIOS.items() if n != "seed-size"]
+    assert all(rc.get("cls-ensemble", 1) == 1 and not rc.get("cls-linear-member", False) for rc in others)
+    with pytest.raises(ConfigError, match="set cls-ensemble=1 and cls-linear-member=false"):
         validate_run_config({**seed_size, "dp": "local", "amp": False, "cls-pretrain-rounds": 0, "cls-pretrain-epochs": 0})

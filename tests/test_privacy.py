@@ -476,7 +476,7 @@ def test_the_privacy_table_names_each_epsilons_unit():
 def test_every_privacy_table_row_is_a_run_config_nasofl_sim_run_accepts(tmp_path):
     """Each row's settings pass the checks `nasofl-sim run` applies before Flower starts, on every scenario's
     settings (the default contrastive pretraining, which local DP refuses, is off in every row, and so is the
-    seed-size scenario's ensemble), and the rows differ only by their privacy changes."""
+    seed-size scenario's ensemble and regression member), and the rows differ only by their privacy changes."""
     from shared.app_config import parse_sets
     from simulations.privacy_table_cmd import VARIANTS, row_settings
     from simulations.run_cmd import validate_run_config
