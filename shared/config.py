@@ -273,14 +273,13 @@ class PipelineConfig:
                 "cls-pretrain-rounds=0), or use dp='central' (its unit, one site, covers any local training)"
             )
 
-        if self.dp != "off" and (self.cls.ensemble > 1 or self.cls.linear_member):
-            # one message naming every setting to change (the seed-size preset sets both)
-            extra = [f"cls-ensemble={self.cls.ensemble}"] if self.cls.ensemble > 1 else []
-            extra += ["cls-linear-member=true"] if self.cls.linear_member else []
-            fixes = ["cls-ensemble=1"] if self.cls.ensemble > 1 else []
-            fixes += ["cls-linear-member=false"] if self.cls.linear_member else []
+        # (setting as given, its fix): one message naming every setting to change (the seed-size preset sets both)
+        members = [(f"cls-ensemble={self.cls.ensemble}", "cls-ensemble=1")] if self.cls.ensemble > 1 else []
+        members += [("cls-linear-member=true", "cls-linear-member=false")] if self.cls.linear_member else []
+        if self.dp != "off" and members:
+            given, fixes = zip(*members, strict=True)
             raise ConfigError(
-                f"dp={self.dp!r} with {' and '.join(extra)}: the ensemble's members (ResNets or the regression "
+                f"dp={self.dp!r} with {' and '.join(given)}: the ensemble's members (ResNets or the regression "
                 "member) would share one clipping bound and one noise draw, a privacy-utility trade never measured "
                 f"here; set {' and '.join(fixes)} with differential privacy"
             )
